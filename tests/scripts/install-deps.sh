@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages docmesh's tests and benchmarks use, when they are missing:
+# iptables and iproute2 for the network-namespace tests, openssl and curl as independent
+# TLS/HTTP peers, nginx and haproxy as interop peers, docker-compose to validate examples.
+set -euo pipefail
+need=()
+for pair in iptables:iptables ip:iproute2 openssl:openssl curl:curl nginx:nginx haproxy:haproxy \
+            docker-compose:docker-compose tcpdump:tcpdump wrk:wrk python3:python3; do
+  bin=${pair%%:*}; pkg=${pair##*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing ${need[*]} and not root; install them with apt-get" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
