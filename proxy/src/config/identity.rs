@@ -34,6 +34,10 @@ pub struct IdentityConfig {
     /// Workload API endpoint, e.g. `unix:///run/spire/sockets/agent.sock`; when empty,
     /// `SPIFFE_ENDPOINT_SOCKET` is used.
     pub workload_api_socket: Option<String>,
+    /// How long startup waits for the first valid SVID (files present and valid, or the first
+    /// Workload API response) before giving up with an error (default `30s`).
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
 }
 
 impl Default for IdentityConfig {
@@ -45,6 +49,7 @@ impl Default for IdentityConfig {
             bundle: PathBuf::from("/etc/docmesh/bundle.pem"),
             reload_interval: Duration::from_secs(5),
             workload_api_socket: None,
+            startup_timeout: Duration::from_secs(30),
         }
     }
 }
