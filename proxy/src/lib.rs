@@ -5,3 +5,4 @@ pub mod config;
 pub mod errors;
 pub mod lifecycle;
 pub mod metrics;
+pub mod observe;

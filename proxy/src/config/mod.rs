@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod identity;
 pub mod inbound;
+pub mod observability;
 pub mod outbound;
 
 use serde::Deserialize;
@@ -23,4 +24,6 @@ pub struct Config {
     pub inbound: inbound::InboundConfig,
     /// Traffic the local app sends to other services.
     pub outbound: outbound::OutboundConfig,
+    /// Trace headers, the access log and metrics.
+    pub observability: observability::ObservabilityConfig,
 }
