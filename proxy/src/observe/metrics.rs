@@ -164,9 +164,10 @@ impl CircuitState {
     }
 }
 
-/// The proxy's metric families. Cheap to clone (every family is shared).
+/// The mesh's metric families (requests, latency, retries, circuits, connections, TLS,
+/// authorization, SVID expiry). Cheap to clone (every family is shared).
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub struct MeshMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<ServicePair, Histogram>,
     retries: Family<ServicePair, Counter>,
@@ -183,10 +184,17 @@ pub struct Metrics {
     max_pairs: usize,
 }
 
-impl Metrics {
-    /// Creates every family and registers it in `registry` (the one `/metrics` serves).
+impl MeshMetrics {
+    /// Creates every family and registers it in the shared registry that `/metrics` serves
+    /// (which adds the `docmesh_` prefix).
+    pub fn register(shared: &crate::metrics::Metrics, cfg: &MetricsConfig) -> Self {
+        shared.with_registry(|r| Self::new(r, cfg))
+    }
+
+    /// Creates every family and registers it in `registry`; names get the registry's prefix
+    /// (the shared registry's is `docmesh`).
     pub fn new(registry: &mut Registry, cfg: &MetricsConfig) -> Self {
-        let m = Metrics {
+        let m = MeshMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
             retries: Family::default(),
@@ -203,63 +211,63 @@ impl Metrics {
             max_pairs: cfg.max_service_pairs.max(1),
         };
         registry.register(
-            "docmesh_requests",
+            "requests",
             "Requests finished, by service pair, status class (2xx..5xx, or none when no status was sent) and cause (none, or the docmesh-error cause)",
             m.requests.clone(),
         );
         registry.register_with_unit(
-            "docmesh_request_duration",
+            "request_duration",
             "Time from request start to the end of the response, by service pair",
             Unit::Seconds,
             m.duration.clone(),
         );
         registry.register(
-            "docmesh_retries",
+            "retries",
             "Retry attempts made, by service pair",
             m.retries.clone(),
         );
         registry.register(
-            "docmesh_retry_budget_exhausted",
+            "retry_budget_exhausted",
             "Retries not made because the retry budget was exhausted, by service pair",
             m.budget_exhausted.clone(),
         );
         registry.register(
-            "docmesh_open_connections",
+            "open_connections",
             "Connections currently open, by service pair and protocol (http or tcp)",
             m.open_connections.clone(),
         );
         registry.register(
-            "docmesh_connections",
+            "connections",
             "Connections accepted or opened, by service pair and protocol",
             m.connections.clone(),
         );
         registry.register(
-            "docmesh_tls_handshakes",
+            "tls_handshakes",
             "TLS handshakes, by direction, service, result (ok or failed) and failure reason",
             m.tls.clone(),
         );
         registry.register(
-            "docmesh_authz_decisions",
+            "authz_decisions",
             "Authorization decisions, by service pair, decision (allow or deny) and reason",
             m.authz.clone(),
         );
         registry.register(
-            "docmesh_circuit_state",
+            "circuit_state",
             "1 for the current circuit breaker state of each endpoint, 0 for the others",
             m.circuit_state.clone(),
         );
         registry.register(
-            "docmesh_circuit_transitions",
+            "circuit_transitions",
             "Circuit breaker transitions, by endpoint and the state entered",
             m.circuit_transitions.clone(),
         );
         registry.register(
-            "docmesh_svid_expiry_timestamp_seconds",
+            "svid_expiry_timestamp_seconds",
             "Unix time at which the proxy's current X.509-SVID expires",
             m.svid_expiry.clone(),
         );
         registry.register(
-            "docmesh_access_log_dropped",
+            "access_log_dropped",
             "Access log lines dropped because the writer could not keep up",
             m.access_log_dropped.clone(),
         );

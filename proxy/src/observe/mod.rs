@@ -4,8 +4,8 @@
 //!   [`TraceContext`] and rewrites the trace headers for the next hop.
 //! - [`AccessLogger::log`]: one JSON line per request (per connection for opaque TCP), never
 //!   blocking the data path.
-//! - [`Metrics`]: the Prometheus families, one method per event
-//!   (e.g. [`Metrics::request_finished`]).
+//! - [`MeshMetrics`]: the Prometheus families, one method per event
+//!   (e.g. [`MeshMetrics::request_finished`]), registered in the shared `crate::metrics`.
 
 pub mod access_log;
 pub mod b3;
@@ -18,7 +18,7 @@ mod trace_tests;
 
 pub use access_log::{AccessLogEntry, AccessLogger};
 pub use ids::{SpanId, TraceId};
-pub use metrics::{CircuitState, ConnectionGuard, Metrics, ServicePair};
+pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
 pub use trace::{propagate, TraceContext, TraceOrigin, TraceParent};
 
 /// Which side of the proxy a request or connection went through.

@@ -154,7 +154,8 @@ fn valid_tracestate_key(key: &str) -> bool {
 fn valid_tracestate_value(value: &str) -> bool {
     let b = value.as_bytes();
     (1..=256).contains(&b.len())
-        && b.iter().all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+        && b.iter()
+            .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
         && b.last().is_some_and(|&c| c != b' ')
 }
 

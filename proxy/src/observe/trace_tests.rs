@@ -51,7 +51,10 @@ fn valid_traceparents_parse() {
     let p = TraceParent::parse(&tp("00", "09")).unwrap();
     assert!(p.sampled());
     assert_eq!(p.to_string(), tp("00", "01"));
-    assert_eq!(TraceParent::parse(&tp("00", "01")).unwrap().to_string(), tp("00", "01"));
+    assert_eq!(
+        TraceParent::parse(&tp("00", "01")).unwrap().to_string(),
+        tp("00", "01")
+    );
 }
 
 #[test]
@@ -59,7 +62,8 @@ fn future_versions_are_parsed_by_the_version_00_layout() {
     let p = TraceParent::parse(&tp("01", "01")).unwrap();
     assert!(p.sampled());
     // Extra fields are allowed after a dash, and we answer with version 00.
-    let p = TraceParent::parse(&format!("{}-what-the-future-will-be-like", tp("cc", "01"))).unwrap();
+    let p =
+        TraceParent::parse(&format!("{}-what-the-future-will-be-like", tp("cc", "01"))).unwrap();
     assert_eq!(p.to_string(), tp("00", "01"));
     // ... but not glued to the flags.
     assert!(TraceParent::parse(&format!("{}what", tp("cc", "01"))).is_err());
@@ -183,20 +187,35 @@ fn invalid_or_repeated_traceparent_starts_a_new_trace_and_drops_tracestate() {
 
 #[test]
 fn tracestate_rules() {
-    assert_eq!(parse_tracestate("a=1, b=2 ,,c=3"), Some("a=1,b=2,c=3".into()));
+    assert_eq!(
+        parse_tracestate("a=1, b=2 ,,c=3"),
+        Some("a=1,b=2,c=3".into())
+    );
     assert_eq!(
         parse_tracestate("tenant@vendor=x,1t@v=y"),
         Some("tenant@vendor=x,1t@v=y".into())
     );
     assert_eq!(parse_tracestate("a=1,a=2"), None, "duplicate keys");
     assert_eq!(parse_tracestate("A=1"), None, "uppercase key");
-    assert_eq!(parse_tracestate("1a=1"), None, "simple key must start with a letter");
+    assert_eq!(
+        parse_tracestate("1a=1"),
+        None,
+        "simple key must start with a letter"
+    );
     assert_eq!(parse_tracestate("a=x=y"), None, "'=' in value");
     assert_eq!(parse_tracestate("a"), None, "no '='");
-    assert_eq!(parse_tracestate("a=1 x"), Some("a=1 x".into()), "inner space ok");
+    assert_eq!(
+        parse_tracestate("a=1 x"),
+        Some("a=1 x".into()),
+        "inner space ok"
+    );
     assert_eq!(parse_tracestate(""), None);
     let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
-    assert_eq!(parse_tracestate(&many.join(",")), None, "more than 32 members");
+    assert_eq!(
+        parse_tracestate(&many.join(",")),
+        None,
+        "more than 32 members"
+    );
     assert!(parse_tracestate(&many[..32].join(",")).is_some());
 }
 
@@ -216,7 +235,11 @@ fn b3_is_ignored_when_disabled() {
     let mut h = headers(&[("b3", &format!("{TRACE}-{PARENT}-1"))]);
     let ctx = propagate(&mut h, &cfg());
     assert_eq!(ctx.origin, TraceOrigin::Started);
-    assert_eq!(get(&h, "b3").unwrap(), format!("{TRACE}-{PARENT}-1"), "left untouched");
+    assert_eq!(
+        get(&h, "b3").unwrap(),
+        format!("{TRACE}-{PARENT}-1"),
+        "left untouched"
+    );
 }
 
 #[test]
@@ -235,7 +258,9 @@ fn b3_single_header_is_read_and_both_forms_written() {
     assert_eq!(get(&h, "x-b3-spanid").unwrap(), ctx.span_id.to_string());
     assert_eq!(get(&h, "x-b3-parentspanid"), Some(PARENT));
     assert_eq!(get(&h, "x-b3-sampled"), Some("0"));
-    assert!(get(&h, "traceparent").unwrap().starts_with(&format!("00-{TRACE}-")));
+    assert!(get(&h, "traceparent")
+        .unwrap()
+        .starts_with(&format!("00-{TRACE}-")));
 }
 
 #[test]
