@@ -5,6 +5,7 @@
 //! validation (`docmesh-proxy check`).
 
 pub mod admin;
+pub mod authz;
 pub mod identity;
 pub mod inbound;
 pub mod observability;
@@ -26,4 +27,6 @@ pub struct Config {
     pub outbound: outbound::OutboundConfig,
     /// Trace headers, the access log and metrics.
     pub observability: observability::ObservabilityConfig,
+    /// Who may call the local app: SPIFFE ID rules, JWT and tenant permissions.
+    pub authz: authz::AuthzConfig,
 }

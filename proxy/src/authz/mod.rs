@@ -1,0 +1,694 @@
+//! Authorization of inbound calls: SPIFFE ID rules per port and route, OnlyOffice-compatible
+//! JWT verification, the tenant check and the tenant permission table.
+//!
+//! The inbound data path calls [`Authorizer::authorize_tcp`] once per opaque TCP connection and
+//! [`Authorizer::authorize_http`] once per HTTP request. The answer is a typed [`Decision`]; on
+//! `Allow` the request carries `docmesh-client-id` and `docmesh-tenant` set from verified values
+//! only (copies sent by the client are always removed first).
+
+pub mod body;
+pub mod jwt;
+pub mod keys;
+pub mod spiffe;
+pub mod tenant;
+pub mod token;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::Method;
+use http_body::Body;
+use jsonwebtoken::Algorithm;
+
+use crate::config::authz::AuthzConfig;
+use crate::errors::Cause;
+
+pub use body::AuthzBody;
+// TEMPORARY until docmesh_certs::spiffe_id lands on main: same API subset.
+pub use shim::SpiffeId;
+#[allow(missing_docs)]
+mod shim {
+    /// Stand-in for `docmesh_certs::spiffe_id::SpiffeId`.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    pub struct SpiffeId(String);
+    impl SpiffeId {
+        pub fn as_str(&self) -> &str {
+            &self.0
+        }
+    }
+    impl std::str::FromStr for SpiffeId {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            if s.starts_with("spiffe://") { Ok(SpiffeId(s.to_string())) } else { Err(s.to_string()) }
+        }
+    }
+    impl std::fmt::Display for SpiffeId {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+/// Header carrying the verified client SPIFFE ID to the app.
+pub const CLIENT_ID_HEADER: &str = "docmesh-client-id";
+/// Header carrying the verified tenant to the app.
+pub const TENANT_HEADER: &str = "docmesh-tenant";
+
+/// Why a call was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyCause {
+    /// 401: the token is missing or invalid.
+    Unauthenticated,
+    /// 403: the SPIFFE ID or the tenant is not permitted.
+    Forbidden,
+    /// 413: the body had to be read for a token but exceeds the buffer limit.
+    PayloadTooLarge,
+}
+
+impl DenyCause {
+    /// The HTTP status of the refusal.
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            DenyCause::Unauthenticated => Cause::Unauthenticated.status(),
+            DenyCause::Forbidden => Cause::Forbidden.status(),
+            DenyCause::PayloadTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The stable name for the `docmesh-error` header, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyCause::Unauthenticated => Cause::Unauthenticated.as_str(),
+            DenyCause::Forbidden => Cause::Forbidden.as_str(),
+            DenyCause::PayloadTooLarge => "payload-too-large",
+        }
+    }
+
+    /// The proxy-wide cause, where the taxonomy has one (413 is not a proxy failure cause).
+    pub fn proxy_cause(self) -> Option<Cause> {
+        match self {
+            DenyCause::Unauthenticated => Some(Cause::Unauthenticated),
+            DenyCause::Forbidden => Some(Cause::Forbidden),
+            DenyCause::PayloadTooLarge => None,
+        }
+    }
+}
+
+/// The outcome of authorizing one connection or request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let it through; these verified values are what the app sees.
+    Allow {
+        /// The client's SPIFFE ID (from its mTLS certificate).
+        client_id: Option<SpiffeId>,
+        /// The verified tenant, when a token was required.
+        tenant: Option<String>,
+    },
+    /// Refuse it.
+    Deny {
+        /// Which status to answer with.
+        cause: DenyCause,
+        /// Exactly which check failed, for the operator (never contains secrets).
+        detail: String,
+    },
+}
+
+impl Decision {
+    /// Whether the decision lets the call through.
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    fn deny(e: AuthzError) -> Self {
+        Decision::Deny {
+            cause: e.cause(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// Every check that can refuse a call. The message is the detail the operator sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    /// No SPIFFE rule allows this client.
+    #[error("SPIFFE ID {id} is not allowed for {target} by rules [{rules}]")]
+    SpiffeDenied {
+        /// The client ID (or a note that there is none).
+        id: String,
+        /// What was called.
+        target: String,
+        /// The rule set that was consulted.
+        rules: String,
+    },
+    /// No token where one is required.
+    #[error("missing token: expected {expected}")]
+    Missing {
+        /// Where a token was looked for.
+        expected: String,
+    },
+    /// The token header appears more than once.
+    #[error("duplicated token header {header}: send exactly one")]
+    DuplicateHeader {
+        /// The header name.
+        header: String,
+    },
+    /// The header does not start with the configured prefix.
+    #[error("token header {header} does not start with the prefix {prefix:?}")]
+    BadPrefix {
+        /// The header name.
+        header: String,
+        /// The expected prefix.
+        prefix: String,
+    },
+    /// The token exceeds the size cap.
+    #[error("token of {len} bytes exceeds authz.jwt.max_token_bytes ({max})")]
+    TokenTooLarge {
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The token is not a well-formed JWS.
+    #[error("malformed token: {reason}")]
+    Malformed {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `alg: none`.
+    #[error("unsigned token (alg \"none\") refused")]
+    AlgNone,
+    /// The algorithm is not pinned to any configured key.
+    #[error("algorithm {alg} not accepted: {why}")]
+    AlgNotAccepted {
+        /// The token's algorithm.
+        alg: String,
+        /// Why no key accepts it.
+        why: String,
+    },
+    /// No secret exists for the host's tenant.
+    #[error("unknown tenant key: no secret for tenant {tenant:?} (check <tenant_secrets_dir>/{tenant}/secret.key)")]
+    UnknownTenantKey {
+        /// The tenant whose key was looked for.
+        tenant: String,
+    },
+    /// The signature does not verify.
+    #[error("bad signature ({alg}): the token was not signed with the configured key")]
+    BadSignature {
+        /// The token's algorithm.
+        alg: String,
+    },
+    /// `exp` is past (beyond the tolerance).
+    #[error("expired token: exp {exp} is before now {now} minus the {tolerance} s tolerance")]
+    Expired {
+        /// The `exp` claim.
+        exp: i64,
+        /// Now.
+        now: u64,
+        /// Clock tolerance in seconds.
+        tolerance: u64,
+    },
+    /// `nbf` is in the future (beyond the tolerance).
+    #[error("token not yet valid: nbf {nbf} is after now {now} plus the {tolerance} s tolerance")]
+    NotYetValid {
+        /// The `nbf` claim.
+        nbf: i64,
+        /// Now.
+        now: u64,
+        /// Clock tolerance in seconds.
+        tolerance: u64,
+    },
+    /// `exp` is required but absent.
+    #[error("token has no exp claim, and authz.jwt.require_exp is set")]
+    MissingExp,
+    /// `iss` is not accepted.
+    #[error("wrong issuer: got {got:?}, expected one of [{expected}]")]
+    WrongIssuer {
+        /// The token's `iss`.
+        got: Option<String>,
+        /// The accepted issuers.
+        expected: String,
+    },
+    /// `aud` is not accepted.
+    #[error("wrong audience: got {got:?}, expected one of [{expected}]")]
+    WrongAudience {
+        /// The token's `aud`.
+        got: Option<String>,
+        /// The accepted audiences.
+        expected: String,
+    },
+    /// The configured tenant claim is absent.
+    #[error("missing tenant: the token has no \"{claim}\" claim")]
+    MissingTenant {
+        /// The claim name.
+        claim: String,
+    },
+    /// The token's tenant differs from the host's.
+    #[error("tenant of another host: token tenant {token_tenant:?}, host tenant {host_tenant:?}")]
+    TenantOfAnotherHost {
+        /// The tenant named by the token.
+        token_tenant: String,
+        /// The tenant of the request's host.
+        host_tenant: String,
+    },
+    /// The permission table does not allow this tenant this call.
+    #[error("tenant not permitted: tenant {tenant:?} may not call {call}")]
+    TenantNotPermitted {
+        /// The verified tenant.
+        tenant: String,
+        /// The call (method, path, service).
+        call: String,
+    },
+    /// The request path has dot segments, which could dodge prefix rules.
+    #[error("path {path:?} has dot segments or encoded slashes; refused so prefix rules hold")]
+    UnsafePath {
+        /// The path.
+        path: String,
+    },
+    /// The body had to be read for a token but exceeds the buffer limit.
+    #[error("request body larger than authz.jwt.max_body_bytes ({max} bytes) while a token is looked for in the body field {field:?}; send a smaller body or the token in the header")]
+    BodyTooLarge {
+        /// The buffer limit.
+        max: usize,
+        /// The body field.
+        field: String,
+    },
+    /// The body could not be read to look for a token.
+    #[error("could not read the request body to look for a token: {reason}")]
+    BodyUnreadable {
+        /// The read error.
+        reason: String,
+    },
+}
+
+impl AuthzError {
+    /// The status class of this refusal.
+    pub fn cause(&self) -> DenyCause {
+        match self {
+            AuthzError::SpiffeDenied { .. }
+            | AuthzError::TenantNotPermitted { .. }
+            | AuthzError::UnsafePath { .. } => DenyCause::Forbidden,
+            AuthzError::BodyTooLarge { .. } => DenyCause::PayloadTooLarge,
+            _ => DenyCause::Unauthenticated,
+        }
+    }
+}
+
+/// Configuration and key-loading failures (at start-up or on a key file reload).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthzConfigError {
+    /// A setting is invalid.
+    #[error("invalid [authz] configuration: {0}")]
+    Invalid(String),
+    /// A key file could not be read or parsed.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never the key material).
+        reason: String,
+    },
+}
+
+/// Counters of decisions, for metrics.
+#[derive(Debug, Default)]
+pub struct AuthzStats {
+    /// Calls allowed.
+    pub allowed: AtomicU64,
+    /// Calls refused with 401.
+    pub unauthenticated: AtomicU64,
+    /// Calls refused with 403.
+    pub forbidden: AtomicU64,
+    /// Calls refused with 413.
+    pub payload_too_large: AtomicU64,
+}
+
+struct JwtPolicy {
+    ports: Vec<u16>,
+    path_prefixes: Vec<String>,
+    exempt: Vec<String>,
+    header: HeaderName,
+    /// The header name as configured (for details).
+    header_display: String,
+    prefix: String,
+    in_body: bool,
+    body_field: String,
+    max_body_bytes: usize,
+    rules: jwt::ClaimRules,
+    keys: Arc<keys::KeyStore>,
+    reload_interval: Duration,
+}
+
+impl JwtPolicy {
+    fn required(&self, port: u16, path: &str) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port))
+            && self.path_prefixes.iter().any(|p| path_matches(path, p))
+            && !self.exempt.iter().any(|p| path_matches(path, p))
+    }
+}
+
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The authorizer built from `[authz]`; shared by every inbound connection.
+pub struct Authorizer {
+    spiffe: spiffe::SpiffeRules,
+    jwt: Option<JwtPolicy>,
+    tenant_claim: Option<String>,
+    base_domain: Option<String>,
+    default_tenant: String,
+    require_host_match: bool,
+    table: tenant::TenantTable,
+    services_by_port: BTreeMap<u16, String>,
+    clock: Clock,
+    stats: AuthzStats,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("spiffe", &self.spiffe)
+            .field("jwt_enabled", &self.jwt.is_some())
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Authorizer {
+    /// Builds the authorizer and loads the keys; any invalid setting or key file is an error.
+    pub fn from_config(cfg: &AuthzConfig) -> Result<Self, AuthzConfigError> {
+        let spiffe = spiffe::SpiffeRules::from_config(&cfg.spiffe)?;
+        let table = tenant::TenantTable::from_config(&cfg.tenants, &cfg.services)?;
+        let jwt = if cfg.jwt.enabled {
+            Some(build_jwt(cfg)?)
+        } else {
+            None
+        };
+        if let Some(claim) = &cfg.tenants.claim {
+            if claim.is_empty() {
+                return Err(AuthzConfigError::Invalid(
+                    "authz.tenants.claim is empty; remove it to use the host's tenant".into(),
+                ));
+            }
+        }
+        Ok(Authorizer {
+            spiffe,
+            jwt,
+            tenant_claim: cfg.tenants.claim.clone(),
+            base_domain: cfg.tenants.base_domain.clone(),
+            default_tenant: cfg.tenants.default_tenant.clone(),
+            require_host_match: cfg.tenants.require_host_match,
+            table,
+            services_by_port: cfg.services.iter().map(|(n, p)| (*p, n.clone())).collect(),
+            clock: Arc::new(unix_now),
+            stats: AuthzStats::default(),
+        })
+    }
+
+    /// Replaces the clock (unix seconds); for tests of `exp`/`nbf` boundaries.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Decision counters.
+    pub fn stats(&self) -> &AuthzStats {
+        &self.stats
+    }
+
+    /// Re-reads the key files now; returns whether the keys changed.
+    pub fn reload_keys(&self) -> Result<bool, AuthzConfigError> {
+        match &self.jwt {
+            Some(j) => j.keys.reload_if_changed(),
+            None => Ok(false),
+        }
+    }
+
+    /// Starts a task that reloads the key files when they change (every `reload_interval`).
+    /// It ends when the authorizer is dropped.
+    pub fn spawn_key_reloader(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let interval = self.jwt.as_ref()?.reload_interval;
+        let weak = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let result = tokio::task::spawn_blocking(move || this.reload_keys()).await;
+                match result {
+                    Ok(Ok(true)) => tracing::info!("authz: JWT keys reloaded"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "authz: key reload failed; keeping the previous keys")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "authz: key reload task failed"),
+                }
+            }
+        }))
+    }
+
+    /// Authorizes an opaque TCP connection to the app `port` (SPIFFE rules only).
+    pub fn authorize_tcp(&self, port: u16, client: Option<&SpiffeId>) -> Decision {
+        let id = client.map(ToString::to_string);
+        let decision = match self.spiffe.check_tcp(port, id.as_deref()) {
+            Ok(()) => Decision::Allow {
+                client_id: client.cloned(),
+                tenant: None,
+            },
+            Err(e) => Decision::deny(e),
+        };
+        self.record(&decision, port, "tcp", "");
+        decision
+    }
+
+    /// Authorizes one HTTP request to the app `port`. Always strips client-sent
+    /// `docmesh-client-id`/`docmesh-tenant`; on `Allow`, sets them from verified values. The
+    /// body comes back untouched, or replayed from the bounded buffer if it was read for a
+    /// token.
+    pub async fn authorize_http<B>(
+        &self,
+        port: u16,
+        client: Option<&SpiffeId>,
+        parts: &mut Parts,
+        body: B,
+    ) -> (Decision, AuthzBody<B>)
+    where
+        B: Body,
+        B::Error: std::fmt::Display,
+    {
+        parts.headers.remove(CLIENT_ID_HEADER);
+        parts.headers.remove(TENANT_HEADER);
+        let id = client.map(ToString::to_string);
+        let (result, body) = self.check_http(port, id.as_deref(), parts, body).await;
+        let decision = match result {
+            Ok(tenant) => {
+                if let Some(v) = id.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+                    parts.headers.insert(CLIENT_ID_HEADER, v);
+                }
+                if let Some(v) = tenant.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+                    parts.headers.insert(TENANT_HEADER, v);
+                }
+                Decision::Allow {
+                    client_id: client.cloned(),
+                    tenant,
+                }
+            }
+            Err(e) => Decision::deny(e),
+        };
+        self.record(&decision, port, parts.method.as_str(), parts.uri.path());
+        (decision, body)
+    }
+
+    async fn check_http<B>(
+        &self,
+        port: u16,
+        id: Option<&str>,
+        parts: &Parts,
+        body: B,
+    ) -> (Result<Option<String>, AuthzError>, AuthzBody<B>)
+    where
+        B: Body,
+        B::Error: std::fmt::Display,
+    {
+        let path = parts.uri.path();
+        let jwt = self.jwt.as_ref().filter(|j| j.required(port, path));
+        if (self.spiffe.governs(port) || jwt.is_some()) && !path_is_safe(path) {
+            let e = AuthzError::UnsafePath {
+                path: jwt::clip(path),
+            };
+            return (Err(e), AuthzBody::original(body));
+        }
+        if let Err(e) = self.spiffe.check_http(port, &parts.method, path, id) {
+            return (Err(e), AuthzBody::original(body));
+        }
+        let Some(jwt) = jwt else {
+            return (Ok(None), AuthzBody::original(body));
+        };
+        let (found, body) = token::find_token(jwt, parts, body).await;
+        let result = found.and_then(|token| self.verify_tenant(jwt, parts, port, &token));
+        (result.map(Some), body)
+    }
+
+    fn verify_tenant(
+        &self,
+        jwt: &JwtPolicy,
+        parts: &Parts,
+        port: u16,
+        token: &str,
+    ) -> Result<String, AuthzError> {
+        let host_tenant = tenant::host_tenant(
+            &parts.headers,
+            &parts.uri,
+            self.base_domain.as_deref(),
+            &self.default_tenant,
+        );
+        let keys = jwt.keys.current();
+        let claims = jwt::verify(token, &keys, &jwt.rules, &host_tenant, (self.clock)())?;
+        let tenant = match &self.tenant_claim {
+            Some(claim) => {
+                let t = tenant::claim_tenant(&claims, claim)?;
+                if self.require_host_match && t != host_tenant {
+                    return Err(AuthzError::TenantOfAnotherHost {
+                        token_tenant: t,
+                        host_tenant: jwt::clip(&host_tenant),
+                    });
+                }
+                t
+            }
+            None => host_tenant,
+        };
+        let service = self.services_by_port.get(&port).map(String::as_str);
+        self.table
+            .check(&tenant, port, service, &parts.method, parts.uri.path())?;
+        Ok(tenant)
+    }
+
+    fn record(&self, decision: &Decision, port: u16, method: &str, path: &str) {
+        match decision {
+            Decision::Allow { .. } => {
+                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            }
+            Decision::Deny { cause, detail } => {
+                let counter = match cause {
+                    DenyCause::Unauthenticated => &self.stats.unauthenticated,
+                    DenyCause::Forbidden => &self.stats.forbidden,
+                    DenyCause::PayloadTooLarge => &self.stats.payload_too_large,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(port, method, path = %jwt::clip(path), cause = cause.as_str(),
+                    detail = %detail, "authz: denied");
+            }
+        }
+    }
+}
+
+fn build_jwt(cfg: &AuthzConfig) -> Result<JwtPolicy, AuthzConfigError> {
+    let j = &cfg.jwt;
+    let invalid = |m: String| AuthzConfigError::Invalid(m);
+    let header = HeaderName::from_bytes(j.header.as_bytes())
+        .map_err(|_| invalid(format!("authz.jwt.header {:?} is not a header name", j.header)))?;
+    if j.max_token_bytes == 0 {
+        return Err(invalid("authz.jwt.max_token_bytes must be above 0".into()));
+    }
+    let mut hmac_algorithms = Vec::new();
+    for a in &j.algorithms {
+        match a.parse::<Algorithm>() {
+            Ok(alg @ (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) => {
+                hmac_algorithms.push(alg)
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "authz.jwt.algorithms: {a:?} is not HS256, HS384 or HS512 (public-key algorithms are pinned by each JWKS key)"
+                )))
+            }
+        }
+    }
+    let sources = keys::KeySources {
+        secret: j.secret.clone(),
+        secret_file: j.secret_file.clone(),
+        tenant_secrets_dir: j.tenant_secrets_dir.clone(),
+        jwks_file: j.jwks_file.clone(),
+    };
+    if sources.secret.is_some() && sources.secret_file.is_some() {
+        return Err(invalid(
+            "authz.jwt.secret and authz.jwt.secret_file are both set; keep one".into(),
+        ));
+    }
+    if sources.secret.is_none()
+        && sources.secret_file.is_none()
+        && sources.tenant_secrets_dir.is_none()
+        && sources.jwks_file.is_none()
+    {
+        return Err(invalid(
+            "authz.jwt.enabled needs a key: secret_file, secret, tenant_secrets_dir or jwks_file"
+                .into(),
+        ));
+    }
+    for p in j.path_prefixes.iter().chain(&j.exempt_path_prefixes) {
+        if !p.starts_with('/') {
+            return Err(invalid(format!("authz.jwt path prefix {p:?} must start with /")));
+        }
+    }
+    Ok(JwtPolicy {
+        ports: j.ports.clone(),
+        path_prefixes: j.path_prefixes.clone(),
+        exempt: j.exempt_path_prefixes.clone(),
+        header,
+        header_display: j.header.clone(),
+        prefix: j.prefix.clone(),
+        in_body: j.in_body,
+        body_field: j.body_field.clone(),
+        max_body_bytes: j.max_body_bytes,
+        rules: jwt::ClaimRules {
+            max_token_bytes: j.max_token_bytes,
+            hmac_algorithms,
+            tolerance_secs: j.clock_tolerance.as_secs(),
+            require_exp: j.require_exp,
+            issuers: j.issuers.clone(),
+            audiences: j.audiences.clone(),
+            default_tenant: cfg.tenants.default_tenant.clone(),
+        },
+        keys: Arc::new(keys::KeyStore::load(sources)?),
+        reload_interval: j.reload_interval,
+    })
+}
+
+/// Parses configured method names.
+pub(crate) fn parse_methods(methods: &[String], at: &str) -> Result<Vec<Method>, AuthzConfigError> {
+    methods
+        .iter()
+        .map(|m| {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                AuthzConfigError::Invalid(format!("{at}.methods: {m:?} is not an HTTP method"))
+            })
+        })
+        .collect()
+}
+
+/// Path prefix match on the raw request path.
+pub(crate) fn path_matches(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+}
+
+/// Refuses dot segments and encoded dots/slashes/backslashes, which the app might resolve
+/// into a path no prefix rule was written for.
+fn path_is_safe(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || path.contains('\\')
+    {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
