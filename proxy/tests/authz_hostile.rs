@@ -17,8 +17,16 @@ const CALLER: Option<&str> = Some("spiffe://onlyoffice.local/ns/portal/sa/integr
 /// Per-tenant secrets (acme, globex), tenant from the `tenant` claim, must match the host.
 fn tenant_setup(dir: &std::path::Path, extra: &str) -> docmesh_proxy::authz::Authorizer {
     write(dir, "tenants/acme/secret.key", SECRET);
-    write(dir, "tenants/globex/secret.key", b"globex-secret-xxxxxxxxxxxxxxxxxxxx");
-    write(dir, "tenants/initech/secret.key", b"initech-secret-xxxxxxxxxxxxxxxxxxx");
+    write(
+        dir,
+        "tenants/globex/secret.key",
+        b"globex-secret-xxxxxxxxxxxxxxxxxxxx",
+    );
+    write(
+        dir,
+        "tenants/initech/secret.key",
+        b"initech-secret-xxxxxxxxxxxxxxxxxxx",
+    );
     let cfg = format!(
         r#"
         [services]
@@ -55,12 +63,17 @@ fn claims(tenant: &str) -> serde_json::Value {
     json!({"payload": {"c": "info", "key": "doc-1", "tenant": tenant}, "iat": NOW, "exp": NOW + 300})
 }
 
-async fn send(
-    az: &docmesh_proxy::authz::Authorizer,
-    host: &str,
-    auth: &str,
-) -> Outcome {
-    decide(az, 8000, CALLER, "POST", URI, &[("host", host), ("authorization", auth)], b"{}").await
+async fn send(az: &docmesh_proxy::authz::Authorizer, host: &str, auth: &str) -> Outcome {
+    decide(
+        az,
+        8000,
+        CALLER,
+        "POST",
+        URI,
+        &[("host", host), ("authorization", auth)],
+        b"{}",
+    )
+    .await
 }
 
 #[tokio::test]
@@ -73,9 +86,21 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
 
     // The good token passes, for every HS algorithm, and the app sees verified values only.
     for alg in [HS256, HS384, HS512] {
-        let out = decide(&az, 8000, CALLER, "POST", URI,
-            &[("host", HOST), ("authorization", &bearer(&hs(alg, SECRET, &claims("acme")))),
-              (CLIENT_ID_HEADER, "spiffe://evil/forged"), (TENANT_HEADER, "globex")], b"{}").await;
+        let out = decide(
+            &az,
+            8000,
+            CALLER,
+            "POST",
+            URI,
+            &[
+                ("host", HOST),
+                ("authorization", &bearer(&hs(alg, SECRET, &claims("acme")))),
+                (CLIENT_ID_HEADER, "spiffe://evil/forged"),
+                (TENANT_HEADER, "globex"),
+            ],
+            b"{}",
+        )
+        .await;
         assert_eq!(out.allowed().as_deref(), Some("acme"));
         assert_eq!(out.headers.get_all(CLIENT_ID_HEADER).iter().count(), 1);
         assert_eq!(out.headers[CLIENT_ID_HEADER], CALLER.unwrap());
@@ -87,72 +112,151 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
     let payload = b64(claims("acme").to_string().as_bytes());
     for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"None"}"#] {
         let h = b64(header.as_bytes());
-        for tok in [format!("{h}.{payload}."), format!("{h}.{payload}.{}", b64(b"sig"))] {
-            send(&az, HOST, &bearer(&tok)).await.denied(unauth, "unsigned token (alg \"none\")");
+        for tok in [
+            format!("{h}.{payload}."),
+            format!("{h}.{payload}.{}", b64(b"sig")),
+        ] {
+            send(&az, HOST, &bearer(&tok))
+                .await
+                .denied(unauth, "unsigned token (alg \"none\")");
         }
     }
     // Wrong secret (another tenant's secret, for this host).
-    let tok = hs(HS256, b"globex-secret-xxxxxxxxxxxxxxxxxxxx", &claims("acme"));
-    send(&az, HOST, &bearer(&tok)).await.denied(unauth, "bad signature (HS256)");
+    let tok = hs(
+        HS256,
+        b"globex-secret-xxxxxxxxxxxxxxxxxxxx",
+        &claims("acme"),
+    );
+    send(&az, HOST, &bearer(&tok))
+        .await
+        .denied(unauth, "bad signature (HS256)");
     // Expired beyond the 60 s tolerance; within it passes.
     let mut c = claims("acme");
     c["exp"] = json!(NOW - 61);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c))).await
-        .denied(unauth, &format!("expired token: exp {} is before now {NOW} minus the 60 s", NOW - 61));
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
+        .await
+        .denied(
+            unauth,
+            &format!(
+                "expired token: exp {} is before now {NOW} minus the 60 s",
+                NOW - 61
+            ),
+        );
     c["exp"] = json!(NOW - 59);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c))).await.allowed();
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
+        .await
+        .allowed();
     // Not yet valid beyond the tolerance; within it passes.
     let mut c = claims("acme");
     c["nbf"] = json!(NOW + 61);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c))).await.denied(unauth, "token not yet valid: nbf");
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
+        .await
+        .denied(unauth, "token not yet valid: nbf");
     c["nbf"] = json!(NOW + 59);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c))).await.allowed();
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
+        .await
+        .allowed();
     // exp that is not a number.
     let mut c = claims("acme");
     c["exp"] = json!("tomorrow");
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c))).await.denied(unauth, "claim \"exp\" must be a NumericDate");
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
+        .await
+        .denied(unauth, "claim \"exp\" must be a NumericDate");
     // Missing tenant claim.
     let c = json!({"payload": {"c": "info"}, "exp": NOW + 300});
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c))).await
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
+        .await
         .denied(unauth, "missing tenant: the token has no \"tenant\" claim");
     // Tenant of another host: a token for globex (signed with acme's key, since the key
     // follows the host) sent to acme's host.
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &claims("globex")))).await
-        .denied(unauth, "tenant of another host: token tenant \"globex\", host tenant \"acme\"");
+    send(&az, HOST, &bearer(&hs(HS256, SECRET, &claims("globex"))))
+        .await
+        .denied(
+            unauth,
+            "tenant of another host: token tenant \"globex\", host tenant \"acme\"",
+        );
     // Tenant not permitted: globex may only GET /healthcheck.
-    let globex = hs(HS256, b"globex-secret-xxxxxxxxxxxxxxxxxxxx", &claims("globex"));
+    let globex = hs(
+        HS256,
+        b"globex-secret-xxxxxxxxxxxxxxxxxxxx",
+        &claims("globex"),
+    );
     send(&az, "globex.docs.example.com:443", &bearer(&globex)).await.denied(
         DenyCause::Forbidden,
         "tenant not permitted: tenant \"globex\" may not call POST /coauthoring/CommandService.ashx on documentserver (port 8000)",
     );
     // initech has a key but no row at all.
-    let initech = hs(HS256, b"initech-secret-xxxxxxxxxxxxxxxxxxx", &claims("initech"));
-    send(&az, "initech.docs.example.com", &bearer(&initech)).await
-        .denied(DenyCause::Forbidden, "tenant not permitted: tenant \"initech\"");
+    let initech = hs(
+        HS256,
+        b"initech-secret-xxxxxxxxxxxxxxxxxxx",
+        &claims("initech"),
+    );
+    send(&az, "initech.docs.example.com", &bearer(&initech))
+        .await
+        .denied(
+            DenyCause::Forbidden,
+            "tenant not permitted: tenant \"initech\"",
+        );
     // Unknown tenant key: no secret file for this host's tenant.
-    send(&az, "umbrella.docs.example.com", &bearer(&good)).await
-        .denied(unauth, "unknown tenant key: no secret for tenant \"umbrella\"");
+    send(&az, "umbrella.docs.example.com", &bearer(&good))
+        .await
+        .denied(
+            unauth,
+            "unknown tenant key: no secret for tenant \"umbrella\"",
+        );
     // Bad prefix.
-    for auth in [format!("Token {good}"), format!("Basic {good}"), good.clone(), "Bearer".into()] {
-        send(&az, HOST, &auth).await.denied(unauth, "does not start with the prefix \"Bearer \"");
+    for auth in [
+        format!("Token {good}"),
+        format!("Basic {good}"),
+        good.clone(),
+        "Bearer".into(),
+    ] {
+        send(&az, HOST, &auth)
+            .await
+            .denied(unauth, "does not start with the prefix \"Bearer \"");
     }
     // Malformed: base64, JSON, part counts, alg, crit.
     let (h, p, s) = {
         let mut it = good.split('.');
-        (it.next().unwrap().to_string(), it.next().unwrap().to_string(), it.next().unwrap().to_string())
+        (
+            it.next().unwrap().to_string(),
+            it.next().unwrap().to_string(),
+            it.next().unwrap().to_string(),
+        )
     };
     let cases = [
         (format!("{h}$.{p}.{s}"), "header is not base64url"),
         (format!("{h}.{p}*.{s}"), "payload is not base64url"),
         (format!("{h}.{p}.{s}!"), "signature is not base64url"),
-        (format!("{}.{p}.{s}", b64(b"{\"alg\":")), "header is not a JSON object"),
-        (format!("{}.{p}.{s}", b64(b"[1,2]")), "header is not a JSON object"),
-        (format!("{}.{p}.{s}", b64(b"{\"typ\":\"JWT\"}")), "header has no \"alg\""),
-        (format!("{}.{p}.{s}", b64(b"{\"alg\":7}")), "header \"alg\" is not a string"),
-        (format!("{}.{p}.{s}", b64(b"{\"alg\":\"XS999\"}")), "algorithm XS999 not accepted: unknown"),
-        (format!("{}.{p}.{s}", b64(br#"{"alg":"HS256","crit":["exp"]}"#)), "\"crit\""),
+        (
+            format!("{}.{p}.{s}", b64(b"{\"alg\":")),
+            "header is not a JSON object",
+        ),
+        (
+            format!("{}.{p}.{s}", b64(b"[1,2]")),
+            "header is not a JSON object",
+        ),
+        (
+            format!("{}.{p}.{s}", b64(b"{\"typ\":\"JWT\"}")),
+            "header has no \"alg\"",
+        ),
+        (
+            format!("{}.{p}.{s}", b64(b"{\"alg\":7}")),
+            "header \"alg\" is not a string",
+        ),
+        (
+            format!("{}.{p}.{s}", b64(b"{\"alg\":\"XS999\"}")),
+            "algorithm XS999 not accepted: unknown",
+        ),
+        (
+            format!("{}.{p}.{s}", b64(br#"{"alg":"HS256","crit":["exp"]}"#)),
+            "\"crit\"",
+        ),
         (format!("{h}.{p}"), "expected 3 dot-separated parts"),
-        (format!("{h}.{p}.{s}.{s}.{s}"), "(JWS compact form), found 5"),
+        (
+            format!("{h}.{p}.{s}.{s}.{s}"),
+            "(JWS compact form), found 5",
+        ),
         ("...".to_string(), "malformed token"),
         ("e30.e30.e30".to_string(), "header has no \"alg\""),
     ];
@@ -171,31 +275,71 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
         .unwrap();
         format!("{h}.{p}.{sig}")
     };
-    send(&az, HOST, &bearer(&garbage)).await.denied(unauth, "payload is not a JSON object");
+    send(&az, HOST, &bearer(&garbage))
+        .await
+        .denied(unauth, "payload is not a JSON object");
     // A 1 MB token is refused by size, before any decoding.
     let huge = format!("{h}.{}.{s}", "A".repeat(1024 * 1024));
-    send(&az, HOST, &bearer(&huge)).await
+    send(&az, HOST, &bearer(&huge))
+        .await
         .denied(unauth, "exceeds authz.jwt.max_token_bytes (65536)");
     // A duplicated header, even with two good tokens.
-    decide(&az, 8000, CALLER, "POST", URI,
-        &[("host", HOST), ("authorization", &bearer(&good)), ("authorization", &bearer(&good))], b"").await
-        .denied(unauth, "duplicated token header Authorization");
+    decide(
+        &az,
+        8000,
+        CALLER,
+        "POST",
+        URI,
+        &[
+            ("host", HOST),
+            ("authorization", &bearer(&good)),
+            ("authorization", &bearer(&good)),
+        ],
+        b"",
+    )
+    .await
+    .denied(unauth, "duplicated token header Authorization");
     // No token at all.
-    decide(&az, 8000, CALLER, "POST", URI, &[("host", HOST)], b"").await
-        .denied(unauth, "missing token: expected header \"Authorization: Bearer <jwt>\"");
+    decide(&az, 8000, CALLER, "POST", URI, &[("host", HOST)], b"")
+        .await
+        .denied(
+            unauth,
+            "missing token: expected header \"Authorization: Bearer <jwt>\"",
+        );
     // Non-ASCII header bytes.
     let req_auth = http::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap();
-    let mut req = http::Request::builder().method("POST").uri(URI).header("host", HOST)
-        .body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(URI)
+        .header("host", HOST)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
     req.headers_mut().insert("authorization", req_auth);
     let (mut parts, body) = req.into_parts();
     let (d, _) = az.authorize_http(8000, None, &mut parts, body).await;
-    assert!(matches!(d, docmesh_proxy::authz::Decision::Deny { cause: DenyCause::Unauthenticated, ref detail } if detail.contains("not visible ASCII")), "{d:?}");
+    assert!(
+        matches!(d, docmesh_proxy::authz::Decision::Deny { cause: DenyCause::Unauthenticated, ref detail } if detail.contains("not visible ASCII")),
+        "{d:?}"
+    );
     // Denied requests never carry identity headers, even client-forged ones.
-    let out = decide(&az, 8000, CALLER, "POST", URI,
-        &[("host", HOST), (CLIENT_ID_HEADER, "spiffe://x/y"), (TENANT_HEADER, "acme")], b"").await;
+    let out = decide(
+        &az,
+        8000,
+        CALLER,
+        "POST",
+        URI,
+        &[
+            ("host", HOST),
+            (CLIENT_ID_HEADER, "spiffe://x/y"),
+            (TENANT_HEADER, "acme"),
+        ],
+        b"",
+    )
+    .await;
     assert!(!out.decision.is_allow());
-    assert!(out.headers.get(CLIENT_ID_HEADER).is_none() && out.headers.get(TENANT_HEADER).is_none());
+    assert!(
+        out.headers.get(CLIENT_ID_HEADER).is_none() && out.headers.get(TENANT_HEADER).is_none()
+    );
 }
 
 #[tokio::test]
@@ -208,7 +352,8 @@ async fn algorithm_confusion_never_passes() {
     let headers = |auth: &str| [("authorization", auth.to_string())];
 
     // Public keys only: an HS token has no key at all.
-    let az = authorizer(&format!("[jwt]\nenabled = true\njwks_file = \"{jwks}\"\n")).with_clock(|| NOW);
+    let az =
+        authorizer(&format!("[jwt]\nenabled = true\njwks_file = \"{jwks}\"\n")).with_clock(|| NOW);
     let h = headers(&confusion);
     let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
     decide(&az, 8000, None, "POST", URI, &h, b"").await.denied(
@@ -216,7 +361,17 @@ async fn algorithm_confusion_never_passes() {
         "algorithm HS256 not accepted: no shared secret is configured",
     );
     // The RS256 token itself is fine.
-    decide(&az, 8000, None, "POST", URI, &[("authorization", rs256.as_str())], b"").await.allowed();
+    decide(
+        &az,
+        8000,
+        None,
+        "POST",
+        URI,
+        &[("authorization", rs256.as_str())],
+        b"",
+    )
+    .await
+    .allowed();
 
     // Shared secret and public keys together: the HS token is checked against the secret only.
     let secret = write(dir.path(), "secret", b"the-real-shared-secret-0123456789");
@@ -224,7 +379,8 @@ async fn algorithm_confusion_never_passes() {
         "[jwt]\nenabled = true\njwks_file = \"{jwks}\"\nsecret_file = \"{secret}\"\n"
     ))
     .with_clock(|| NOW);
-    decide(&az, 8000, None, "POST", URI, &h, b"").await
+    decide(&az, 8000, None, "POST", URI, &h, b"")
+        .await
         .denied(DenyCause::Unauthenticated, "bad signature (HS256)");
 
     // Even when the configured secret *is* the PEM text, an RS256 token relabelled HS256 fails
@@ -241,14 +397,32 @@ async fn algorithm_confusion_never_passes() {
     let mut relabelled: Vec<String> = py.tokens["rs256"].split('.').map(str::to_string).collect();
     relabelled[0] = b64(br#"{"alg":"ES256","kid":"rsa-1"}"#);
     let tok = format!("Bearer {}", relabelled.join("."));
-    decide(&az, 8000, None, "POST", URI, &[("authorization", tok.as_str())], b"").await
-        .denied(DenyCause::Unauthenticated, "algorithm ES256 not accepted: no JWKS key with kid \"rsa-1\"");
+    decide(
+        &az,
+        8000,
+        None,
+        "POST",
+        URI,
+        &[("authorization", tok.as_str())],
+        b"",
+    )
+    .await
+    .denied(
+        DenyCause::Unauthenticated,
+        "algorithm ES256 not accepted: no JWKS key with kid \"rsa-1\"",
+    );
 
     // A JWKS that carries a symmetric key is refused at load time.
-    let bad = write(dir.path(), "oct.json", br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"HS256"}]}"#);
+    let bad = write(
+        dir.path(),
+        "oct.json",
+        br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"HS256"}]}"#,
+    );
     let cfg: docmesh_proxy::config::authz::AuthzConfig =
         toml::from_str(&format!("[jwt]\nenabled = true\njwks_file = \"{bad}\"\n")).unwrap();
-    let err = docmesh_proxy::authz::Authorizer::from_config(&cfg).unwrap_err().to_string();
+    let err = docmesh_proxy::authz::Authorizer::from_config(&cfg)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("symmetric (oct) keys are refused"), "{err}");
 }
 
@@ -262,26 +436,53 @@ async fn body_tokens_are_bounded_and_oversized_bodies_get_413() {
         secret = "body-secret-body-secret-body-secret"
     "#;
     let az = authorizer(cfg).with_clock(|| NOW);
-    let tok = hs(HS256, b"body-secret-body-secret-body-secret", &json!({"c": "info", "exp": NOW + 60}));
+    let tok = hs(
+        HS256,
+        b"body-secret-body-secret-body-secret",
+        &json!({"c": "info", "exp": NOW + 60}),
+    );
     let body = json!({"c": "info", "token": tok}).to_string();
-    decide(&az, 8000, None, "POST", URI, &[], body.as_bytes()).await.allowed();
+    decide(&az, 8000, None, "POST", URI, &[], body.as_bytes())
+        .await
+        .allowed();
 
     // A body over the limit (declared or not) is refused with 413 and says why.
     let big = json!({"c": "info", "token": tok, "pad": "x".repeat(8192)}).to_string();
     let out = decide(&az, 8000, None, "POST", URI, &[], big.as_bytes()).await;
-    out.denied(DenyCause::PayloadTooLarge, "request body larger than authz.jwt.max_body_bytes (4096 bytes)");
-    let out = decide(&az, 8000, None, "POST", URI, &[("content-length", "10485760")], b"{}").await;
-    out.denied(DenyCause::PayloadTooLarge, "while a token is looked for in the body field \"token\"");
+    out.denied(
+        DenyCause::PayloadTooLarge,
+        "request body larger than authz.jwt.max_body_bytes (4096 bytes)",
+    );
+    let out = decide(
+        &az,
+        8000,
+        None,
+        "POST",
+        URI,
+        &[("content-length", "10485760")],
+        b"{}",
+    )
+    .await;
+    out.denied(
+        DenyCause::PayloadTooLarge,
+        "while a token is looked for in the body field \"token\"",
+    );
     assert_eq!(DenyCause::PayloadTooLarge.status(), 413);
 
     // A body token that is not a string, and a body without a token and no header.
-    decide(&az, 8000, None, "POST", URI, &[], br#"{"token": 42}"#).await
-        .denied(DenyCause::Unauthenticated, "JSON body field \"token\" is not a string");
-    decide(&az, 8000, None, "POST", URI, &[], b"not json").await
+    decide(&az, 8000, None, "POST", URI, &[], br#"{"token": 42}"#)
+        .await
+        .denied(
+            DenyCause::Unauthenticated,
+            "JSON body field \"token\" is not a string",
+        );
+    decide(&az, 8000, None, "POST", URI, &[], b"not json")
+        .await
         .denied(DenyCause::Unauthenticated, "missing token");
     // A 1 MB token in the body is caught by the body limit first.
     let huge = json!({"token": "a".repeat(1024 * 1024)}).to_string();
-    decide(&az, 8000, None, "POST", URI, &[], huge.as_bytes()).await
+    decide(&az, 8000, None, "POST", URI, &[], huge.as_bytes())
+        .await
         .denied(DenyCause::PayloadTooLarge, "max_body_bytes");
 }
 
@@ -299,16 +500,34 @@ async fn issuer_audience_and_required_exp() {
     let key = b"iss-aud-secret-iss-aud-secret-xxxx";
     let go = |c: serde_json::Value| format!("Bearer {}", hs(HS256, key, &c));
     let ok = go(json!({"iss": "portal", "aud": ["x", "documentserver"], "exp": NOW + 10}));
-    decide(&az, 1, None, "GET", "/", &[("authorization", &ok)], b"").await.allowed();
+    decide(&az, 1, None, "GET", "/", &[("authorization", &ok)], b"")
+        .await
+        .allowed();
     let cases = [
-        (json!({"iss": "evil", "aud": "documentserver", "exp": NOW + 10}), "wrong issuer: got Some(\"evil\")"),
-        (json!({"aud": "documentserver", "exp": NOW + 10}), "wrong issuer: got None"),
-        (json!({"iss": "portal", "aud": "converter", "exp": NOW + 10}), "wrong audience"),
-        (json!({"iss": "portal", "exp": NOW + 10}), "wrong audience: got None"),
-        (json!({"iss": "portal", "aud": "documentserver"}), "token has no exp claim"),
+        (
+            json!({"iss": "evil", "aud": "documentserver", "exp": NOW + 10}),
+            "wrong issuer: got Some(\"evil\")",
+        ),
+        (
+            json!({"aud": "documentserver", "exp": NOW + 10}),
+            "wrong issuer: got None",
+        ),
+        (
+            json!({"iss": "portal", "aud": "converter", "exp": NOW + 10}),
+            "wrong audience",
+        ),
+        (
+            json!({"iss": "portal", "exp": NOW + 10}),
+            "wrong audience: got None",
+        ),
+        (
+            json!({"iss": "portal", "aud": "documentserver"}),
+            "token has no exp claim",
+        ),
     ];
     for (c, needle) in cases {
-        decide(&az, 1, None, "GET", "/", &[("authorization", &go(c))], b"").await
+        decide(&az, 1, None, "GET", "/", &[("authorization", &go(c))], b"")
+            .await
             .denied(DenyCause::Unauthenticated, needle);
     }
 }
@@ -333,11 +552,15 @@ async fn random_mutations_of_a_good_token_never_panic_or_pass() {
                 _ => bytes.insert(i, alphabet[rng.usize(..alphabet.len())]),
             }
         }
-        let Ok(tok) = String::from_utf8(bytes) else { continue };
+        let Ok(tok) = String::from_utf8(bytes) else {
+            continue;
+        };
         if tok == good {
             continue;
         }
-        let Ok(auth) = http::HeaderValue::from_str(&format!("Bearer {tok}")) else { continue };
+        let Ok(auth) = http::HeaderValue::from_str(&format!("Bearer {tok}")) else {
+            continue;
+        };
         let out = send(&az, HOST, auth.to_str().unwrap()).await;
         // Padding-insensitive base64 may map a mutation back to the same bytes; anything else
         // must be refused.

@@ -19,3 +19,20 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# PyJWT and cryptography: an independent JWT implementation for the authz interop tests
+# (proxy/tests/authz_pyjwt.rs). pip first (works as root in CI), then Debian's packages.
+if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "install-deps: installing PyJWT and cryptography" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      pyjwt cryptography >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      pyjwt cryptography >/dev/null 2>&1 \
+    || { [ "$(id -u)" = 0 ] && export DEBIAN_FRONTEND=noninteractive && apt-get update -qq \
+         && apt-get install -y -qq --no-install-recommends python3-jwt python3-cryptography >/dev/null; } \
+    || true
+  if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+    echo "install-deps: PyJWT/cryptography could not be installed (python3 -m pip install pyjwt cryptography)" >&2
+    exit 1
+  fi
+fi

@@ -106,8 +106,7 @@ pub fn verify(
     let mut verified = false;
     for key in candidates {
         // Errors from the verifier (a key it cannot use) count as "does not verify".
-        if jsonwebtoken::crypto::verify(s64, signing_input.as_bytes(), key, alg).unwrap_or(false)
-        {
+        if jsonwebtoken::crypto::verify(s64, signing_input.as_bytes(), key, alg).unwrap_or(false) {
             verified = true;
             break;
         }
@@ -164,7 +163,10 @@ fn candidate_keys<'k>(
         return Err(AuthzError::AlgNotAccepted {
             alg: format!("{alg:?}"),
             why: match kid {
-                Some(k) => format!("no JWKS key with kid {:?} pinned to this algorithm", clip(k)),
+                Some(k) => format!(
+                    "no JWKS key with kid {:?} pinned to this algorithm",
+                    clip(k)
+                ),
                 None => "no JWKS key is pinned to this algorithm".into(),
             },
         });

@@ -63,9 +63,11 @@ impl Keys {
     /// secret for the default tenant (or every tenant without the per-tenant layout).
     pub fn secret_for(&self, tenant: &str, default_tenant: &str) -> Option<&DecodingKey> {
         if self.per_tenant {
-            self.tenant_secrets
-                .get(tenant)
-                .or_else(|| (tenant == default_tenant).then_some(()).and(self.default_secret.as_ref()))
+            self.tenant_secrets.get(tenant).or_else(|| {
+                (tenant == default_tenant)
+                    .then_some(())
+                    .and(self.default_secret.as_ref())
+            })
         } else {
             self.default_secret.as_ref()
         }
@@ -150,7 +152,9 @@ fn read_all(sources: &KeySources) -> Result<BTreeMap<PathBuf, Vec<u8>>, AuthzCon
         })?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(tenant) = name.to_str() else { continue };
+            let Some(tenant) = name.to_str() else {
+                continue;
+            };
             if !valid_tenant_name(tenant) {
                 tracing::warn!(dir = %dir.display(), tenant = ?tenant,
                     "skipping tenant directory whose name is not a valid tenant");
@@ -184,10 +188,7 @@ fn secret_bytes(raw: &[u8]) -> &[u8] {
     s
 }
 
-fn build(
-    sources: &KeySources,
-    raw: &BTreeMap<PathBuf, Vec<u8>>,
-) -> Result<Keys, AuthzConfigError> {
+fn build(sources: &KeySources, raw: &BTreeMap<PathBuf, Vec<u8>>) -> Result<Keys, AuthzConfigError> {
     let mut keys = Keys::default();
     if let Some(s) = &sources.secret {
         if s.is_empty() {
@@ -210,8 +211,12 @@ fn build(
     if let Some(dir) = &sources.tenant_secrets_dir {
         keys.per_tenant = true;
         for (path, bytes) in raw {
-            let Ok(rel) = path.strip_prefix(dir) else { continue };
-            let Some(tenant) = rel.parent().and_then(|t| t.to_str()) else { continue };
+            let Ok(rel) = path.strip_prefix(dir) else {
+                continue;
+            };
+            let Some(tenant) = rel.parent().and_then(|t| t.to_str()) else {
+                continue;
+            };
             let secret = secret_bytes(bytes);
             if secret.is_empty() {
                 tracing::warn!(path = %path.display(), "skipping empty tenant secret file");
@@ -277,7 +282,9 @@ fn parse_jwk(jwk: &Value) -> Result<PublicKey, String> {
             let key = DecodingKey::from_ec_components(need("x")?, need("y")?)
                 .map_err(|e| format!("bad EC coordinates: {e}"))?;
             if declared.is_some_and(|d| d != by_curve) {
-                return Err(format!("\"alg\" does not match the curve (expected {by_curve:?})"));
+                return Err(format!(
+                    "\"alg\" does not match the curve (expected {by_curve:?})"
+                ));
             }
             (by_curve, key)
         }

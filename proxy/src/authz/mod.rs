@@ -7,6 +7,7 @@
 //! only (copies sent by the client are always removed first).
 
 pub mod body;
+pub mod decision;
 pub mod jwt;
 pub mod keys;
 pub mod spiffe;
@@ -14,8 +15,7 @@ pub mod tenant;
 pub mod token;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,9 +26,9 @@ use http_body::Body;
 use jsonwebtoken::Algorithm;
 
 use crate::config::authz::AuthzConfig;
-use crate::errors::Cause;
 
 pub use body::AuthzBody;
+pub use decision::{AuthzConfigError, AuthzError, AuthzStats, Decision, DenyCause};
 // TEMPORARY until docmesh_certs::spiffe_id lands on main: same API subset.
 pub use shim::SpiffeId;
 #[allow(missing_docs)]
@@ -44,7 +44,11 @@ mod shim {
     impl std::str::FromStr for SpiffeId {
         type Err = String;
         fn from_str(s: &str) -> Result<Self, String> {
-            if s.starts_with("spiffe://") { Ok(SpiffeId(s.to_string())) } else { Err(s.to_string()) }
+            if s.starts_with("spiffe://") {
+                Ok(SpiffeId(s.to_string()))
+            } else {
+                Err(s.to_string())
+            }
         }
     }
     impl std::fmt::Display for SpiffeId {
@@ -58,274 +62,6 @@ mod shim {
 pub const CLIENT_ID_HEADER: &str = "docmesh-client-id";
 /// Header carrying the verified tenant to the app.
 pub const TENANT_HEADER: &str = "docmesh-tenant";
-
-/// Why a call was refused; each maps to one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DenyCause {
-    /// 401: the token is missing or invalid.
-    Unauthenticated,
-    /// 403: the SPIFFE ID or the tenant is not permitted.
-    Forbidden,
-    /// 413: the body had to be read for a token but exceeds the buffer limit.
-    PayloadTooLarge,
-}
-
-impl DenyCause {
-    /// The HTTP status of the refusal.
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            DenyCause::Unauthenticated => Cause::Unauthenticated.status(),
-            DenyCause::Forbidden => Cause::Forbidden.status(),
-            DenyCause::PayloadTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-        }
-    }
-
-    /// The stable name for the `docmesh-error` header, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyCause::Unauthenticated => Cause::Unauthenticated.as_str(),
-            DenyCause::Forbidden => Cause::Forbidden.as_str(),
-            DenyCause::PayloadTooLarge => "payload-too-large",
-        }
-    }
-
-    /// The proxy-wide cause, where the taxonomy has one (413 is not a proxy failure cause).
-    pub fn proxy_cause(self) -> Option<Cause> {
-        match self {
-            DenyCause::Unauthenticated => Some(Cause::Unauthenticated),
-            DenyCause::Forbidden => Some(Cause::Forbidden),
-            DenyCause::PayloadTooLarge => None,
-        }
-    }
-}
-
-/// The outcome of authorizing one connection or request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Let it through; these verified values are what the app sees.
-    Allow {
-        /// The client's SPIFFE ID (from its mTLS certificate).
-        client_id: Option<SpiffeId>,
-        /// The verified tenant, when a token was required.
-        tenant: Option<String>,
-    },
-    /// Refuse it.
-    Deny {
-        /// Which status to answer with.
-        cause: DenyCause,
-        /// Exactly which check failed, for the operator (never contains secrets).
-        detail: String,
-    },
-}
-
-impl Decision {
-    /// Whether the decision lets the call through.
-    pub fn is_allow(&self) -> bool {
-        matches!(self, Decision::Allow { .. })
-    }
-
-    fn deny(e: AuthzError) -> Self {
-        Decision::Deny {
-            cause: e.cause(),
-            detail: e.to_string(),
-        }
-    }
-}
-
-/// Every check that can refuse a call. The message is the detail the operator sees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthzError {
-    /// No SPIFFE rule allows this client.
-    #[error("SPIFFE ID {id} is not allowed for {target} by rules [{rules}]")]
-    SpiffeDenied {
-        /// The client ID (or a note that there is none).
-        id: String,
-        /// What was called.
-        target: String,
-        /// The rule set that was consulted.
-        rules: String,
-    },
-    /// No token where one is required.
-    #[error("missing token: expected {expected}")]
-    Missing {
-        /// Where a token was looked for.
-        expected: String,
-    },
-    /// The token header appears more than once.
-    #[error("duplicated token header {header}: send exactly one")]
-    DuplicateHeader {
-        /// The header name.
-        header: String,
-    },
-    /// The header does not start with the configured prefix.
-    #[error("token header {header} does not start with the prefix {prefix:?}")]
-    BadPrefix {
-        /// The header name.
-        header: String,
-        /// The expected prefix.
-        prefix: String,
-    },
-    /// The token exceeds the size cap.
-    #[error("token of {len} bytes exceeds authz.jwt.max_token_bytes ({max})")]
-    TokenTooLarge {
-        /// Its length.
-        len: usize,
-        /// The cap.
-        max: usize,
-    },
-    /// The token is not a well-formed JWS.
-    #[error("malformed token: {reason}")]
-    Malformed {
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `alg: none`.
-    #[error("unsigned token (alg \"none\") refused")]
-    AlgNone,
-    /// The algorithm is not pinned to any configured key.
-    #[error("algorithm {alg} not accepted: {why}")]
-    AlgNotAccepted {
-        /// The token's algorithm.
-        alg: String,
-        /// Why no key accepts it.
-        why: String,
-    },
-    /// No secret exists for the host's tenant.
-    #[error("unknown tenant key: no secret for tenant {tenant:?} (check <tenant_secrets_dir>/{tenant}/secret.key)")]
-    UnknownTenantKey {
-        /// The tenant whose key was looked for.
-        tenant: String,
-    },
-    /// The signature does not verify.
-    #[error("bad signature ({alg}): the token was not signed with the configured key")]
-    BadSignature {
-        /// The token's algorithm.
-        alg: String,
-    },
-    /// `exp` is past (beyond the tolerance).
-    #[error("expired token: exp {exp} is before now {now} minus the {tolerance} s tolerance")]
-    Expired {
-        /// The `exp` claim.
-        exp: i64,
-        /// Now.
-        now: u64,
-        /// Clock tolerance in seconds.
-        tolerance: u64,
-    },
-    /// `nbf` is in the future (beyond the tolerance).
-    #[error("token not yet valid: nbf {nbf} is after now {now} plus the {tolerance} s tolerance")]
-    NotYetValid {
-        /// The `nbf` claim.
-        nbf: i64,
-        /// Now.
-        now: u64,
-        /// Clock tolerance in seconds.
-        tolerance: u64,
-    },
-    /// `exp` is required but absent.
-    #[error("token has no exp claim, and authz.jwt.require_exp is set")]
-    MissingExp,
-    /// `iss` is not accepted.
-    #[error("wrong issuer: got {got:?}, expected one of [{expected}]")]
-    WrongIssuer {
-        /// The token's `iss`.
-        got: Option<String>,
-        /// The accepted issuers.
-        expected: String,
-    },
-    /// `aud` is not accepted.
-    #[error("wrong audience: got {got:?}, expected one of [{expected}]")]
-    WrongAudience {
-        /// The token's `aud`.
-        got: Option<String>,
-        /// The accepted audiences.
-        expected: String,
-    },
-    /// The configured tenant claim is absent.
-    #[error("missing tenant: the token has no \"{claim}\" claim")]
-    MissingTenant {
-        /// The claim name.
-        claim: String,
-    },
-    /// The token's tenant differs from the host's.
-    #[error("tenant of another host: token tenant {token_tenant:?}, host tenant {host_tenant:?}")]
-    TenantOfAnotherHost {
-        /// The tenant named by the token.
-        token_tenant: String,
-        /// The tenant of the request's host.
-        host_tenant: String,
-    },
-    /// The permission table does not allow this tenant this call.
-    #[error("tenant not permitted: tenant {tenant:?} may not call {call}")]
-    TenantNotPermitted {
-        /// The verified tenant.
-        tenant: String,
-        /// The call (method, path, service).
-        call: String,
-    },
-    /// The request path has dot segments, which could dodge prefix rules.
-    #[error("path {path:?} has dot segments or encoded slashes; refused so prefix rules hold")]
-    UnsafePath {
-        /// The path.
-        path: String,
-    },
-    /// The body had to be read for a token but exceeds the buffer limit.
-    #[error("request body larger than authz.jwt.max_body_bytes ({max} bytes) while a token is looked for in the body field {field:?}; send a smaller body or the token in the header")]
-    BodyTooLarge {
-        /// The buffer limit.
-        max: usize,
-        /// The body field.
-        field: String,
-    },
-    /// The body could not be read to look for a token.
-    #[error("could not read the request body to look for a token: {reason}")]
-    BodyUnreadable {
-        /// The read error.
-        reason: String,
-    },
-}
-
-impl AuthzError {
-    /// The status class of this refusal.
-    pub fn cause(&self) -> DenyCause {
-        match self {
-            AuthzError::SpiffeDenied { .. }
-            | AuthzError::TenantNotPermitted { .. }
-            | AuthzError::UnsafePath { .. } => DenyCause::Forbidden,
-            AuthzError::BodyTooLarge { .. } => DenyCause::PayloadTooLarge,
-            _ => DenyCause::Unauthenticated,
-        }
-    }
-}
-
-/// Configuration and key-loading failures (at start-up or on a key file reload).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuthzConfigError {
-    /// A setting is invalid.
-    #[error("invalid [authz] configuration: {0}")]
-    Invalid(String),
-    /// A key file could not be read or parsed.
-    #[error("key file {path}: {reason}")]
-    KeyFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong (never the key material).
-        reason: String,
-    },
-}
-
-/// Counters of decisions, for metrics.
-#[derive(Debug, Default)]
-pub struct AuthzStats {
-    /// Calls allowed.
-    pub allowed: AtomicU64,
-    /// Calls refused with 401.
-    pub unauthenticated: AtomicU64,
-    /// Calls refused with 403.
-    pub forbidden: AtomicU64,
-    /// Calls refused with 413.
-    pub payload_too_large: AtomicU64,
-}
 
 struct JwtPolicy {
     ports: Vec<u16>,
@@ -497,7 +233,10 @@ impl Authorizer {
                 if let Some(v) = id.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
                     parts.headers.insert(CLIENT_ID_HEADER, v);
                 }
-                if let Some(v) = tenant.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+                if let Some(v) = tenant
+                    .as_deref()
+                    .and_then(|t| HeaderValue::from_str(t).ok())
+                {
                     parts.headers.insert(TENANT_HEADER, v);
                 }
                 Decision::Allow {
@@ -597,8 +336,12 @@ impl Authorizer {
 fn build_jwt(cfg: &AuthzConfig) -> Result<JwtPolicy, AuthzConfigError> {
     let j = &cfg.jwt;
     let invalid = |m: String| AuthzConfigError::Invalid(m);
-    let header = HeaderName::from_bytes(j.header.as_bytes())
-        .map_err(|_| invalid(format!("authz.jwt.header {:?} is not a header name", j.header)))?;
+    let header = HeaderName::from_bytes(j.header.as_bytes()).map_err(|_| {
+        invalid(format!(
+            "authz.jwt.header {:?} is not a header name",
+            j.header
+        ))
+    })?;
     if j.max_token_bytes == 0 {
         return Err(invalid("authz.jwt.max_token_bytes must be above 0".into()));
     }
@@ -638,7 +381,9 @@ fn build_jwt(cfg: &AuthzConfig) -> Result<JwtPolicy, AuthzConfigError> {
     }
     for p in j.path_prefixes.iter().chain(&j.exempt_path_prefixes) {
         if !p.starts_with('/') {
-            return Err(invalid(format!("authz.jwt path prefix {p:?} must start with /")));
+            return Err(invalid(format!(
+                "authz.jwt path prefix {p:?} must start with /"
+            )));
         }
     }
     Ok(JwtPolicy {
@@ -686,7 +431,10 @@ pub(crate) fn path_matches(path: &str, prefix: &str) -> bool {
 /// into a path no prefix rule was written for.
 fn path_is_safe(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || path.contains('\\')
+    if lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
     {
         return false;
     }

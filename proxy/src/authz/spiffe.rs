@@ -164,7 +164,11 @@ impl SpiffeRules {
         Err(AuthzError::SpiffeDenied {
             id: describe(id),
             target: format!("TCP port {port}"),
-            rules: rule_names(&applicable, rules, "no rule without methods or path applies to opaque TCP"),
+            rules: rule_names(
+                &applicable,
+                rules,
+                "no rule without methods or path applies to opaque TCP",
+            ),
         })
     }
 

@@ -82,7 +82,10 @@ pub fn claim_tenant(claims: &Map<String, Value>, claim: &str) -> Result<String, 
     match value {
         Some(Value::String(t)) if valid_tenant_name(t) => Ok(t.to_ascii_lowercase()),
         Some(Value::String(t)) => Err(AuthzError::Malformed {
-            reason: format!("tenant claim \"{claim}\" is not a valid tenant name: {:?}", clip(t)),
+            reason: format!(
+                "tenant claim \"{claim}\" is not a valid tenant name: {:?}",
+                clip(t)
+            ),
         }),
         Some(_) => Err(AuthzError::Malformed {
             reason: format!("tenant claim \"{claim}\" is not a string"),
@@ -176,7 +179,8 @@ impl TenantTable {
         if permitted {
             Ok(())
         } else {
-            let svc = service.map_or_else(|| format!("port {port}"), |s| format!("{s} (port {port})"));
+            let svc =
+                service.map_or_else(|| format!("port {port}"), |s| format!("{s} (port {port})"));
             Err(AuthzError::TenantNotPermitted {
                 tenant: tenant.to_string(),
                 call: format!("{method} {} on {svc}", clip(path)),

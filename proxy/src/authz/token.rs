@@ -30,15 +30,13 @@ where
             return (Err(too_large(policy)), AuthzBody::original(body));
         }
         match read_bounded(body, policy.max_body_bytes).await {
-            Ok((bytes, trailers)) => {
-                match body_token(&bytes, &policy.body_field) {
-                    Ok(Some(token)) => {
-                        return (Ok(token), AuthzBody::buffered(bytes, trailers));
-                    }
-                    Ok(None) => AuthzBody::buffered(bytes, trailers),
-                    Err(e) => return (Err(e), AuthzBody::buffered(bytes, trailers)),
+            Ok((bytes, trailers)) => match body_token(&bytes, &policy.body_field) {
+                Ok(Some(token)) => {
+                    return (Ok(token), AuthzBody::buffered(bytes, trailers));
                 }
-            }
+                Ok(None) => AuthzBody::buffered(bytes, trailers),
+                Err(e) => return (Err(e), AuthzBody::buffered(bytes, trailers)),
+            },
             Err(BufferFailure::TooLarge) => {
                 return (
                     Err(too_large(policy)),
@@ -80,7 +78,10 @@ fn too_large(policy: &JwtPolicy) -> AuthzError {
 }
 
 fn expected(policy: &JwtPolicy) -> String {
-    let header = format!("header \"{}: {}<jwt>\"", policy.header_display, policy.prefix);
+    let header = format!(
+        "header \"{}: {}<jwt>\"",
+        policy.header_display, policy.prefix
+    );
     if policy.in_body {
         format!("JSON body field \"{}\" or {header}", policy.body_field)
     } else {

@@ -125,7 +125,10 @@ impl Outcome {
         match &self.decision {
             Decision::Deny { cause: c, detail } => {
                 assert_eq!(*c, cause, "detail: {detail}");
-                assert!(detail.contains(needle), "detail {detail:?} lacks {needle:?}");
+                assert!(
+                    detail.contains(needle),
+                    "detail {detail:?} lacks {needle:?}"
+                );
             }
             other => panic!("expected {cause:?} ({needle}), got {other:?}"),
         }
@@ -158,7 +161,9 @@ pub async fn decide(
     let req = b.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
     let (mut parts, body) = req.into_parts();
     let client = client.map(id);
-    let (decision, body) = az.authorize_http(port, client.as_ref(), &mut parts, body).await;
+    let (decision, body) = az
+        .authorize_http(port, client.as_ref(), &mut parts, body)
+        .await;
     let body = body.collect().await.unwrap().to_bytes();
     Outcome {
         decision,
