@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod config;
+pub mod diagnose;
 pub mod errors;
 pub mod lifecycle;
 pub mod metrics;
