@@ -221,6 +221,10 @@ fn bad_rules_are_configuration_errors_naming_the_field() {
             "is not a tenant name",
         ),
         ("[jwt]\nenabled = true", "needs a key"),
+        (
+            "[[tenants.permissions]]\ntenant = \"acme\"",
+            "needs authz.jwt.enabled",
+        ),
         ("[jwt]\nenabled = true\nsecret = \"\"", "empty HMAC key"),
         (
             "[jwt]\nenabled = true\nsecret = \"x\"\nalgorithms = [\"RS256\"]",
@@ -388,4 +392,25 @@ async fn tenant_secret_files_are_reloaded_when_they_change() {
         .allowed();
     // Nothing changed since: a manual reload reports no change.
     assert!(!az.reload_keys().unwrap());
+}
+
+#[tokio::test]
+async fn refusals_become_taxonomy_responses() {
+    use http_body_util::BodyExt;
+    for (cause, status, name) in [
+        (DenyCause::Unauthenticated, 401, "unauthenticated"),
+        (DenyCause::Forbidden, 403, "forbidden"),
+        (DenyCause::PayloadTooLarge, 413, "payload-too-large"),
+    ] {
+        let resp = cause.to_response("the detail", Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["docmesh-error"], name);
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["cause"], name);
+        assert_eq!(v["status"], status);
+        assert_eq!(v["hop"], "inbound");
+        assert_eq!(v["detail"], "the detail");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
 }

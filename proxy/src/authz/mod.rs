@@ -130,6 +130,13 @@ impl Authorizer {
         } else {
             None
         };
+        if !cfg.tenants.permissions.is_empty() && !cfg.jwt.enabled {
+            return Err(AuthzConfigError::Invalid(
+                "authz.tenants.permissions needs authz.jwt.enabled: the tenant comes from a \
+                 verified token"
+                    .into(),
+            ));
+        }
         if let Some(claim) = &cfg.tenants.claim {
             if claim.is_empty() {
                 return Err(AuthzConfigError::Invalid(
