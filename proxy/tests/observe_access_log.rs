@@ -155,3 +155,46 @@ async fn disabled_logger_logs_nothing() {
     let log = AccessLogger::to_writer(&c, Counter::default(), tokio::io::sink());
     assert!(!log.log(http_entry(500, None)));
 }
+
+#[tokio::test]
+async fn observability_finish_logs_and_counts_http_but_only_logs_tcp() {
+    use docmesh_proxy::config::observability::ObservabilityConfig;
+    use docmesh_proxy::observe::Observability;
+
+    let shared = docmesh_proxy::metrics::Metrics::new();
+    let (w, r) = tokio::io::duplex(64 * 1024);
+    let obs = Observability::with_log_writer(&ObservabilityConfig::default(), &shared, w);
+    let mut headers = http::HeaderMap::new();
+    let ctx = obs.trace(&mut headers);
+    assert!(headers.contains_key("traceparent"));
+    let pair = obs
+        .metrics
+        .pair(Direction::Inbound, "docservice", None, None);
+    let mut e = AccessLogEntry::http(
+        SystemTime::now(),
+        Direction::Inbound,
+        &ctx,
+        &http::Method::GET,
+        "/",
+    );
+    e.status = Some(200);
+    obs.finish(&pair, e);
+    obs.finish(
+        &pair,
+        AccessLogEntry::tcp(SystemTime::now(), Direction::Inbound),
+    );
+
+    let mut lines = BufReader::new(r).lines();
+    assert_eq!(
+        next_json(&mut lines).await["trace_id"],
+        ctx.trace_id.to_string()
+    );
+    assert_eq!(next_json(&mut lines).await["protocol"], "tcp");
+    let text = shared.encode().unwrap();
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("docmesh_requests_total{"))
+        .collect();
+    assert_eq!(requests.len(), 1, "{text}");
+    assert!(requests[0].ends_with(" 1"), "{text}");
+}

@@ -21,6 +21,60 @@ pub use ids::{SpanId, TraceId};
 pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
 pub use trace::{propagate, TraceContext, TraceOrigin, TraceParent};
 
+use crate::config::observability::{ObservabilityConfig, TracingConfig};
+
+/// Everything the data path needs for observability, built once at startup. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Observability {
+    /// Trace propagation settings.
+    pub tracing: TracingConfig,
+    /// The access logger.
+    pub log: AccessLogger,
+    /// The metric families.
+    pub metrics: MeshMetrics,
+}
+
+impl Observability {
+    /// Registers the metric families in `shared` and starts the access log writer on stdout.
+    /// Must be called inside a tokio runtime.
+    pub fn new(cfg: &ObservabilityConfig, shared: &crate::metrics::Metrics) -> Self {
+        Self::with_log_writer(cfg, shared, tokio::io::stdout())
+    }
+
+    /// Like [`Observability::new`] with the access log written to `writer` (tests).
+    pub fn with_log_writer<W>(
+        cfg: &ObservabilityConfig,
+        shared: &crate::metrics::Metrics,
+        writer: W,
+    ) -> Self
+    where
+        W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let metrics = MeshMetrics::register(shared, &cfg.metrics);
+        let log = AccessLogger::to_writer(&cfg.access_log, metrics.access_log_dropped(), writer);
+        Observability {
+            tracing: cfg.tracing.clone(),
+            log,
+            metrics,
+        }
+    }
+
+    /// The once-per-request trace decision; rewrites `headers` for the next hop.
+    pub fn trace(&self, headers: &mut http::HeaderMap) -> TraceContext {
+        propagate(headers, &self.tracing)
+    }
+
+    /// Records a finished request (HTTP: metrics and access log) or connection (TCP: access
+    /// log; connections are counted by [`MeshMetrics::connection_opened`]).
+    pub fn finish(&self, pair: &ServicePair, entry: AccessLogEntry) {
+        if entry.protocol == "http" {
+            self.metrics
+                .request_finished(pair, entry.status, entry.cause, entry.duration);
+        }
+        self.log.log(entry);
+    }
+}
+
 /// Which side of the proxy a request or connection went through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
