@@ -1,1 +1,19 @@
-pub fn placeholder() {}
+//! docmesh-init: installs (and removes) the nat-table redirects that send a pod's TCP through
+//! the docmesh sidecar, and validates that they work.
+//!
+//! - [`options`] and [`cidr`]: the operator's options, checked for contradictions.
+//! - [`rules`]: pure generation of the `iptables-restore --noflush` input.
+//! - [`state`]: what the nat table already holds (from `iptables-save`).
+//! - [`backend`] and [`host`]: nft vs legacy, running the binaries, capabilities.
+//! - [`install`]: the install/cleanup flow; [`validate`]: the post-install check.
+//! - [`cli`]: the command line (every option also as a `DOCMESH_INIT_*` variable).
+
+pub mod backend;
+pub mod cidr;
+pub mod cli;
+pub mod host;
+pub mod install;
+pub mod options;
+pub mod rules;
+pub mod state;
+pub mod validate;

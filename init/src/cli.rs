@@ -1,0 +1,202 @@
+//! The `docmesh-init` command line. Every option is also an environment variable
+//! (`DOCMESH_INIT_*`) so Pod specs and compose files can configure it without arguments.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::{self, BackendChoice};
+use crate::host::Host;
+use crate::install::{self, Action, InstallError, Ipv6Mode, Plan};
+use crate::options::{OptionsError, RawOptions};
+use crate::validate::{self, ValidateError, ValidateOptions};
+
+/// Installs (or removes) the nat-table redirects that send a pod's TCP through the docmesh
+/// sidecar: inbound TCP to the inbound port, outbound TCP to the outbound port, except the
+/// proxy's own traffic, loopback and what is excluded.
+#[derive(Debug, Parser)]
+#[command(name = "docmesh-init", version)]
+pub struct Cli {
+    /// Subcommand; without one, install the rules.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Rule options.
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// Remove docmesh's chains and jumps (and nothing else) instead of installing.
+    #[arg(long, env = "DOCMESH_INIT_CLEANUP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub cleanup: bool,
+    /// Print the exact iptables-restore input instead of applying it.
+    #[arg(long, env = "DOCMESH_INIT_DRY_RUN", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub dry_run: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prove that the outbound redirect works (run after install, before the proxy starts).
+    Validate(ValidateArgs),
+}
+
+/// Options that decide the rules (shared by install, cleanup and validate).
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    /// Port of the proxy's inbound listener.
+    #[arg(long, env = "DOCMESH_INIT_INBOUND_PORT", default_value_t = crate::options::DEFAULT_INBOUND_PORT, global = true)]
+    pub inbound_port: u16,
+    /// Port of the proxy's outbound listener.
+    #[arg(long, env = "DOCMESH_INIT_OUTBOUND_PORT", default_value_t = crate::options::DEFAULT_OUTBOUND_PORT, global = true)]
+    pub outbound_port: u16,
+    /// Inbound ports to capture: `*` for all, a comma-separated list, or empty for none.
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_INBOUND_PORTS",
+        default_value = "*",
+        global = true
+    )]
+    pub inbound_ports: String,
+    /// Inbound ports never captured (comma-separated), e.g. ssh or a health port.
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_EXCLUDE_INBOUND_PORTS",
+        default_value = "",
+        global = true
+    )]
+    pub exclude_inbound_ports: String,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_EXCLUDE_OUTBOUND_PORTS",
+        default_value = "",
+        global = true
+    )]
+    pub exclude_outbound_ports: String,
+    /// Outbound destination networks never captured (comma-separated CIDRs, IPv4 or IPv6).
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_EXCLUDE_OUTBOUND_CIDRS",
+        default_value = "",
+        global = true
+    )]
+    pub exclude_outbound_cidrs: String,
+    /// When set, only outbound traffic to these networks is captured (comma-separated CIDRs;
+    /// a family without any captures nothing).
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_INCLUDE_OUTBOUND_CIDRS",
+        default_value = "",
+        global = true
+    )]
+    pub include_outbound_cidrs: String,
+    /// UID(s) of the proxy, whose traffic is never redirected (comma-separated).
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_PROXY_UID",
+        default_value = "1337",
+        global = true
+    )]
+    pub proxy_uid: String,
+    /// GID(s) of the proxy, whose traffic is never redirected (comma-separated; may be empty).
+    #[arg(
+        long,
+        env = "DOCMESH_INIT_PROXY_GID",
+        default_value = "1337",
+        global = true
+    )]
+    pub proxy_gid: String,
+    /// iptables backend.
+    #[arg(long, env = "DOCMESH_INIT_BACKEND", value_enum, default_value_t = BackendChoice::Auto, global = true)]
+    pub backend: BackendChoice,
+    /// IPv6 rules: auto (when the namespace has IPv6), on, or off.
+    #[arg(long, env = "DOCMESH_INIT_IPV6", value_enum, default_value_t = Ipv6Mode::Auto, global = true)]
+    pub ipv6: Ipv6Mode,
+}
+
+/// `validate` options.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Destinations that must be redirected (repeat or comma-separate; IPv6 as `[addr]:port`).
+    #[arg(long = "target", env = "DOCMESH_INIT_VALIDATE_TARGETS", value_delimiter = ',', default_value = validate::DEFAULT_TARGET)]
+    pub targets: Vec<SocketAddr>,
+    /// Port to listen on; defaults to --outbound-port.
+    #[arg(long, env = "DOCMESH_INIT_VALIDATE_PORT")]
+    pub port: Option<u16>,
+    /// How long to wait for each test connection, in milliseconds.
+    #[arg(long, env = "DOCMESH_INIT_VALIDATE_TIMEOUT_MS", default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+/// Every way the command can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments (clap's message, with usage).
+    #[error("{0}")]
+    Usage(#[from] clap::Error),
+    /// Invalid or contradictory options.
+    #[error("invalid options: {0}")]
+    Options(#[from] OptionsError),
+    /// Install or cleanup failed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// Validation failed.
+    #[error("validate: {0}")]
+    Validate(#[from] ValidateError),
+}
+
+impl RuleArgs {
+    fn raw(&self) -> RawOptions {
+        RawOptions {
+            inbound_port: self.inbound_port,
+            outbound_port: self.outbound_port,
+            inbound_ports: self.inbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+            exclude_outbound_cidrs: self.exclude_outbound_cidrs.clone(),
+            include_outbound_cidrs: self.include_outbound_cidrs.clone(),
+            proxy_uid: self.proxy_uid.clone(),
+            proxy_gid: self.proxy_gid.clone(),
+        }
+    }
+}
+
+/// Parses `args` (including the program name) and runs the command against `host`, writing
+/// results to `out`. `main` and the network-namespace tests both call this.
+pub fn run<I, T>(args: I, host: &dyn Host, out: &mut dyn Write) -> Result<(), CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    let options = cli.rules.raw().parse()?;
+    match cli.command {
+        None => {
+            let plan = Plan {
+                options,
+                backend: cli.rules.backend,
+                ipv6: cli.rules.ipv6,
+                action: if cli.cleanup {
+                    Action::Cleanup
+                } else {
+                    Action::Install
+                },
+                dry_run: cli.dry_run,
+            };
+            install::run(host, &plan, out)?;
+        }
+        Some(Command::Validate(v)) => {
+            let backend = backend::select(host, cli.rules.backend).ok();
+            let opts = ValidateOptions {
+                port: v.port.unwrap_or(options.outbound_port),
+                targets: v.targets,
+                timeout: Duration::from_millis(v.timeout_ms.max(1)),
+                proxy_uids: options.proxy_uids,
+                proxy_gids: options.proxy_gids,
+            };
+            validate::validate(host, backend, &opts, out)?;
+        }
+    }
+    Ok(())
+}
