@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+use bytes::Bytes;
+use http_body_util::Full;
+
 /// Name of the response header that carries the cause of a synthesized response.
 pub const ERROR_HEADER: &str = "docmesh-error";
 
@@ -125,9 +128,104 @@ impl ProxyError {
     }
 }
 
+/// Which side of the proxy synthesized a response (the `hop` field of the error body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// The sidecar next to the calling app (towards the service).
+    Outbound,
+    /// The sidecar next to the called app (towards the app).
+    Inbound,
+}
+
+impl Hop {
+    /// `outbound` or `inbound`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Outbound => "outbound",
+            Hop::Inbound => "inbound",
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    cause: &'static str,
+    status: u16,
+    hop: &'static str,
+    detail: &'a str,
+    trace_id: Option<&'a str>,
+}
+
+impl ProxyError {
+    /// The response the proxy sends for this failure: the cause's status, a
+    /// `docmesh-error: <cause>` header and the JSON body
+    /// `{"cause","status","hop","detail","trace_id"}`.
+    pub fn to_response(&self, hop: Hop, trace_id: Option<&str>) -> http::Response<Full<Bytes>> {
+        error_response(self.cause, &self.detail, hop, trace_id)
+    }
+}
+
+/// Builds a synthesized error response for `cause` (see [`ProxyError::to_response`]).
+pub fn error_response(
+    cause: Cause,
+    detail: &str,
+    hop: Hop,
+    trace_id: Option<&str>,
+) -> http::Response<Full<Bytes>> {
+    let status = cause.status();
+    let body = ErrorBody {
+        cause: cause.as_str(),
+        status: status.as_u16(),
+        hop: hop.as_str(),
+        detail,
+        trace_id,
+    };
+    // Serializing a struct of strings and integers cannot fail; fall back to an empty body.
+    let mut json = serde_json::to_vec(&body).unwrap_or_default();
+    json.push(b'\n');
+    let mut resp = http::Response::new(Full::new(Bytes::from(json)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER, http::HeaderValue::from_static(cause.as_str()));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn synthesized_response_carries_cause_header_and_json_body() {
+        use http_body_util::BodyExt;
+        let e = ProxyError::new(Cause::IdentityMismatch, "expected \"a\", got b");
+        let resp = e.to_response(Hop::Outbound, Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()[ERROR_HEADER], "identity-mismatch");
+        assert_eq!(
+            resp.headers()[http::header::CONTENT_TYPE],
+            "application/json"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["cause"], "identity-mismatch");
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["hop"], "outbound");
+        assert_eq!(v["detail"], "expected \"a\", got b");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        let none = error_response(Cause::Forbidden, "x", Hop::Inbound, None);
+        let body = none.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["trace_id"].is_null());
+        assert_eq!(v["status"], 403);
+    }
 
     #[test]
     fn names_are_unique_and_kebab_case() {

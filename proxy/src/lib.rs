@@ -1,10 +1,16 @@
 //! docmesh-proxy: the sidecar data path (inbound and outbound mTLS with SPIFFE identities),
 //! its admin server and its lifecycle. See `docs/architecture.md` for the module map.
 
+pub mod app;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod diagnose;
 pub mod errors;
+pub mod http;
+pub mod inbound;
 pub mod lifecycle;
 pub mod metrics;
+pub mod net;
 pub mod observe;
+pub mod outbound;

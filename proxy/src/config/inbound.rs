@@ -52,7 +52,12 @@ pub struct InboundConfig {
     pub app_host: IpAddr,
     /// Explicit public ports mapped to app ports.
     pub ports: Vec<InboundPortConfig>,
-    /// How long a peer may take to send its first bytes and finish the TLS handshake.
+    /// How long to wait for a peer's first byte (a TLS ClientHello from a sidecar). A peer
+    /// that stays silent speaks a server-speaks-first protocol in plaintext: refused in strict
+    /// mode, forwarded in permissive mode.
+    #[serde(with = "humantime_serde")]
+    pub detect_timeout: Duration,
+    /// How long a peer may take to finish the TLS handshake.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// TCP connect timeout towards the app.
@@ -72,6 +77,7 @@ impl Default for InboundConfig {
             mode: InboundMode::Strict,
             app_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: Vec::new(),
+            detect_timeout: Duration::from_millis(300),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(4),
@@ -82,6 +88,9 @@ impl Default for InboundConfig {
 impl InboundConfig {
     /// Semantic checks that serde cannot express.
     pub(super) fn validate(&self, p: &mut Problems) {
+        if self.detect_timeout.is_zero() {
+            p.push("inbound.detect_timeout", "must be greater than zero");
+        }
         if self.handshake_timeout.is_zero() {
             p.push("inbound.handshake_timeout", "must be greater than zero");
         }

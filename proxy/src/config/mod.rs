@@ -110,10 +110,12 @@ impl Config {
     /// process environment and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.to_owned(),
-                source,
-            })?),
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         let name = path.unwrap_or(Path::new("<defaults>"));
@@ -196,7 +198,7 @@ fn deserialize_all(
                 // toml appends "\nin `section`"; the path already says where.
                 let message = message.lines().next().unwrap_or_default().trim_end();
                 let ends_with_field = |f: &str| {
-                    matches!(e.path().iter().last(),
+                    matches!(e.path().iter().next_back(),
                         Some(serde_path_to_error::Segment::Map { key }) if key == f)
                 };
                 let (field_path, removed) = match unknown_field(message) {
@@ -232,7 +234,11 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 /// Removes the value at `path` (or the key `field` inside it); false when nothing was removed.
-fn remove_at(value: &mut toml::Value, path: &serde_path_to_error::Path, field: Option<&str>) -> bool {
+fn remove_at(
+    value: &mut toml::Value,
+    path: &serde_path_to_error::Path,
+    field: Option<&str>,
+) -> bool {
     use serde_path_to_error::Segment;
     let segs: Vec<&Segment> = path.iter().collect();
     let (parent_segs, last): (&[&Segment], Option<String>) = match field {

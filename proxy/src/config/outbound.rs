@@ -167,7 +167,10 @@ impl OutboundConfig {
         }
         for (i, port) in self.opaque_ports.iter().enumerate() {
             if *port == 0 {
-                p.push(format!("outbound.opaque_ports[{i}]"), "port 0 is not a port");
+                p.push(
+                    format!("outbound.opaque_ports[{i}]"),
+                    "port 0 is not a port",
+                );
             }
         }
         for (i, s) in self.services.iter().enumerate() {

@@ -105,22 +105,41 @@ service = "docs"
             .find(|x| x.path == path)
             .unwrap_or_else(|| panic!("no problem at {path}: {p:?}"))
     };
-    assert!(find("outbound.services[0].addresses[0]").message.contains("host:port"));
-    assert!(find("outbound.services[0].spiffe_id").message.contains("spiffe://"));
-    assert!(find("outbound.services[1].name").message.contains("duplicate"));
-    assert!(find("outbound.listeners[0].service").message.contains("unknown service `doc`"));
-    assert!(find("outbound.listeners[1].listen").message.contains("already used"));
+    assert!(find("outbound.services[0].addresses[0]")
+        .message
+        .contains("host:port"));
+    assert!(find("outbound.services[0].spiffe_id")
+        .message
+        .contains("spiffe://"));
+    assert!(find("outbound.services[1].name")
+        .message
+        .contains("duplicate"));
+    assert!(find("outbound.listeners[0].service")
+        .message
+        .contains("unknown service `doc`"));
+    assert!(find("outbound.listeners[1].listen")
+        .message
+        .contains("already used"));
 }
 
 #[test]
 fn environment_overrides_fields_nested_and_by_index() {
     let vars = [
         ("DOCMESH_INBOUND__MODE", "strict"),
-        ("DOCMESH_OUTBOUND__SERVICES__0__SPIFFE_ID", "spiffe://example.org/other"),
+        (
+            "DOCMESH_OUTBOUND__SERVICES__0__SPIFFE_ID",
+            "spiffe://example.org/other",
+        ),
         ("DOCMESH_OUTBOUND__SERVICES__0__ADDRESSES__1", "10.1.2.3:80"),
         ("DOCMESH_OUTBOUND__SERVICES__1__NAME", "redis"),
-        ("DOCMESH_OUTBOUND__SERVICES__1__ADDRESSES", "[\"redis:6379\"]"),
-        ("DOCMESH_OUTBOUND__SERVICES__1__SPIFFE_ID", "spiffe://example.org/redis"),
+        (
+            "DOCMESH_OUTBOUND__SERVICES__1__ADDRESSES",
+            "[\"redis:6379\"]",
+        ),
+        (
+            "DOCMESH_OUTBOUND__SERVICES__1__SPIFFE_ID",
+            "spiffe://example.org/redis",
+        ),
         ("DOCMESH_OUTBOUND__SERVICES__1__PROTOCOL", "opaque"),
         ("DOCMESH_OUTBOUND__OPAQUE_PORTS", "[5432]"),
         ("DOCMESH_ADMIN__LISTEN", "127.0.0.1:9999"),
@@ -129,7 +148,10 @@ fn environment_overrides_fields_nested_and_by_index() {
     ];
     let c = load(GOOD, &vars).unwrap();
     assert_eq!(c.inbound.mode, inbound::InboundMode::Strict);
-    assert_eq!(c.outbound.services[0].spiffe_id, "spiffe://example.org/other");
+    assert_eq!(
+        c.outbound.services[0].spiffe_id,
+        "spiffe://example.org/other"
+    );
     assert_eq!(c.outbound.services[0].addresses[1], "10.1.2.3:80");
     assert_eq!(c.outbound.services[1].name, "redis");
     assert_eq!(c.outbound.services[1].protocol, outbound::Protocol::Opaque);
@@ -142,7 +164,11 @@ fn bad_environment_values_name_the_variable() {
     let p = problems(GOOD, &[("DOCMESH_OUTBOUND__CONNECT_TIMEOUT", "soon")]);
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].path, "outbound.connect_timeout");
-    assert!(p[0].message.contains("DOCMESH_OUTBOUND__CONNECT_TIMEOUT"), "{}", p[0]);
+    assert!(
+        p[0].message.contains("DOCMESH_OUTBOUND__CONNECT_TIMEOUT"),
+        "{}",
+        p[0]
+    );
 
     let p = problems(GOOD, &[("DOCMESH_OUTBOUND__NOPE", "1")]);
     assert_eq!(p[0].path, "outbound.nope");
@@ -155,7 +181,9 @@ fn bad_environment_values_name_the_variable() {
 #[test]
 fn syntax_errors_carry_the_position() {
     match load("[inbound\nmode = 1", &[]) {
-        Err(ConfigError::Syntax { message, .. }) => assert!(message.contains("line 1"), "{message}"),
+        Err(ConfigError::Syntax { message, .. }) => {
+            assert!(message.contains("line 1"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
 }

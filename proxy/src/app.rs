@@ -1,0 +1,115 @@
+//! Wiring for `docmesh-proxy run`: logging, listeners, the data path and the drain.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::inbound::{Inbound, MeshServer};
+use crate::lifecycle::{DrainOutcome, Lifecycle};
+use crate::metrics::Metrics;
+use crate::outbound::connect::MeshClient;
+use crate::outbound::Outbound;
+
+/// JSON log lines on stdout; `RUST_LOG` (or `DOCMESH_LOG`) sets the filter (default `info`).
+pub fn init_logging() {
+    let filter = std::env::var("DOCMESH_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+/// Runs the proxy on a new multi-threaded runtime until the drain ends.
+pub fn run_blocking(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(config))
+}
+
+/// Binds `addr` for the listener configured at `field`, with an error naming both.
+async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    let l = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ({field}): is another process using it?")
+    })?;
+    let local = l
+        .local_addr()
+        .with_context(|| format!("{field} has no local address"))?;
+    tracing::info!(listener = field, addr = %local, "listening");
+    Ok(l)
+}
+
+/// Runs the proxy: binds every listener, serves until SIGTERM/SIGINT, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let lifecycle = Lifecycle::new();
+    let metrics = Metrics::new();
+    lifecycle.register_gate("listeners");
+    let _signals = lifecycle
+        .spawn_signal_handler()
+        .context("cannot install signal handlers")?;
+
+    // TODO(identity): the mTLS hop is wired once the identity module lands.
+    tracing::error!("mTLS is not wired yet: the mesh hop runs in PLAINTEXT (development build)");
+    let outbound = Outbound::new(
+        &config.outbound,
+        MeshClient::Plaintext,
+        lifecycle.clone(),
+        &metrics,
+    );
+    let inbound = Inbound::new(
+        &config.inbound,
+        MeshServer::Plaintext,
+        lifecycle.clone(),
+        &metrics,
+    );
+    outbound.start(config.outbound.resolve_interval).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if config.outbound.transparent {
+        let l = bind(config.outbound.listen, "outbound.listen").await?;
+        let o = outbound.clone();
+        tasks.spawn(async move { o.serve_transparent(l).await });
+    }
+    for (i, lc) in config.outbound.listeners.iter().enumerate() {
+        let l = bind(lc.listen, &format!("outbound.listeners[{i}].listen")).await?;
+        let o = outbound.clone();
+        let service = lc.service.clone();
+        tasks.spawn(async move {
+            if let Err(e) = o.serve_service(l, &service).await {
+                tracing::error!(error = %e, "explicit listener stopped");
+            }
+        });
+    }
+    if config.inbound.transparent {
+        let l = bind(config.inbound.listen, "inbound.listen").await?;
+        let i = inbound.clone();
+        tasks.spawn(async move { i.serve_transparent(l).await });
+    }
+    for (n, pc) in config.inbound.ports.iter().enumerate() {
+        let l = bind(pc.listen, &format!("inbound.ports[{n}].listen")).await?;
+        let i = inbound.clone();
+        let app_port = pc.app_port;
+        tasks.spawn(async move { i.serve_port(l, app_port).await });
+    }
+    lifecycle.open_gate("listeners");
+
+    match lifecycle
+        .drain_with_grace(config.admin.drain_grace_period)
+        .await
+    {
+        DrainOutcome::Clean => tracing::info!("drained cleanly"),
+        DrainOutcome::GraceExpired { still_in_flight } => {
+            tracing::warn!(still_in_flight, "exiting with work still in flight")
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}

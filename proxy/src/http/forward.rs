@@ -1,0 +1,76 @@
+//! Relays one HTTP request to an upstream over the pool and returns its response, handling
+//! hop-by-hop headers, protocol upgrades (WebSocket) and synthesized error responses.
+
+use std::future::Future;
+use std::hash::Hash;
+
+use http::StatusCode;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::pool::{HttpVersion, Pool};
+use super::{is_upgrade_request, strip_hop_by_hop, ProxyBody};
+use crate::errors::{Hop, ProxyError};
+
+/// Forwards `req` to the upstream identified by `key` (connecting with `connect` when the pool
+/// has no free connection). Upstream failures become a synthesized response with the cause.
+///
+/// `Host`, `:authority` and `X-Forwarded-*` are forwarded untouched; an HTTP/1.1 upgrade that
+/// the upstream accepts (101) is spliced into a bidirectional byte copy.
+pub async fn forward<K, F, Fut, Io>(
+    pool: &Pool<K, Incoming>,
+    key: &K,
+    version: HttpVersion,
+    mut req: http::Request<Incoming>,
+    hop: Hop,
+    connect: F,
+) -> http::Response<ProxyBody>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Io, ProxyError>>,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upgrade = version == HttpVersion::Http1 && is_upgrade_request(&req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    match pool.send(key, version, req, connect).await {
+        Ok(mut resp) => {
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            match (switching, client_upgrade) {
+                (true, Some(client)) => {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(splice(client, upstream));
+                    strip_hop_by_hop(resp.headers_mut(), true);
+                }
+                _ => strip_hop_by_hop(resp.headers_mut(), false),
+            }
+            resp.map(Either::Left)
+        }
+        Err(e) => error_response(&e, hop),
+    }
+}
+
+/// The synthesized response for `e`, logged with its cause.
+pub fn error_response(e: &ProxyError, hop: Hop) -> http::Response<ProxyBody> {
+    tracing::warn!(cause = e.cause.as_str(), hop = hop.as_str(), detail = %e.detail, "request failed");
+    e.to_response(hop, None).map(Either::Right)
+}
+
+/// Joins the two upgraded connections (client side and upstream side) with a byte copy.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "protocol upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = crate::net::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}

@@ -1,0 +1,275 @@
+//! Pooled upstream HTTP connections, built on hyper's connection-level client.
+//!
+//! Keyed by the caller (endpoint address, service, protocol), so that the request URI and
+//! `Host`/`:authority` travel untouched. HTTP/1.1 connections are kept in a FIFO of idle
+//! senders (a connection is reused once its previous response finished); one HTTP/2
+//! connection per key is shared by all requests. A request that a reused connection could not
+//! even start to send (it died while idle) is retried on another connection, which removes the
+//! classic "reset before headers" race with upstream keep-alive timeouts.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::errors::{Cause, ProxyError};
+
+/// HTTP version spoken on an upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpVersion {
+    /// HTTP/1.1 (and 1.0).
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// Idle HTTP/1.1 connections kept per key at most; more are closed when they go idle.
+const MAX_IDLE_PER_KEY: usize = 256;
+
+struct Idle<B> {
+    tx: http1::SendRequest<B>,
+    since: Instant,
+}
+
+struct Slot<B> {
+    h1: VecDeque<Idle<B>>,
+    h2: Option<http2::SendRequest<B>>,
+}
+
+impl<B> Default for Slot<B> {
+    fn default() -> Self {
+        Slot {
+            h1: VecDeque::new(),
+            h2: None,
+        }
+    }
+}
+
+enum Sender<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+/// A pool of upstream connections keyed by `K`; request bodies of type `B` stream through.
+pub struct Pool<K, B> {
+    idle_timeout: Duration,
+    slots: Mutex<HashMap<K, Slot<B>>>,
+}
+
+impl<K, B> std::fmt::Debug for Pool<K, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, B> Pool<K, B>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// An empty pool; connections idle longer than `idle_timeout` are not reused.
+    pub fn new(idle_timeout: Duration) -> Self {
+        Pool {
+            idle_timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` over a pooled connection for `key`, opening one with `connect` when none is
+    /// free. `connect` yields a ready byte stream (TCP, or TLS already negotiated).
+    pub async fn send<F, Fut, Io>(
+        &self,
+        key: &K,
+        version: HttpVersion,
+        mut req: http::Request<B>,
+        connect: F,
+    ) -> Result<http::Response<Incoming>, ProxyError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Io, ProxyError>>,
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Up to two pooled connections that turn out dead, then a fresh one.
+        for attempt in 0..3 {
+            let pooled = if attempt < 2 {
+                self.checkout(key, version)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let sender = match pooled {
+                Some(s) => s,
+                None => {
+                    let io = connect().await?;
+                    let s = handshake(version, io).await?;
+                    if let Sender::H2(tx) = &s {
+                        self.lock().entry(key.clone()).or_default().h2 = Some(tx.clone());
+                    }
+                    s
+                }
+            };
+            match sender {
+                Sender::H1(mut tx) => {
+                    if tx.ready().await.is_err() {
+                        if reused {
+                            continue;
+                        }
+                        return Err(closed_before_request());
+                    }
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.checkin(key, tx);
+                            return Ok(resp);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(r) if reused => req = r,
+                            _ => return Err(upstream_error(e.error())),
+                        },
+                    }
+                }
+                Sender::H2(mut tx) => {
+                    if tx.ready().await.is_err() {
+                        self.drop_h2(key);
+                        if reused {
+                            continue;
+                        }
+                        return Err(closed_before_request());
+                    }
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => return Ok(resp),
+                        Err(mut e) => match e.take_message() {
+                            Some(r) if reused => {
+                                self.drop_h2(key);
+                                req = r;
+                            }
+                            _ => return Err(upstream_error(e.error())),
+                        },
+                    }
+                }
+            }
+        }
+        Err(closed_before_request())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot<B>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checkout(&self, key: &K, version: HttpVersion) -> Option<Sender<B>> {
+        let mut slots = self.lock();
+        let slot = slots.get_mut(key)?;
+        match version {
+            HttpVersion::Http2 => match &slot.h2 {
+                Some(tx) if !tx.is_closed() => Some(Sender::H2(tx.clone())),
+                _ => {
+                    slot.h2 = None;
+                    None
+                }
+            },
+            HttpVersion::Http1 => {
+                // Oldest first: the likeliest to have finished its previous response.
+                for _ in 0..slot.h1.len() {
+                    let idle = slot.h1.pop_front()?;
+                    if idle.tx.is_closed() || idle.since.elapsed() > self.idle_timeout {
+                        continue;
+                    }
+                    if idle.tx.is_ready() {
+                        return Some(Sender::H1(idle.tx));
+                    }
+                    slot.h1.push_back(idle);
+                }
+                None
+            }
+        }
+    }
+
+    fn checkin(&self, key: &K, tx: http1::SendRequest<B>) {
+        let mut slots = self.lock();
+        let slot = slots.entry(key.clone()).or_default();
+        if slot.h1.len() < MAX_IDLE_PER_KEY {
+            slot.h1.push_back(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn drop_h2(&self, key: &K) {
+        if let Some(slot) = self.lock().get_mut(key) {
+            slot.h2 = None;
+        }
+    }
+}
+
+async fn handshake<B, Io>(version: HttpVersion, io: Io) -> Result<Sender<B>, ProxyError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    match version {
+        HttpVersion::Http1 => {
+            let (tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| upstream_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1 connection ended with an error");
+                }
+            });
+            Ok(Sender::H1(tx))
+        }
+        HttpVersion::Http2 => {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(|e| upstream_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(Sender::H2(tx))
+        }
+    }
+}
+
+fn closed_before_request() -> ProxyError {
+    ProxyError::new(
+        Cause::UpstreamReset,
+        "the upstream closed the connection before the request could be sent",
+    )
+}
+
+/// Maps a hyper client error to a cause: everything after the connection was established is
+/// `upstream-reset` (closed or reset before a complete response) unless it is a timeout.
+pub fn upstream_error(e: &hyper::Error) -> ProxyError {
+    use std::error::Error as _;
+    let mut detail =
+        format!("the upstream closed or reset the connection before a complete response: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    let cause = if e.is_timeout() {
+        Cause::ResponseTimeout
+    } else {
+        Cause::UpstreamReset
+    };
+    ProxyError::new(cause, detail)
+}

@@ -1,0 +1,348 @@
+//! The outbound data path: connections from the local app to other services.
+//!
+//! A connection arrives either on the transparent listener (redirected by iptables; the
+//! original destination names the service) or on an explicit listener bound to one service.
+//! The protocol is detected (or declared), then HTTP is proxied request by request over pooled
+//! mesh connections and anything else is copied as opaque TCP. Destinations that are not mesh
+//! services are passed through as plain TCP or denied, by configuration.
+
+pub mod connect;
+pub mod detect;
+pub mod services;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::outbound::{OutboundConfig, Protocol, UnknownDestinations};
+use crate::errors::{Hop, ProxyError};
+use crate::http::forward::{error_response, forward};
+use crate::http::pool::{HttpVersion, Pool};
+use crate::http::serve::serve_connection;
+use crate::http::ProxyBody;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::net::Prefixed;
+use connect::{HopTimeouts, Inner, MeshClient};
+use detect::{DetectEnd, Detected};
+use services::{Service, Services};
+
+pub use connect::MeshStream;
+
+/// Errors setting up the outbound side.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// An explicit listener names a service that is not configured.
+    #[error("explicit listener for unknown service `{0}`: add it to outbound.services")]
+    UnknownService(String),
+}
+
+/// Key of a pooled upstream connection: endpoint, service (whose SPIFFE ID it verified) and
+/// protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    service: usize,
+    version: HttpVersion,
+}
+
+struct Shared {
+    services: Arc<Services>,
+    mesh: MeshClient,
+    pool: Pool<PoolKey, Incoming>,
+    detect_timeout: Duration,
+    opaque_ports: Vec<u16>,
+    timeouts: HopTimeouts,
+    unknown: UnknownDestinations,
+    lifecycle: Lifecycle,
+    detect_timeouts: Counter,
+    denied: Counter,
+}
+
+/// The outbound side; cheap to clone, shared by all its listeners.
+#[derive(Clone)]
+pub struct Outbound {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+enum Target {
+    /// Transparent listener at this local address: look at the original destination.
+    Transparent(SocketAddr),
+    /// Explicit listener for one service.
+    Service(Arc<Service>),
+}
+
+impl Outbound {
+    /// Builds the outbound side from its configuration; `mesh` secures the hop (mTLS in
+    /// production). Call [`Outbound::start`] to resolve names before serving.
+    pub fn new(
+        cfg: &OutboundConfig,
+        mesh: MeshClient,
+        lifecycle: Lifecycle,
+        metrics: &Metrics,
+    ) -> Self {
+        let detect_timeouts = Counter::default();
+        metrics.register(
+            "outbound_detect_timeouts",
+            "Outbound connections that sent nothing within outbound.detect_timeout (treated as opaque TCP)",
+            detect_timeouts.clone(),
+        );
+        let denied = Counter::default();
+        metrics.register(
+            "outbound_denied",
+            "Outbound connections to destinations outside the mesh that were denied",
+            denied.clone(),
+        );
+        Outbound {
+            shared: Arc::new(Shared {
+                services: Arc::new(Services::new(&cfg.services)),
+                mesh,
+                pool: Pool::new(cfg.pool_idle_timeout),
+                detect_timeout: cfg.detect_timeout,
+                opaque_ports: cfg.opaque_ports.clone(),
+                timeouts: HopTimeouts {
+                    connect: cfg.connect_timeout,
+                    handshake: cfg.handshake_timeout,
+                },
+                unknown: cfg.unknown_destinations,
+                lifecycle,
+                detect_timeouts,
+                denied,
+            }),
+        }
+    }
+
+    /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
+    pub async fn start(&self, resolve_interval: Duration) {
+        self.shared.services.resolve_all().await;
+        self.shared
+            .services
+            .spawn_refresh(resolve_interval, self.shared.lifecycle.clone());
+    }
+
+    /// The service table (endpoints, lookup).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.shared.services
+    }
+
+    /// Serves the transparent listener until the drain starts.
+    pub async fn serve_transparent(&self, listener: TcpListener) {
+        let local = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "outbound transparent listener has no address");
+                return;
+            }
+        };
+        self.accept_loop(listener, || Target::Transparent(local))
+            .await;
+    }
+
+    /// Serves an explicit listener for the service `service` until the drain starts.
+    pub async fn serve_service(
+        &self,
+        listener: TcpListener,
+        service: &str,
+    ) -> Result<(), OutboundError> {
+        let svc = self
+            .shared
+            .services
+            .by_name(service)
+            .cloned()
+            .ok_or_else(|| OutboundError::UnknownService(service.to_owned()))?;
+        self.accept_loop(listener, || Target::Service(svc.clone()))
+            .await;
+        Ok(())
+    }
+
+    async fn accept_loop(&self, listener: TcpListener, target: impl Fn() -> Target) {
+        let drain = self.shared.lifecycle.draining();
+        tokio::pin!(drain);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = &mut drain => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let guard = self.shared.lifecycle.track();
+                    let shared = Arc::clone(&self.shared);
+                    let target = target();
+                    tokio::spawn(async move {
+                        handle(shared, stream, target).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, mut stream: TcpStream, target: Target) {
+    let (svc, dst) = match target {
+        Target::Service(svc) => (svc, None),
+        Target::Transparent(local) => {
+            let dst = match crate::net::original_dst(&stream) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound connection without original destination closed");
+                    return;
+                }
+            };
+            if dst.port() == local.port() && (dst.ip() == local.ip() || dst.ip().is_loopback()) {
+                tracing::warn!(%dst, "connection addressed to the outbound listener itself closed (redirect loop?)");
+                return;
+            }
+            match shared.services.lookup(dst) {
+                Some(s) => (Arc::clone(s), Some(dst)),
+                None => return unknown_destination(&shared, stream, dst).await,
+            }
+        }
+    };
+    let declared_opaque = dst.is_some_and(|d| shared.opaque_ports.contains(&d.port()));
+    let (proto, prefix) = match svc.protocol {
+        Protocol::Http1 => (Detected::Http1, bytes::Bytes::new()),
+        Protocol::Http2 => (Detected::Http2, bytes::Bytes::new()),
+        Protocol::Opaque => (Detected::Opaque, bytes::Bytes::new()),
+        Protocol::Detect if declared_opaque => (Detected::Opaque, bytes::Bytes::new()),
+        Protocol::Detect => match detect::detect(&mut stream, shared.detect_timeout).await {
+            Ok((_, _, DetectEnd::Closed)) => return,
+            Ok((d, bytes, end)) => {
+                if end == DetectEnd::Timeout {
+                    shared.detect_timeouts.inc();
+                    tracing::debug!(service = %svc.name, "app sent nothing within detect_timeout: opaque TCP (declare the port in outbound.opaque_ports to skip the wait)");
+                }
+                (d, bytes)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "app connection failed during protocol detection");
+                return;
+            }
+        },
+    };
+    match proto {
+        Detected::Opaque => opaque(&shared, stream, &svc, dst, prefix).await,
+        Detected::Http1 => http(shared, stream, svc, dst, prefix, HttpVersion::Http1).await,
+        Detected::Http2 => http(shared, stream, svc, dst, prefix, HttpVersion::Http2).await,
+    }
+}
+
+async fn opaque(
+    shared: &Shared,
+    mut stream: TcpStream,
+    svc: &Service,
+    dst: Option<SocketAddr>,
+    prefix: bytes::Bytes,
+) {
+    let result: Result<(), ProxyError> = async {
+        let addr = match dst {
+            Some(d) => d,
+            None => svc.pick()?,
+        };
+        let mut up = shared.mesh.connect(svc, addr, Inner::Tcp, shared.timeouts).await?;
+        let copied = async {
+            up.write_all(&prefix).await?;
+            crate::net::copy_bidirectional(&mut stream, &mut up).await
+        };
+        if let Err(e) = copied.await {
+            tracing::debug!(service = %svc.name, error = %e, "opaque connection ended with an error");
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(cause = e.cause.as_str(), hop = "outbound", service = %svc.name, detail = %e.detail, "opaque connection failed");
+    }
+}
+
+async fn http(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    svc: Arc<Service>,
+    dst: Option<SocketAddr>,
+    prefix: bytes::Bytes,
+    version: HttpVersion,
+) {
+    let io = Prefixed::new(prefix, stream);
+    let lifecycle = shared.lifecycle.clone();
+    let handler = move |req| {
+        let shared = Arc::clone(&shared);
+        let svc = Arc::clone(&svc);
+        async move { proxy_request(&shared, &svc, dst, version, req).await }
+    };
+    serve_connection(io, version, handler, &lifecycle).await;
+}
+
+async fn proxy_request(
+    shared: &Shared,
+    svc: &Arc<Service>,
+    dst: Option<SocketAddr>,
+    version: HttpVersion,
+    req: http::Request<Incoming>,
+) -> http::Response<ProxyBody> {
+    let addr = match dst {
+        Some(d) => d,
+        None => match svc.pick() {
+            Ok(a) => a,
+            Err(e) => return error_response(&e, Hop::Outbound),
+        },
+    };
+    let key = PoolKey {
+        addr,
+        service: svc.index,
+        version,
+    };
+    let inner = match version {
+        HttpVersion::Http1 => Inner::Http1,
+        HttpVersion::Http2 => Inner::Http2,
+    };
+    forward(&shared.pool, &key, version, req, Hop::Outbound, || {
+        shared.mesh.connect(svc, addr, inner, shared.timeouts)
+    })
+    .await
+}
+
+async fn unknown_destination(shared: &Shared, mut stream: TcpStream, dst: SocketAddr) {
+    match shared.unknown {
+        UnknownDestinations::Deny => {
+            shared.denied.inc();
+            tracing::warn!(%dst, "connection to a destination outside the mesh denied (outbound.unknown_destinations = \"deny\"; add it to outbound.services if it is a mesh service)");
+        }
+        UnknownDestinations::Passthrough => {
+            match crate::net::connect(
+                dst,
+                shared.timeouts.connect,
+                "a destination outside the mesh",
+            )
+            .await
+            {
+                Ok(mut up) => {
+                    if let Err(e) = crate::net::copy_bidirectional(&mut stream, &mut up).await {
+                        tracing::debug!(%dst, error = %e, "passthrough connection ended with an error");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cause = e.cause.as_str(), %dst, detail = %e.detail, "passthrough connect failed");
+                }
+            }
+        }
+    }
+}

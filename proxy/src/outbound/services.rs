@@ -1,0 +1,222 @@
+//! The services the local app may call: their endpoints (resolved from IPs or DNS names and
+//! re-resolved periodically) and the lookup from an original destination to a service.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::outbound::{split_host_port, Protocol, ServiceConfig};
+use crate::errors::{Cause, ProxyError};
+use crate::lifecycle::Lifecycle;
+
+/// One configured service and its current endpoints.
+#[derive(Debug)]
+pub struct Service {
+    /// Position in `outbound.services` (a cheap pool-key component).
+    pub index: usize,
+    /// The configured name.
+    pub name: String,
+    /// The SPIFFE ID the service must present.
+    pub spiffe_id: String,
+    /// Configured protocol (`detect` sniffs).
+    pub protocol: Protocol,
+    addresses: Vec<String>,
+    endpoints: ArcSwap<Vec<SocketAddr>>,
+    next: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Service {
+    /// The current endpoints (all resolved addresses).
+    pub fn endpoints(&self) -> Arc<Vec<SocketAddr>> {
+        self.endpoints.load_full()
+    }
+
+    /// The next endpoint, round robin; `dns-failure` when no address resolved.
+    pub fn pick(&self) -> Result<SocketAddr, ProxyError> {
+        let eps = self.endpoints.load();
+        if eps.is_empty() {
+            let why = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "not resolved yet".into());
+            return Err(ProxyError::new(
+                Cause::DnsFailure,
+                format!(
+                    "service `{}`: none of its addresses [{}] resolved ({why})",
+                    self.name,
+                    self.addresses.join(", ")
+                ),
+            ));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        Ok(eps[i % eps.len()])
+    }
+}
+
+/// Every configured service, with a lookup by original destination.
+#[derive(Debug)]
+pub struct Services {
+    list: Vec<Arc<Service>>,
+    by_addr: ArcSwap<HashMap<SocketAddr, usize>>,
+}
+
+impl Services {
+    /// Builds the table; addresses that are literal IPs are usable at once, DNS names after
+    /// [`Services::resolve_all`].
+    pub fn new(configs: &[ServiceConfig]) -> Self {
+        let list: Vec<Arc<Service>> = configs
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let literal: Vec<SocketAddr> =
+                    c.addresses.iter().filter_map(|a| literal_addr(a)).collect();
+                Arc::new(Service {
+                    index,
+                    name: c.name.clone(),
+                    spiffe_id: c.spiffe_id.clone(),
+                    protocol: c.protocol,
+                    addresses: c.addresses.clone(),
+                    endpoints: ArcSwap::from_pointee(literal),
+                    next: AtomicUsize::new(0),
+                    last_error: Mutex::new(None),
+                })
+            })
+            .collect();
+        let s = Services {
+            list,
+            by_addr: ArcSwap::from_pointee(HashMap::new()),
+        };
+        s.rebuild_index();
+        s
+    }
+
+    /// All services in configuration order.
+    pub fn all(&self) -> &[Arc<Service>] {
+        &self.list
+    }
+
+    /// The service named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Service>> {
+        self.list.iter().find(|s| s.name == name)
+    }
+
+    /// The service an original destination belongs to.
+    pub fn lookup(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
+        let dst = crate::net::canonical(dst);
+        let i = *self.by_addr.load().get(&dst)?;
+        self.list.get(i)
+    }
+
+    /// Resolves every DNS name now; a name that fails keeps its previous endpoints.
+    pub async fn resolve_all(&self) {
+        for svc in &self.list {
+            let mut eps = Vec::new();
+            let mut errors = Vec::new();
+            for a in &svc.addresses {
+                if let Some(sa) = literal_addr(a) {
+                    eps.push(sa);
+                    continue;
+                }
+                match tokio::net::lookup_host(a.as_str()).await {
+                    Ok(it) => eps.extend(it.map(crate::net::canonical)),
+                    Err(e) => errors.push(format!("{a}: {e}")),
+                }
+            }
+            eps.sort();
+            eps.dedup();
+            let mut last = svc.last_error.lock().unwrap_or_else(|e| e.into_inner());
+            if errors.is_empty() {
+                *last = None;
+            } else {
+                tracing::warn!(service = %svc.name, errors = %errors.join("; "), "DNS resolution failed");
+                *last = Some(errors.join("; "));
+            }
+            // Keep the last good answer when every name failed this round.
+            if !eps.is_empty() || errors.is_empty() {
+                if **svc.endpoints.load() != eps {
+                    tracing::info!(service = %svc.name, endpoints = ?eps, "service endpoints");
+                }
+                svc.endpoints.store(Arc::new(eps));
+            }
+        }
+        self.rebuild_index();
+    }
+
+    /// Re-resolves every `interval` until the drain starts.
+    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration, lifecycle: Lifecycle) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => me.resolve_all().await,
+                    _ = lifecycle.draining() => return,
+                }
+            }
+        });
+    }
+
+    fn rebuild_index(&self) {
+        let mut map = HashMap::new();
+        for svc in &self.list {
+            for ep in svc.endpoints.load().iter() {
+                map.entry(*ep).or_insert(svc.index);
+            }
+        }
+        self.by_addr.store(Arc::new(map));
+    }
+}
+
+fn literal_addr(a: &str) -> Option<SocketAddr> {
+    let (host, port) = split_host_port(a)?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(crate::net::canonical(SocketAddr::new(ip, port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, addrs: &[&str]) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            addresses: addrs.iter().map(|s| s.to_string()).collect(),
+            spiffe_id: format!("spiffe://td/{name}"),
+            protocol: Protocol::Detect,
+        }
+    }
+
+    #[tokio::test]
+    async fn lookup_by_ip_and_name_with_round_robin() {
+        let s = Services::new(&[
+            svc("docs", &["10.0.0.1:80", "10.0.0.2:80"]),
+            svc("local", &["localhost:9000"]),
+            svc("nowhere", &["no-such-host.invalid:80"]),
+        ]);
+        let dst: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert_eq!(s.lookup(dst).unwrap().name, "docs");
+        assert!(s.lookup("10.0.0.2:81".parse().unwrap()).is_none());
+        let docs = s.by_name("docs").unwrap();
+        let a = docs.pick().unwrap();
+        let b = docs.pick().unwrap();
+        assert_ne!(a, b);
+        assert!(s.lookup("127.0.0.1:9000".parse().unwrap()).is_none());
+        s.resolve_all().await;
+        assert_eq!(
+            s.lookup("127.0.0.1:9000".parse().unwrap()).unwrap().name,
+            "local"
+        );
+        let e = s.by_name("nowhere").unwrap().pick().unwrap_err();
+        assert_eq!(e.cause, Cause::DnsFailure);
+        assert!(e.detail.contains("no-such-host.invalid:80"), "{e}");
+    }
+}
