@@ -139,7 +139,21 @@ impl Config {
         let origins = env::apply(&mut root, vars, &mut problems);
         let config = deserialize_all(toml::Value::Table(root), &origins, &mut problems);
         if let Some(c) = &config {
-            c.validate(&mut problems);
+            // Semantic checks also run when some fields were dropped for being malformed; a
+            // dropped field is not reported twice.
+            let mut semantic = Problems::default();
+            c.validate(&mut semantic);
+            for p in semantic.0 {
+                let reported = problems.0.iter().any(|q| {
+                    !q.path.is_empty()
+                        && (p.path == q.path
+                            || p.path.starts_with(&format!("{}.", q.path))
+                            || p.path.starts_with(&format!("{}[", q.path)))
+                });
+                if !reported {
+                    problems.0.push(p);
+                }
+            }
         }
         match config {
             Some(c) if problems.0.is_empty() => Ok(c),
@@ -180,18 +194,18 @@ impl Config {
 }
 
 /// Deserializes `value`, collecting every field error: after each error the offending field is
-/// removed (so its default applies) and deserialization is retried.
+/// removed (so its default applies) and deserialization is retried. Returns the configuration
+/// without the malformed fields (for semantic checks), or `None` when an error could not be
+/// isolated.
 fn deserialize_all(
     mut value: toml::Value,
     origins: &env::Origins,
     problems: &mut Problems,
 ) -> Option<Config> {
-    let mut failed = false;
     for _ in 0..64 {
         match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-            Ok(c) => return (!failed).then_some(c),
+            Ok(c) => return Some(c),
             Err(e) => {
-                failed = true;
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
                 let message = e.inner().to_string();
