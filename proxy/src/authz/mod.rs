@@ -29,34 +29,7 @@ use crate::config::authz::AuthzConfig;
 
 pub use body::AuthzBody;
 pub use decision::{AuthzConfigError, AuthzError, AuthzStats, Decision, DenyCause};
-// TEMPORARY until docmesh_certs::spiffe_id lands on main: same API subset.
-pub use shim::SpiffeId;
-#[allow(missing_docs)]
-mod shim {
-    /// Stand-in for `docmesh_certs::spiffe_id::SpiffeId`.
-    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-    pub struct SpiffeId(String);
-    impl SpiffeId {
-        pub fn as_str(&self) -> &str {
-            &self.0
-        }
-    }
-    impl std::str::FromStr for SpiffeId {
-        type Err = String;
-        fn from_str(s: &str) -> Result<Self, String> {
-            if s.starts_with("spiffe://") {
-                Ok(SpiffeId(s.to_string()))
-            } else {
-                Err(s.to_string())
-            }
-        }
-    }
-    impl std::fmt::Display for SpiffeId {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-}
+pub use docmesh_certs::spiffe_id::SpiffeId;
 
 /// Header carrying the verified client SPIFFE ID to the app.
 pub const CLIENT_ID_HEADER: &str = "docmesh-client-id";
@@ -204,8 +177,7 @@ impl Authorizer {
 
     /// Authorizes an opaque TCP connection to the app `port` (SPIFFE rules only).
     pub fn authorize_tcp(&self, port: u16, client: Option<&SpiffeId>) -> Decision {
-        let id = client.map(ToString::to_string);
-        let decision = match self.spiffe.check_tcp(port, id.as_deref()) {
+        let decision = match self.spiffe.check_tcp(port, client.map(SpiffeId::as_str)) {
             Ok(()) => Decision::Allow {
                 client_id: client.cloned(),
                 tenant: None,
@@ -233,11 +205,11 @@ impl Authorizer {
     {
         parts.headers.remove(CLIENT_ID_HEADER);
         parts.headers.remove(TENANT_HEADER);
-        let id = client.map(ToString::to_string);
-        let (result, body) = self.check_http(port, id.as_deref(), parts, body).await;
+        let id = client.map(SpiffeId::as_str);
+        let (result, body) = self.check_http(port, id, parts, body).await;
         let decision = match result {
             Ok(tenant) => {
-                if let Some(v) = id.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+                if let Some(v) = id.and_then(|s| HeaderValue::from_str(s).ok()) {
                     parts.headers.insert(CLIENT_ID_HEADER, v);
                 }
                 if let Some(v) = tenant

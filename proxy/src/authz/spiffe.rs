@@ -65,7 +65,8 @@ impl IdPattern {
         if last.is_empty() {
             Ok(IdPattern::PathPrefix(s.to_string()))
         } else {
-            Ok(IdPattern::Exact(s.to_string()))
+            let id: super::SpiffeId = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+            Ok(IdPattern::Exact(id.as_str().to_string()))
         }
     }
 
