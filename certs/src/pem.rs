@@ -134,17 +134,22 @@ pub fn private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, Pem
 
 /// Encodes DER certificates as PEM `CERTIFICATE` blocks.
 pub fn encode_certs(certs: &[CertificateDer<'_>]) -> String {
+    certs
+        .iter()
+        .map(|c| encode_block("CERTIFICATE", c.as_ref()))
+        .collect()
+}
+
+/// Encodes one DER object as a PEM block with `label` (e.g. `PRIVATE KEY`).
+pub fn encode_block(label: &str, der: &[u8]) -> String {
     use base64::Engine;
-    let mut out = String::new();
-    for c in certs {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(chunk));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
     }
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 

@@ -1,7 +1,7 @@
 //! A development certificate authority (rcgen, aws-lc-rs): root CA, optional intermediate,
 //! and X.509-SVID issuance. Used by `docmesh-certs`, the demo and every test fixture.
 
-mod files;
+pub mod files;
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,7 +18,7 @@ use crate::pem::PemError;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::svid::X509Svid;
 
-pub use files::{write_files, OutFile};
+pub use files::{write_files, FilesError, OutFile};
 
 /// How far the CA's notBefore is back-dated, to tolerate clock skew between hosts.
 pub const CA_BACKDATE: Duration = Duration::from_secs(3600);
@@ -147,8 +147,32 @@ struct CaCert {
 
 impl CaCert {
     fn key_pem(&self) -> String {
-        self.issuer.key().serialize_pem()
+        key_pem(self.issuer.key()).0
     }
+}
+
+/// PKCS#8 v2 prefix aws-lc uses for Ed25519 (version 1, with the public key attached).
+const ED25519_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// RFC 8410 PKCS#8 v1 prefix for Ed25519 (version 0, seed only).
+const ED25519_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The key as PKCS#8 (PEM, DER). Ed25519 keys are written as RFC 8410 v1 PKCS#8, because
+/// OpenSSL 3.0 and other tools cannot read the v2 form aws-lc produces.
+fn key_pem(key: &KeyPair) -> (String, Vec<u8>) {
+    let der = key.serialize_der();
+    let der = match der.get(..16) {
+        Some(prefix) if prefix == ED25519_V2_PREFIX && der.len() >= 48 => {
+            let mut v1 = ED25519_V1_PREFIX.to_vec();
+            v1.extend_from_slice(&der[16..48]);
+            v1
+        }
+        _ => der,
+    };
+    (crate::pem::encode_block("PRIVATE KEY", &der), der)
 }
 
 /// A development CA for one trust domain: a root and optionally an intermediate that signs.
@@ -448,7 +472,7 @@ impl CertificateAuthority {
         Ok(IssuedCert {
             chain,
             cert_chain_pem: pem,
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem(&key).0,
         })
     }
 
@@ -494,12 +518,13 @@ impl CertificateAuthority {
             chain.push(i.der.clone());
             pem.push_str(&i.pem);
         }
+        let (key_pem, key_der) = key_pem(&key);
         Ok(IssuedSvid {
             id: id.clone(),
             chain,
             cert_chain_pem: pem,
-            key_pem: key.serialize_pem(),
-            key_der: key.serialize_der(),
+            key_pem,
+            key_der,
             not_before,
             not_after,
         })

@@ -27,16 +27,16 @@ pub static SIG_ALGS: LazyLock<WebPkiSupportedAlgorithms> = LazyLock::new(|| {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {
     /// No certificate was presented.
-    #[error("no certificate presented (an X.509-SVID chain must start with the leaf)")]
+    #[error("rule `chain-present`: no certificate presented (an X.509-SVID chain must start with the leaf)")]
     EmptyChain,
     /// The leaf is not a parseable DER X.509 certificate.
-    #[error("certificate is not valid DER X.509: {reason}")]
+    #[error("rule `well-formed`: certificate is not valid DER X.509: {reason}")]
     Malformed {
         /// Parser message.
         reason: String,
     },
     /// An extension is duplicated or cannot be parsed.
-    #[error("certificate extension is invalid: {reason}")]
+    #[error("rule `well-formed-extensions`: certificate extension is invalid: {reason}")]
     BadExtension {
         /// Parser message.
         reason: String,
