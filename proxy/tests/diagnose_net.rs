@@ -55,7 +55,6 @@ fn any_tls_client() -> TlsClient {
     TlsClient {
         config: Arc::new(config),
         our_id: None,
-        peer_id: |_| Err("unused".into()),
     }
 }
 

@@ -39,7 +39,7 @@ where
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|e| advice::upstream_reset(&e.to_string()))?;
+            .map_err(|e| lost(&e))?;
         let driver = tokio::spawn(conn);
         let mut req = http::Request::builder()
             .method(http::Method::GET)
@@ -49,10 +49,7 @@ where
             .body(Empty::<Bytes>::new())
             .map_err(|e| advice::unexpected_answer(format!("cannot build the request: {e}")))?;
         req.headers_mut().extend(headers);
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| advice::upstream_reset(&e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| lost(&e))?;
         let status = resp.status().as_u16();
         let docmesh_error = resp
             .headers()
@@ -75,6 +72,26 @@ where
         Ok(r) => r,
         Err(_) => Err(advice::response_timeout(timeout)),
     }
+}
+
+/// The connection broke before an answer: a TLS alert from the peer (TLS 1.3 servers check
+/// the client certificate after the client considers the handshake done) or a reset.
+fn lost(e: &hyper::Error) -> Finding {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return advice::rejected_by_peer(&format!(
+                "alert {alert:?} after the handshake, when the peer checked our certificate"
+            ));
+        }
+        source = err.source();
+    }
+    advice::upstream_reset(&e.to_string())
 }
 
 /// Judges an answer: `Ok(summary)` for a healthy one, else the finding.

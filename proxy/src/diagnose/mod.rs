@@ -110,8 +110,13 @@ pub struct TlsClient {
     pub config: Arc<rustls::ClientConfig>,
     /// Our own SPIFFE ID (shown in authorization findings).
     pub our_id: Option<String>,
-    /// Reads the SPIFFE ID of the peer's leaf certificate.
-    pub peer_id: fn(&CertificateDer<'_>) -> Result<String, String>,
+}
+
+/// The SPIFFE ID of the peer's leaf (strict X.509-SVID rules of `docmesh_certs`).
+fn peer_id(leaf: &CertificateDer<'_>) -> Result<String, String> {
+    docmesh_certs::check_leaf(leaf)
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// How long each step may take.
@@ -234,7 +239,7 @@ pub async fn diagnose(target: &Target, tls: Option<&TlsClient>, t: &Timeouts) ->
     );
 
     let start = Instant::now();
-    let peer = match hs.peer_chain.first().map(client.peer_id) {
+    let peer = match hs.peer_chain.first().map(peer_id) {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
             let f = advice::untrusted_peer(&format!(

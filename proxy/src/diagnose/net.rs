@@ -9,6 +9,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use docmesh_certs::tls::svid_error_of;
+use docmesh_certs::SvidError;
+
 use super::advice;
 use super::report::Finding;
 
@@ -121,8 +124,14 @@ fn classify_tls(e: &io::Error, addr: SocketAddr) -> Finding {
     };
     match tls {
         rustls::Error::InvalidMessage(_) => advice::plaintext_peer(addr, &tls.to_string()),
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(_)) => {
-            advice::untrusted_peer(&tls.to_string())
+        rustls::Error::InvalidCertificate(_) if svid_error_of(tls).is_some() => {
+            match svid_error_of(tls) {
+                Some(SvidError::IdentityMismatch { expected, got }) => {
+                    advice::identity_mismatch(&expected.to_string(), &got.to_string())
+                }
+                Some(e) => advice::untrusted_peer(&format!("rule `{}`: {e}", e.rule())),
+                None => advice::untrusted_peer(&tls.to_string()),
+            }
         }
         rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
             advice::untrusted_peer(&tls.to_string())
