@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod outbound;
+pub mod resilience;

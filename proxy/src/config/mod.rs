@@ -16,6 +16,7 @@ pub mod identity;
 pub mod inbound;
 pub mod observability;
 pub mod outbound;
+pub mod resilience;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Config {
     pub observability: observability::ObservabilityConfig,
     /// Who may call the local app: SPIFFE ID rules, JWT and tenant permissions.
     pub authz: authz::AuthzConfig,
+    /// Timeouts, retries, circuit breaking, limits, balancing and health checks.
+    pub resilience: resilience::ResilienceConfig,
 }
 
 /// One problem in the configuration, with the exact field path it concerns.
@@ -165,6 +168,7 @@ impl Config {
     pub fn validate(&self, p: &mut Problems) {
         self.inbound.validate(p);
         self.outbound.validate(p);
+        self.resilience.validate_into(&self.outbound, p);
         // No two listeners on the same address (port 0 means "any free port").
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
         let mut listen = |addr: SocketAddr, path: String, p: &mut Problems| {

@@ -1,0 +1,302 @@
+//! Maps every failure of an upstream call to a [`Cause`] with a detail written for the operator
+//! (what failed, where, what to check). The HTTP stack and the opaque TCP path use the same
+//! functions, so both report the same causes.
+
+use std::error::Error as StdError;
+use std::io;
+
+use crate::errors::{Cause, ProxyError};
+
+/// A failed attempt: the error the client will see, and whether the upstream certainly received
+/// nothing of the request (which makes even a non-idempotent request safe to retry).
+#[derive(Debug, Clone)]
+pub struct AttemptError {
+    /// Cause and operator-facing detail.
+    pub error: ProxyError,
+    /// `true` when none of the request reached the upstream.
+    pub unsent: bool,
+}
+
+impl AttemptError {
+    /// An error from which "nothing was sent" follows from the cause alone.
+    pub fn new(cause: Cause, detail: impl Into<String>) -> Self {
+        ProxyError::new(cause, detail).into()
+    }
+}
+
+impl From<ProxyError> for AttemptError {
+    fn from(error: ProxyError) -> Self {
+        let unsent = before_any_byte(error.cause);
+        AttemptError { error, unsent }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl StdError for AttemptError {}
+
+/// Causes that are decided before any byte of the request could be written.
+pub fn before_any_byte(cause: Cause) -> bool {
+    !matches!(cause, Cause::UpstreamReset | Cause::ResponseTimeout)
+}
+
+/// Iterates over an error and its sources. `io::Error::source()` skips the error it wraps, so
+/// the wrapped error is visited explicitly (connectors often return `io::Error::other(..)`).
+fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&e| match e.downcast_ref::<io::Error>() {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => e.source(),
+    })
+}
+
+/// Classifies a failure to establish a connection (TCP connect, DNS, TLS handshake, peer
+/// identity) to `upstream` (e.g. `documentserver (10.0.0.5:80)`). Used by the HTTP connector
+/// path and by the opaque TCP path. A [`ProxyError`] anywhere in the chain wins.
+pub fn connect_error(err: &(dyn StdError + 'static), upstream: &str) -> ProxyError {
+    for e in chain(err) {
+        if let Some(p) = e.downcast_ref::<ProxyError>() {
+            return p.clone();
+        }
+        if let Some(a) = e.downcast_ref::<AttemptError>() {
+            return a.error.clone();
+        }
+    }
+    for e in chain(err) {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return tls_error(tls, upstream);
+        }
+        if e.is::<tokio::time::error::Elapsed>() {
+            return connect_timeout(upstream);
+        }
+    }
+    if chain(err).any(|e| e.to_string().starts_with("dns error")) {
+        return ProxyError::new(
+            Cause::DnsFailure,
+            format!(
+                "the name of {upstream} did not resolve ({}); check the service's DNS name in the \
+                 config and the resolver (/etc/resolv.conf, cluster DNS)",
+                innermost(err)
+            ),
+        );
+    }
+    for e in chain(err) {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io_connect_error(io, upstream);
+        }
+    }
+    ProxyError::new(
+        Cause::ConnectRefused,
+        format!("could not connect to {upstream}: {}", innermost(err)),
+    )
+}
+
+fn connect_timeout(upstream: &str) -> ProxyError {
+    ProxyError::new(
+        Cause::ConnectTimeout,
+        format!(
+            "no TCP connection to {upstream} within the connect timeout; packets are dropped on \
+             the way: check network policies, firewalls and routes between the two hosts, and \
+             that the address is current"
+        ),
+    )
+}
+
+/// Classifies an I/O error of a TCP connect.
+pub fn io_connect_error(err: &io::Error, upstream: &str) -> ProxyError {
+    if let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        return tls_error(tls, upstream);
+    }
+    match err.kind() {
+        io::ErrorKind::TimedOut => connect_timeout(upstream),
+        io::ErrorKind::ConnectionRefused => ProxyError::new(
+            Cause::ConnectRefused,
+            format!(
+                "connection to {upstream} refused: nothing listens there. Check that the service \
+                 (and its sidecar's inbound listener) is running and bound to that address and \
+                 port, not only to 127.0.0.1 or to IPv6 `::`"
+            ),
+        ),
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => ProxyError::new(
+            Cause::UpstreamReset,
+            format!(
+                "{upstream} closed the connection during setup ({err}); check the upstream's \
+                 logs and whether it expects TLS or plaintext on that port"
+            ),
+        ),
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ProxyError::new(
+            Cause::ConnectTimeout,
+            format!("{upstream} is unreachable ({err}); check routes and network policies"),
+        ),
+        _ => ProxyError::new(
+            Cause::ConnectRefused,
+            format!("could not connect to {upstream}: {err}"),
+        ),
+    }
+}
+
+/// Classifies a TLS failure on the mesh hop.
+pub fn tls_error(err: &rustls::Error, upstream: &str) -> ProxyError {
+    use rustls::Error as E;
+    match err {
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => ProxyError::new(
+            Cause::TlsPlaintextPeer,
+            format!(
+                "{upstream} answered the TLS handshake with something that is not TLS ({err}): \
+                     it speaks plaintext on that port. Is its docmesh sidecar missing, or is the \
+                     port excluded from redirection?"
+            ),
+        ),
+        E::InvalidCertificate(rustls::CertificateError::Other(other))
+            if other.to_string().to_ascii_lowercase().contains("expected") =>
+        {
+            ProxyError::new(
+                Cause::IdentityMismatch,
+                format!(
+                    "{upstream} presented a valid SVID with the wrong SPIFFE ID ({other}); check \
+                     the service's `spiffe_id` in the config against the peer's SVID \
+                     (`docmesh-certs inspect`)"
+                ),
+            )
+        }
+        E::InvalidCertificate(_) | E::NoCertificatesPresented | E::UnsupportedNameType => {
+            ProxyError::new(
+                Cause::TlsUntrustedPeer,
+                format!(
+                    "{upstream} presented a certificate our trust bundle does not accept ({err}); \
+                     check that both sidecars share a trust bundle (during a CA rotation the \
+                     bundle must hold the old and the new root) and that the peer's SVID is valid"
+                ),
+            )
+        }
+        _ => ProxyError::new(
+            Cause::TlsUntrustedPeer,
+            format!("TLS handshake with {upstream} failed ({err}); check both sidecars' logs"),
+        ),
+    }
+}
+
+/// Classifies an error of an HTTP exchange through a hyper(-util) client. Connect-phase errors
+/// go to [`connect_error`]; HTTP/2 `REFUSED_STREAM` and requests cancelled before they were
+/// written are marked unsent (safe to retry even when not idempotent).
+pub fn http_error(
+    err: &(dyn StdError + 'static),
+    is_connect: bool,
+    upstream: &str,
+) -> AttemptError {
+    if is_connect {
+        return connect_error(err, upstream).into();
+    }
+    for e in chain(err) {
+        if let Some(p) = e.downcast_ref::<ProxyError>() {
+            return p.clone().into();
+        }
+        if let Some(a) = e.downcast_ref::<AttemptError>() {
+            return a.clone();
+        }
+    }
+    for e in chain(err) {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return AttemptError {
+                    error: ProxyError::new(
+                        Cause::UpstreamReset,
+                        format!(
+                            "{upstream} refused the HTTP/2 stream before processing it \
+                             (REFUSED_STREAM); it is at its concurrent-stream limit or shutting down"
+                        ),
+                    ),
+                    unsent: true,
+                };
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_canceled() {
+                return AttemptError {
+                    error: reset(
+                        upstream,
+                        "the connection closed before the request was written",
+                    ),
+                    unsent: true,
+                };
+            }
+        }
+    }
+    AttemptError {
+        error: reset(upstream, &innermost(err)),
+        unsent: false,
+    }
+}
+
+fn reset(upstream: &str, what: &str) -> ProxyError {
+    ProxyError::new(
+        Cause::UpstreamReset,
+        format!(
+            "{upstream} closed or reset the connection before a complete response ({what}); \
+             check the upstream's logs for crashes or restarts, and that its keep-alive timeout \
+             is longer than docmesh's `pool_idle`"
+        ),
+    )
+}
+
+/// Classifies an I/O error in the middle of an opaque TCP or upgraded stream (for logs and
+/// metrics: no response can be synthesized at that point).
+pub fn stream_error(err: &io::Error, upstream: &str) -> ProxyError {
+    if err.kind() == io::ErrorKind::TimedOut {
+        return ProxyError::new(
+            Cause::ResponseTimeout,
+            format!("no byte to or from {upstream} within the stream idle timeout"),
+        );
+    }
+    reset(upstream, &err.to_string())
+}
+
+/// The innermost message of an error chain (usually the most specific one).
+fn innermost(err: &(dyn StdError + 'static)) -> String {
+    chain(err).last().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_kinds_map_to_causes() {
+        let up = "ds (127.0.0.1:1)";
+        let c = |k| io_connect_error(&io::Error::from(k), up).cause;
+        assert_eq!(c(io::ErrorKind::ConnectionRefused), Cause::ConnectRefused);
+        assert_eq!(c(io::ErrorKind::TimedOut), Cause::ConnectTimeout);
+        assert_eq!(c(io::ErrorKind::ConnectionReset), Cause::UpstreamReset);
+        let plain = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert_eq!(connect_error(&plain, up).cause, Cause::TlsPlaintextPeer);
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(tls_error(&untrusted, up).cause, Cause::TlsUntrustedPeer);
+        assert!(connect_error(&plain, up).detail.contains(up));
+    }
+
+    #[test]
+    fn proxy_errors_in_the_chain_win() {
+        let inner = ProxyError::new(Cause::IdentityMismatch, "expected a got b");
+        let io = io::Error::other(inner);
+        let got = connect_error(&io, "x");
+        assert_eq!(got.cause, Cause::IdentityMismatch);
+        assert!(AttemptError::from(got).unsent);
+        assert!(!AttemptError::new(Cause::UpstreamReset, "x").unsent);
+    }
+}

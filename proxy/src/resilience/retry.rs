@@ -1,0 +1,142 @@
+//! Retries: bounded attempts, exponential backoff with full jitter, a retry budget, bodies
+//! replayed from the bounded buffer of [`ReplayBody`], and the rule that a non-idempotent
+//! request (POST callbacks, conversions) is retried only when none of it reached the upstream.
+//!
+//! Retried: connect failures and other errors decided before any byte was written (always),
+//! HTTP/2 `REFUSED_STREAM` (always), resets and per-attempt timeouts (idempotent requests only),
+//! configured statuses (idempotent requests only). Never retried: `circuit-open`, `overloaded`,
+//! `no-healthy-endpoint` (retrying cannot help and would only add load).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+
+use super::backoff::full_jitter;
+use super::body::ReplayBody;
+use super::budget::RetryBudget;
+use super::classify::AttemptError;
+use super::endpoint::BoxFuture;
+use super::policy::is_idempotent;
+use super::timeout::route_of;
+use crate::errors::Cause;
+
+/// Number of attempts a response or error took; in the response extensions for access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+/// The retry layer of a service.
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    budget: Arc<RetryBudget>,
+}
+
+impl<S> Retry<S> {
+    /// Retries calls to `inner` within `budget` (shared by every route of the service).
+    pub fn new(inner: S, budget: Arc<RetryBudget>) -> Self {
+        Retry { inner, budget }
+    }
+}
+
+/// Why a failed attempt is not retried (`None`: it may be).
+fn refuse_error(e: &AttemptError, idempotent: bool, body_sent: bool) -> Option<&'static str> {
+    match e.error.cause {
+        Cause::CircuitOpen | Cause::Overloaded | Cause::NoHealthyEndpoint => Some("fail-fast"),
+        Cause::Unauthenticated | Cause::Forbidden => Some("not retryable"),
+        _ if e.unsent => None,
+        _ if !idempotent && body_sent => Some("the request body was already sent"),
+        _ if !idempotent => Some("the request may have reached the upstream"),
+        _ => None,
+    }
+}
+
+impl<S, B> tower::Service<Request<ReplayBody>> for Retry<S>
+where
+    S: tower::Service<Request<ReplayBody>, Response = Response<B>, Error = AttemptError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = AttemptError;
+    type Future = BoxFuture<Result<Response<B>, AttemptError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), AttemptError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+        let policy = route_of(&req).retry.clone();
+        let budget = self.budget.clone();
+        let mut inner = self.inner.clone();
+        budget.deposit();
+        Box::pin(async move {
+            let idempotent = is_idempotent(req.method());
+            let (parts, template) = req.into_parts();
+            let max = policy.max_attempts.max(1);
+            let mut rng = fastrand::Rng::new();
+            let mut attempt = 1;
+            // A never-polled handle on the shared buffer; later attempts replay from it.
+            let replay_src = template.replay();
+            let mut body = Some(template);
+            loop {
+                let Some(this_body) = body.take() else {
+                    // Unreachable: `body` is refilled before every retry.
+                    return Err(AttemptError::new(
+                        Cause::UpstreamReset,
+                        "internal: no request body",
+                    ));
+                };
+                let sent = this_body.sent_flag();
+                let req = Request::from_parts(parts.clone(), this_body);
+                let res = tower::ServiceExt::ready(&mut inner).await?.call(req).await;
+                let body_sent = sent.load(Ordering::Acquire);
+                let why_not = match &res {
+                    Ok(rsp) if !policy.on_status.contains(&rsp.status().as_u16()) => Some(""),
+                    Ok(_) if !idempotent => Some(""),
+                    Ok(_) => None,
+                    Err(e) => refuse_error(e, idempotent, body_sent),
+                };
+                let next = replay_src.as_ref().and_then(|t| t.replay());
+                let why_not = why_not.or(if attempt >= max {
+                    Some("attempts exhausted")
+                } else if next.is_none() {
+                    Some("the request body is larger than the replay buffer")
+                } else if !budget.withdraw() {
+                    Some("the retry budget is exhausted")
+                } else {
+                    None
+                });
+                let Some(why) = why_not else {
+                    drop(res);
+                    body = next;
+                    let wait =
+                        full_jitter(policy.backoff_base, policy.backoff_max, attempt, &mut rng);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    continue;
+                };
+                return match res {
+                    Ok(mut rsp) => {
+                        rsp.extensions_mut().insert(Attempts(attempt));
+                        Ok(rsp)
+                    }
+                    Err(mut e) => {
+                        if attempt > 1 || (max > 1 && !matches!(why, "fail-fast" | "not retryable"))
+                        {
+                            e.error.detail = format!(
+                                "{} [{attempt} attempt(s); not retried: {why}]",
+                                e.error.detail
+                            );
+                        }
+                        Err(e)
+                    }
+                };
+            }
+        })
+    }
+}
