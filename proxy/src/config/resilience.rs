@@ -422,7 +422,11 @@ impl ResilienceConfig {
 
     /// [`Self::validate`] for `docmesh-proxy check`: also reports service sections that name no
     /// service of `[outbound]`.
-    pub fn validate_into(&self, outbound: &super::outbound::OutboundConfig, p: &mut super::Problems) {
+    pub fn validate_into(
+        &self,
+        outbound: &super::outbound::OutboundConfig,
+        p: &mut super::Problems,
+    ) {
         if let Err(e) = self.validate() {
             let (path, message) = e.split();
             p.push(path, message);
