@@ -1,6 +1,7 @@
 //! docmesh-proxy: the sidecar data path (inbound and outbound mTLS with SPIFFE identities),
 //! its admin server and its lifecycle. See `docs/architecture.md` for the module map.
 
+pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod diagnose;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod lifecycle;
 pub mod metrics;
