@@ -98,6 +98,28 @@ async fn certs_without_identity_is_503() {
 }
 
 #[tokio::test]
+async fn certs_reports_the_current_svid() {
+    let ca = crate::identity::tests::ca("mesh.test");
+    let id = crate::identity::tests::identity(&ca, "spiffe://mesh.test/ns/oo/sa/docservice");
+    let (s, _, _) = server(Some(id.clone())).await;
+    let (st, body) = call(s.local_addr(), Method::GET, "/certs").await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["spiffe_id"], "spiffe://mesh.test/ns/oo/sa/docservice");
+    assert_eq!(v["serial"], id.svid_info().serial.as_str());
+    assert_eq!(v["source"], "fixed");
+    assert_eq!(v["trust_domains"], serde_json::json!(["mesh.test"]));
+    let left = v["seconds_left"].as_i64().unwrap();
+    assert!((3500..=3600).contains(&left), "{left}");
+    let not_after = time::OffsetDateTime::parse(
+        v["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(std::time::SystemTime::from(not_after), id.svid_expiry());
+}
+
+#[tokio::test]
 async fn shutdown_from_loopback_starts_the_drain() {
     let (s, l, _) = server(None).await;
     let a = s.local_addr();

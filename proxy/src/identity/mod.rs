@@ -405,4 +405,4 @@ impl Collector for SvidCollector {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
