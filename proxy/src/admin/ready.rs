@@ -40,7 +40,10 @@ pub enum Probe {
 pub async fn probe_ready(admin: SocketAddr, limit: Duration) -> Probe {
     match tokio::time::timeout(limit, probe_once(admin)).await {
         Ok(p) => p,
-        Err(_) => Probe::NotReady(format!("no answer within {}", humantime::format_duration(limit))),
+        Err(_) => Probe::NotReady(format!(
+            "no answer within {}",
+            humantime::format_duration(limit)
+        )),
     }
 }
 

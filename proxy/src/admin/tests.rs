@@ -214,5 +214,8 @@ async fn await_times_out_with_the_last_answer() {
     assert!(start.elapsed() <= Duration::from_secs(10));
     assert!(last.contains("identity"));
     let msg = err.to_string();
-    assert!(msg.contains("127.0.0.1:15020") && msg.contains("10s"), "{msg}");
+    assert!(
+        msg.contains("127.0.0.1:15020") && msg.contains("10s"),
+        "{msg}"
+    );
 }

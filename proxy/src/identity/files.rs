@@ -113,7 +113,9 @@ pub(super) async fn load_initial(
     cfg: &IdentityConfig,
 ) -> Result<(Identity, Fingerprint), IdentityError> {
     let started = Instant::now();
-    let retry = cfg.reload_interval.clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let retry = cfg
+        .reload_interval
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut logged: Option<String> = None;
     let (identity, fingerprint) = loop {
         let attempt = async {

@@ -48,12 +48,11 @@ impl Svid {
                 origin: origin.to_owned(),
                 source: Box::new(e),
             })?;
-        let (serial, not_before, not_after) = leaf_facts(&chain[0]).ok_or_else(|| {
-            IdentityError::Rejected {
+        let (serial, not_before, not_after) =
+            leaf_facts(&chain[0]).ok_or_else(|| IdentityError::Rejected {
                 origin: origin.to_owned(),
                 source: Box::new(docmesh_certs::svid::SvidError::EmptyChain),
-            }
-        })?;
+            })?;
         let certified_key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
             IdentityError::KeyMismatch {
                 origin: origin.to_owned(),
@@ -86,12 +85,11 @@ impl Svid {
         provider: &CryptoProvider,
         origin: &PemOrigin<'_>,
     ) -> Result<(Svid, TrustBundleSet), IdentityError> {
-        let chain = docmesh_certs::pem::certs(chain_pem, origin.cert).map_err(|e| {
-            IdentityError::Pem {
+        let chain =
+            docmesh_certs::pem::certs(chain_pem, origin.cert).map_err(|e| IdentityError::Pem {
                 what: origin.cert.to_owned(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         let key = docmesh_certs::pem::private_key(key_pem, origin.key).map_err(|e| {
             IdentityError::Pem {
                 what: origin.key.to_owned(),
@@ -103,12 +101,13 @@ impl Svid {
             .first()
             .and_then(|leaf| docmesh_certs::svid::check_leaf(leaf).ok())
             .map(|id| id.trust_domain().clone());
-        let bundles = TrustBundleSet::from_pem_auto(bundle_pem, fallback.as_ref()).map_err(
-            |e| IdentityError::Bundle {
-                what: origin.bundle.to_owned(),
-                detail: e.to_string(),
-            },
-        )?;
+        let bundles =
+            TrustBundleSet::from_pem_auto(bundle_pem, fallback.as_ref()).map_err(|e| {
+                IdentityError::Bundle {
+                    what: origin.bundle.to_owned(),
+                    detail: e.to_string(),
+                }
+            })?;
         let svid = Svid::build(chain, key, &bundles, provider, origin.cert)?;
         Ok((svid, bundles))
     }

@@ -289,11 +289,7 @@ impl Identity {
     /// `alpn`; cached per (ID, ALPN list) so session resumption works across connections.
     pub fn client_config(&self, expected: &SpiffeId, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let key: ClientKey = (expected.clone(), alpn.iter().map(|p| p.to_vec()).collect());
-        let mut cache = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(&key) {
             return c.clone();
         }

@@ -111,7 +111,9 @@ async fn follow(weak: std::sync::Weak<super::Inner>, source: Arc<X509Source>, en
         };
         match current(&source) {
             Ok((svid, bundles)) => identity.install(svid, bundles),
-            Err(e) => tracing::error!(error = %e, "Workload API update rejected; keeping the current SVID"),
+            Err(e) => {
+                tracing::error!(error = %e, "Workload API update rejected; keeping the current SVID")
+            }
         }
     }
 }

@@ -40,7 +40,10 @@ async fn rotation_reaches_new_handshakes_and_keeps_open_connections() {
 
     let lifecycle = Lifecycle::new();
     let b = Identity::start(&cfg, &lifecycle).await.unwrap();
-    assert!(lifecycle.is_ready(), "the identity gate opens once the SVID is loaded");
+    assert!(
+        lifecycle.is_ready(),
+        "the identity gate opens once the SVID is loaded"
+    );
     assert_eq!(b.spiffe_id(), sid(B));
     assert_eq!(b.svid_info().source, "files");
     let a = identity(&ca, A);
@@ -73,10 +76,16 @@ async fn rotation_reaches_new_handshakes_and_keeps_open_connections() {
     let fresh = a.client_config(&sid(B), &[ALPN_HTTP1]); // no cached session
     let (c, s) = handshake(b.server_config(), fresh).await;
     let (c, _s) = (c.unwrap(), s.unwrap());
-    assert_eq!(c.get_ref().1.peer_certificates().unwrap()[0].as_ref(), leaf(&second));
+    assert_eq!(
+        c.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        leaf(&second)
+    );
     let (c, s) = handshake(a.server_config(), b.client_config(&sid(A), &[ALPN_H2])).await;
     let (_c, s) = (c.unwrap(), s.unwrap());
-    assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0].as_ref(), leaf(&second));
+    assert_eq!(
+        s.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        leaf(&second)
+    );
 }
 
 #[tokio::test]
@@ -112,7 +121,10 @@ async fn half_written_or_mismatched_files_keep_the_old_svid() {
     assert_eq!(b.svid_info().serial, serial);
     let a = identity(&ca, A);
     let (c, _s) = handshake(b.server_config(), a.client_config(&sid(B), &[ALPN_H2])).await;
-    assert_eq!(c.unwrap().get_ref().1.peer_certificates().unwrap()[0].as_ref(), leaf(&first));
+    assert_eq!(
+        c.unwrap().get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        leaf(&first)
+    );
 
     // The key arrives: the pair is installed.
     std::fs::write(&cfg.key, &second.key_pem).unwrap();

@@ -198,7 +198,10 @@ async fn client_configs_are_cached_per_id_and_alpn_and_resume_sessions() {
     let (c, s) = handshake(b.server_config(), c1.clone()).await;
     let (mut c, mut s) = (c.unwrap(), s.unwrap());
     ping(&mut c, &mut s).await; // receives the session tickets
-    assert_eq!(c.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    assert_eq!(
+        c.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
     let (c, s) = handshake(b.server_config(), c1).await;
     let (mut c, mut s) = (c.unwrap(), s.unwrap());
     ping(&mut c, &mut s).await;
@@ -225,12 +228,8 @@ fn from_pem_rejects_bad_material_with_clear_errors() {
     assert!(matches!(err, IdentityError::Pem { .. }), "{err}");
 
     let other = issue(&ca1, B);
-    let err = Identity::from_pem(
-        s.cert_chain_pem.as_bytes(),
-        other.key_pem.as_bytes(),
-        root,
-    )
-    .unwrap_err();
+    let err = Identity::from_pem(s.cert_chain_pem.as_bytes(), other.key_pem.as_bytes(), root)
+        .unwrap_err();
     assert!(matches!(err, IdentityError::KeyMismatch { .. }), "{err}");
 
     let ca2 = ca("mesh.test");

@@ -41,10 +41,7 @@ async fn initial_svid_then_streamed_rotation_and_bundle_update() {
     assert!(lifecycle.is_ready());
     assert_eq!(b.spiffe_id(), sid(B));
     assert_eq!(b.svid_info().source, "workload-api");
-    assert_eq!(
-        b.certified_key().cert[0].as_ref(),
-        first.chain[0].as_ref()
-    );
+    assert_eq!(b.certified_key().cert[0].as_ref(), first.chain[0].as_ref());
     assert!(server.calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 
     let a = identity(&ca, A);
@@ -112,7 +109,10 @@ async fn calls_without_the_security_header_are_rejected() {
     let ca = ca("mesh.test");
     let socket = dir.path().join("agent.sock");
     let server = WorkloadApiServer::start(&socket, response(&ca, &issue(&ca, B)));
-    assert_eq!(raw_fetch(&socket, false).await, tonic::Code::InvalidArgument);
+    assert_eq!(
+        raw_fetch(&socket, false).await,
+        tonic::Code::InvalidArgument
+    );
     assert_eq!(server.rejected.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(raw_fetch(&socket, true).await, tonic::Code::Ok);
 }

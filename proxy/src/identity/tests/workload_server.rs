@@ -108,17 +108,15 @@ impl WorkloadApiServer {
                             }
                             calls.fetch_add(1, Ordering::SeqCst);
                             let rx = updates.subscribe();
-                            let stream = futures::stream::unfold(
-                                (rx, true),
-                                |(mut rx, first)| async move {
+                            let stream =
+                                futures::stream::unfold((rx, true), |(mut rx, first)| async move {
                                     if !first && rx.changed().await.is_err() {
                                         return None;
                                     }
                                     let msg = rx.borrow_and_update().clone();
                                     Some((Ok::<_, tonic::Status>(msg), (rx, false)))
-                                },
-                            )
-                            .boxed();
+                                })
+                                .boxed();
                             Ok(tonic::Response::new(stream))
                         }
                     });
