@@ -312,10 +312,31 @@ impl Identity {
         cfg
     }
 
-    /// Registers `docmesh_svid_expiry_timestamp_seconds`, `docmesh_svid_seconds_left` and
-    /// `docmesh_svid_rotations_total`, read from the current SVID at every scrape.
+    /// Registers `docmesh_svid_seconds_left{spiffe_id}` and `docmesh_svid_rotations_total`,
+    /// read from the current SVID at every scrape. (`docmesh_svid_expiry_timestamp_seconds`
+    /// belongs to `observe::MeshMetrics`; feed it with [`Identity::on_change`].)
     pub fn register_metrics(&self, metrics: &Metrics) {
         metrics.register_collector(Box::new(SvidCollector(self.clone())));
+    }
+
+    /// Calls `f` with the current SVID now and again after every accepted rotation, until
+    /// the identity is dropped (e.g. to feed `MeshMetrics::svid_loaded`). Needs a Tokio
+    /// runtime.
+    pub fn on_change(
+        &self,
+        f: impl Fn(&SvidInfo) + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        f(&self.svid_info());
+        let mut rx = self.rotations();
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(identity) = Identity::upgrade(&weak) else {
+                    return;
+                };
+                f(&identity.svid_info());
+            }
+        })
     }
 
     /// Installs a new SVID and bundle set (already validated); bundles first, so peers that
@@ -365,34 +386,27 @@ struct SvidCollector(Identity);
 impl Collector for SvidCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let info = self.0.svid_info();
-        let expiry = info
-            .not_after
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         let left = info
             .not_after
             .duration_since(SystemTime::now())
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let g = ConstGauge::new(expiry);
-        g.encode(encoder.encode_descriptor(
-            "svid_expiry_timestamp_seconds",
-            "notAfter of the current SVID, as a Unix timestamp",
-            None,
-            g.metric_type(),
-        )?)?;
         let g = ConstGauge::new(left);
-        g.encode(encoder.encode_descriptor(
-            "svid_seconds_left",
-            "Seconds until the current SVID expires (0 once expired)",
-            None,
-            g.metric_type(),
-        )?)?;
+        let labels = [("spiffe_id", info.spiffe_id.as_str())];
+        g.encode(
+            encoder
+                .encode_descriptor(
+                    "svid_seconds_left",
+                    "Seconds until the proxy's current X.509-SVID expires (0 once expired)",
+                    None,
+                    g.metric_type(),
+                )?
+                .encode_family(&labels)?,
+        )?;
         let c = ConstCounter::new(info.rotations);
         c.encode(encoder.encode_descriptor(
             "svid_rotations",
-            "SVID or bundle changes accepted since start",
+            "SVID or trust bundle changes accepted since start",
             None,
             c.metric_type(),
         )?)?;

@@ -264,16 +264,26 @@ fn from_pem_rejects_bad_material_with_clear_errors() {
     }
 }
 
-#[test]
-fn svid_info_and_metrics_describe_the_current_svid() {
+#[tokio::test]
+async fn svid_info_and_metrics_describe_the_current_svid() {
     let ca = ca("mesh.test");
     let a = identity(&ca, A);
     let info = a.svid_info();
     assert_eq!(info.spiffe_id, A);
     assert_eq!(info.trust_domains, vec!["mesh.test".to_string()]);
     assert!(info.serial.contains(':'));
+
     let m = crate::metrics::Metrics::new();
     a.register_metrics(&m);
+    let mesh = crate::observe::metrics::MeshMetrics::register(&m, &Default::default());
+    let _feed = a.on_change(move |i| {
+        let unix = i
+            .not_after
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        mesh.svid_loaded(&i.spiffe_id, unix);
+    });
     let text = m.encode().unwrap();
     let expiry = info
         .not_after
@@ -281,8 +291,20 @@ fn svid_info_and_metrics_describe_the_current_svid() {
         .unwrap()
         .as_secs();
     assert!(
-        text.contains(&format!("docmesh_svid_expiry_timestamp_seconds {expiry}")),
+        text.contains(&format!(
+            "docmesh_svid_expiry_timestamp_seconds{{spiffe_id=\"{A}\"}} {expiry}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("docmesh_svid_seconds_left{{spiffe_id=\"{A}\"}} 3")),
         "{text}"
     );
     assert!(text.contains("docmesh_svid_rotations_total 0"), "{text}");
+    // Every family appears once (no name is registered twice).
+    let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    let n = types.len();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), n, "{text}");
 }
