@@ -570,3 +570,91 @@ async fn random_mutations_of_a_good_token_never_panic_or_pass() {
     }
     assert!(refused > 1400, "only {refused} mutations refused");
 }
+
+#[tokio::test]
+async fn a_streamed_oversized_body_is_refused_without_reading_it_all() {
+    use futures::SinkExt;
+    use http_body_util::StreamBody;
+    let cfg = r#"
+        [jwt]
+        enabled = true
+        in_body = true
+        max_body_bytes = 4096
+        secret = "body-secret-body-secret-body-secret"
+    "#;
+    let az = authorizer(cfg).with_clock(|| NOW);
+    let (mut tx, rx) = futures::channel::mpsc::channel::<
+        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    let sender = tokio::spawn(async move {
+        let mut sent = 0usize;
+        for _ in 0..1000 {
+            let chunk = http_body::Frame::data(bytes::Bytes::from(vec![b' '; 1024]));
+            if tx.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(URI)
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let (mut parts, body) = req.into_parts();
+    let (decision, body) = az.authorize_http(8000, None, &mut parts, body).await;
+    drop(body);
+    match decision {
+        docmesh_proxy::authz::Decision::Deny { cause, detail } => {
+            assert_eq!(cause, DenyCause::PayloadTooLarge);
+            assert!(detail.contains("max_body_bytes (4096 bytes)"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(10), sender)
+        .await
+        .expect("the sender stops once the authorizer lets go of the body")
+        .unwrap();
+    assert!(sent <= 8, "{sent} KiB were read for a 4 KiB limit");
+}
+
+#[tokio::test]
+async fn buffered_bodies_keep_their_trailers() {
+    use http_body_util::{BodyExt, StreamBody};
+    let cfg = r#"
+        [jwt]
+        enabled = true
+        in_body = true
+        secret = "body-secret-body-secret-body-secret"
+    "#;
+    let az = authorizer(cfg).with_clock(|| NOW);
+    let tok = hs(
+        HS256,
+        b"body-secret-body-secret-body-secret",
+        &json!({"c": "info"}),
+    );
+    let body = json!({"c": "info", "token": tok}).to_string();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+        Ok(http_body::Frame::data(bytes::Bytes::from(
+            body[..10].to_string(),
+        ))),
+        Ok(http_body::Frame::data(bytes::Bytes::from(
+            body[10..].to_string(),
+        ))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(URI)
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let (mut parts, b) = req.into_parts();
+    let (decision, b) = az.authorize_http(8000, None, &mut parts, b).await;
+    assert!(decision.is_allow(), "{decision:?}");
+    let collected = b.collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+    assert_eq!(collected.to_bytes(), body.as_bytes());
+}
