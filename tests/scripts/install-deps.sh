@@ -5,7 +5,8 @@
 set -euo pipefail
 need=()
 for pair in iptables:iptables ip:iproute2 openssl:openssl curl:curl nginx:nginx haproxy:haproxy \
-            docker-compose:docker-compose tcpdump:tcpdump wrk:wrk python3:python3; do
+            docker-compose:docker-compose tcpdump:tcpdump wrk:wrk python3:python3 \
+            socat:socat setpriv:util-linux; do
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

@@ -1,1 +1,2 @@
 //! Shared harness for docmesh integration tests.
+pub mod netns;
