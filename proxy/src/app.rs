@@ -63,7 +63,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         MeshClient::Plaintext,
         lifecycle.clone(),
         &metrics,
-    );
+    )
+    .context("invalid outbound configuration")?;
     let inbound = Inbound::new(
         &config.inbound,
         MeshServer::Plaintext,

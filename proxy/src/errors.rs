@@ -29,6 +29,9 @@ pub enum Cause {
     TlsUntrustedPeer,
     /// The peer's SPIFFE ID is not the one configured for the destination.
     IdentityMismatch,
+    /// The peer refused our SVID during the TLS handshake (expired, or its bundle does not
+    /// trust our trust domain).
+    TlsRejectedByPeer,
     /// The upstream closed or reset before a complete response.
     UpstreamReset,
     /// No response headers within the response timeout.
@@ -47,13 +50,14 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in documentation order.
-    pub const ALL: [Cause; 13] = [
+    pub const ALL: [Cause; 14] = [
         Cause::DnsFailure,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
         Cause::TlsPlaintextPeer,
         Cause::TlsUntrustedPeer,
         Cause::IdentityMismatch,
+        Cause::TlsRejectedByPeer,
         Cause::UpstreamReset,
         Cause::ResponseTimeout,
         Cause::CircuitOpen,
@@ -72,6 +76,7 @@ impl Cause {
             Cause::TlsPlaintextPeer => "tls-plaintext-peer",
             Cause::TlsUntrustedPeer => "tls-untrusted-peer",
             Cause::IdentityMismatch => "identity-mismatch",
+            Cause::TlsRejectedByPeer => "tls-rejected-by-peer",
             Cause::UpstreamReset => "upstream-reset",
             Cause::ResponseTimeout => "response-timeout",
             Cause::CircuitOpen => "circuit-open",
@@ -91,6 +96,7 @@ impl Cause {
             | Cause::TlsPlaintextPeer
             | Cause::TlsUntrustedPeer
             | Cause::IdentityMismatch
+            | Cause::TlsRejectedByPeer
             | Cause::UpstreamReset => S::BAD_GATEWAY,
             Cause::ConnectTimeout | Cause::ResponseTimeout => S::GATEWAY_TIMEOUT,
             Cause::CircuitOpen | Cause::Overloaded | Cause::NoHealthyEndpoint => {

@@ -307,16 +307,15 @@ fn step<'a>(
     }
 }
 
-/// Checks a SPIFFE ID with the certs library's strict parser.
+/// Checks a workload SPIFFE ID with the certs library's strict parser.
 pub(crate) fn check_spiffe_id(id: &str) -> Result<(), String> {
-    // Minimal structural check until the certs library's parser is wired in.
-    let rest = id
-        .strip_prefix("spiffe://")
-        .ok_or_else(|| format!("`{id}` is not a SPIFFE ID: it must start with `spiffe://`"))?;
-    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if td.is_empty() || path.is_empty() {
+    let parsed: docmesh_certs::SpiffeId = id
+        .parse()
+        .map_err(|e| format!("`{id}` is not a valid SPIFFE ID: {e}"))?;
+    if parsed.is_trust_domain_id() {
         return Err(format!(
-            "`{id}` is not a workload SPIFFE ID: it needs a trust domain and a path"
+            "`{id}` is a trust domain ID; a workload ID needs a path (spiffe://{}/...)",
+            parsed.trust_domain().as_str()
         ));
     }
     Ok(())

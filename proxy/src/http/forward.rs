@@ -6,7 +6,7 @@ use std::hash::Hash;
 
 use http::StatusCode;
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -14,21 +14,25 @@ use super::pool::{HttpVersion, Pool};
 use super::{is_upgrade_request, strip_hop_by_hop, ProxyBody};
 use crate::errors::{Hop, ProxyError};
 
-/// Forwards `req` to the upstream identified by `key` (connecting with `connect` when the pool
+/// Forwards `req` (any streaming body, e.g. `Incoming` or a body an authorization filter
+/// replays) to the upstream identified by `key` (connecting with `connect` when the pool
 /// has no free connection). Upstream failures become a synthesized response with the cause.
 ///
 /// `Host`, `:authority` and `X-Forwarded-*` are forwarded untouched; an HTTP/1.1 upgrade that
 /// the upstream accepts (101) is spliced into a bidirectional byte copy.
-pub async fn forward<K, F, Fut, Io>(
-    pool: &Pool<K, Incoming>,
+pub async fn forward<K, B, F, Fut, Io>(
+    pool: &Pool<K, B>,
     key: &K,
     version: HttpVersion,
-    mut req: http::Request<Incoming>,
+    mut req: http::Request<B>,
     hop: Hop,
     connect: F,
 ) -> http::Response<ProxyBody>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Io, ProxyError>>,
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -255,16 +255,36 @@ fn closed_before_request() -> ProxyError {
 }
 
 /// Maps a hyper client error to a cause: everything after the connection was established is
-/// `upstream-reset` (closed or reset before a complete response) unless it is a timeout.
+/// `upstream-reset` (closed or reset before a complete response) unless it is a timeout, or a
+/// TLS alert from the peer (with TLS 1.3 a server rejects our client SVID only after our side
+/// of the handshake finished, so the alert arrives with the first response read).
 pub fn upstream_error(e: &hyper::Error) -> ProxyError {
     use std::error::Error as _;
     let mut detail =
         format!("the upstream closed or reset the connection before a complete response: {e}");
+    let mut alert = None;
     let mut src = e.source();
     while let Some(s) = src {
         detail.push_str(": ");
         detail.push_str(&s.to_string());
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(a)) = tls {
+            alert = Some(*a);
+        }
         src = s.source();
+    }
+    if let Some(a) = alert {
+        return ProxyError::new(
+            Cause::TlsRejectedByPeer,
+            format!(
+                "the peer rejected our TLS client certificate (alert {a:?}): our SVID may be \
+                 expired, or the peer's bundle does not trust our trust domain"
+            ),
+        );
     }
     let cause = if e.is_timeout() {
         Cause::ResponseTimeout

@@ -4,14 +4,19 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use docmesh_certs::{SpiffeId, SvidError};
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
 use super::services::Service;
-use crate::errors::ProxyError;
+use crate::errors::{Cause, ProxyError};
 
 /// ALPN protocol names on the mesh hop: they tell the inbound what runs inside the TLS stream.
 pub mod alpn {
@@ -27,11 +32,11 @@ pub mod alpn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Inner {
     /// HTTP/1.1 (`http/1.1`).
-    Http1,
+    Http1 = 0,
     /// HTTP/2 (`h2`).
-    Http2,
+    Http2 = 1,
     /// Opaque TCP (`docmesh-tcp`).
-    Tcp,
+    Tcp = 2,
 }
 
 impl Inner {
@@ -45,11 +50,141 @@ impl Inner {
     }
 }
 
+/// Builds the rustls client configs of the mesh hop (implemented by the identity module's
+/// `Identity`): TLS 1.3 only, our SVID as client certificate, the server verified against the
+/// bundles and required to present exactly `expected`, offering exactly `alpn`.
+pub trait ClientTls: Send + Sync + 'static {
+    /// A client config for one service and one inner protocol; called once per (service,
+    /// ALPN) at startup, so the config must follow SVID and bundle rotations by itself.
+    fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<rustls::ClientConfig>;
+}
+
 /// How the outbound secures the hop to a mesh service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum MeshClient {
     /// Plain TCP: only for tests of the non-TLS data path; `run` always uses mTLS.
     Plaintext,
+    /// mTLS with SPIFFE ID verification.
+    Mtls(Arc<dyn ClientTls>),
+}
+
+impl std::fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeshClient::Plaintext => "MeshClient::Plaintext",
+            MeshClient::Mtls(_) => "MeshClient::Mtls",
+        })
+    }
+}
+
+/// The connectors of every service, built once: one per (service, inner protocol).
+pub(crate) enum Connectors {
+    Plaintext,
+    Mtls(Vec<[TlsConnector; 3]>),
+}
+
+impl Connectors {
+    /// Builds the connectors of `services` (indexed by `Service::index`).
+    pub(crate) fn new(mesh: &MeshClient, services: &[Arc<Service>]) -> Self {
+        match mesh {
+            MeshClient::Plaintext => Connectors::Plaintext,
+            MeshClient::Mtls(tls) => Connectors::Mtls(
+                services
+                    .iter()
+                    .map(|s| {
+                        [Inner::Http1, Inner::Http2, Inner::Tcp]
+                            .map(|i| TlsConnector::from(tls.client_config(&s.spiffe_id, i.alpn())))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Connects to `addr` (an endpoint of `svc`) for `inner`; failures carry their cause.
+    pub(crate) async fn connect(
+        &self,
+        svc: &Service,
+        addr: SocketAddr,
+        inner: Inner,
+        timeouts: HopTimeouts,
+    ) -> Result<MeshStream, ProxyError> {
+        let tcp = crate::net::connect(addr, timeouts.connect, &svc.name).await?;
+        let connectors = match self {
+            Connectors::Plaintext => return Ok(MeshStream::Plain(tcp)),
+            Connectors::Mtls(c) => c,
+        };
+        let Some(set) = connectors.get(svc.index) else {
+            return Err(ProxyError::new(
+                Cause::UpstreamReset,
+                format!("internal: no TLS settings for service `{}`", svc.name),
+            ));
+        };
+        let connector = &set[inner as usize];
+        // The verifier checks the SPIFFE ID, not this name; an IP name also sends no SNI.
+        let name = ServerName::IpAddress(addr.ip().into());
+        match tokio::time::timeout(timeouts.handshake, connector.connect(name, tcp)).await {
+            Ok(Ok(tls)) => Ok(MeshStream::Tls(Box::new(tls))),
+            Ok(Err(e)) => Err(tls_error(&e, svc, addr)),
+            Err(_) => Err(ProxyError::new(
+                Cause::ConnectTimeout,
+                format!(
+                    "TLS handshake with `{}` at {addr} did not finish within {:?}: is a \
+                     sidecar (or a TLS server at all) listening there?",
+                    svc.name, timeouts.handshake
+                ),
+            )),
+        }
+    }
+}
+
+/// Maps a failed client handshake to its cause.
+pub fn tls_error(e: &io::Error, svc: &Service, addr: SocketAddr) -> ProxyError {
+    let who = format!("`{}` at {addr}", svc.name);
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return ProxyError::new(
+            Cause::UpstreamReset,
+            format!("TLS handshake with {who} failed: {e} (the peer closed the connection)"),
+        );
+    };
+    if let Some(svid) = docmesh_certs::tls::svid_error_of(err) {
+        return match svid {
+            SvidError::IdentityMismatch { expected, got } => ProxyError::new(
+                Cause::IdentityMismatch,
+                format!(
+                    "{who} presented {got}, expected {expected} (check outbound.services \
+                     spiffe_id, or which workload really listens at that address)"
+                ),
+            ),
+            other => ProxyError::new(
+                Cause::TlsUntrustedPeer,
+                format!("the SVID of {who} is not trusted: {other}"),
+            ),
+        };
+    }
+    match err {
+        rustls::Error::InvalidMessage(_) => ProxyError::new(
+            Cause::TlsPlaintextPeer,
+            format!(
+                "{who} answered the TLS handshake with non-TLS bytes ({err}): a plaintext \
+                 server without a sidecar, or a port that is not the peer's inbound port"
+            ),
+        ),
+        rustls::Error::InvalidCertificate(_) => ProxyError::new(
+            Cause::TlsUntrustedPeer,
+            format!("the certificate of {who} is not trusted: {err}"),
+        ),
+        rustls::Error::AlertReceived(alert) => ProxyError::new(
+            Cause::TlsRejectedByPeer,
+            format!(
+                "{who} rejected the TLS handshake (alert {alert:?}): our SVID may be expired, \
+                 or the peer's bundle does not trust our trust domain"
+            ),
+        ),
+        other => ProxyError::new(
+            Cause::UpstreamReset,
+            format!("TLS handshake with {who} failed: {other}"),
+        ),
+    }
 }
 
 /// A connection to a mesh service.
@@ -57,6 +192,8 @@ pub enum MeshClient {
 pub enum MeshStream {
     /// Plain TCP.
     Plain(TcpStream),
+    /// mTLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Timeouts of one hop.
@@ -68,23 +205,6 @@ pub struct HopTimeouts {
     pub handshake: Duration,
 }
 
-impl MeshClient {
-    /// Connects to `addr` (an endpoint of `svc`) for `inner`; failures carry their cause.
-    pub async fn connect(
-        &self,
-        svc: &Service,
-        addr: SocketAddr,
-        inner: Inner,
-        timeouts: HopTimeouts,
-    ) -> Result<MeshStream, ProxyError> {
-        let tcp = crate::net::connect(addr, timeouts.connect, &svc.name).await?;
-        let _ = inner;
-        match self {
-            MeshClient::Plaintext => Ok(MeshStream::Plain(tcp)),
-        }
-    }
-}
-
 impl AsyncRead for MeshStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -93,6 +213,7 @@ impl AsyncRead for MeshStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MeshStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -105,6 +226,7 @@ impl AsyncWrite for MeshStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MeshStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -115,24 +237,28 @@ impl AsyncWrite for MeshStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MeshStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             MeshStream::Plain(s) => s.is_write_vectored(),
+            MeshStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MeshStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MeshStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
-use connect::{HopTimeouts, Inner, MeshClient};
+use connect::{Connectors, HopTimeouts, Inner, MeshClient};
 use detect::{DetectEnd, Detected};
 use services::{Service, Services};
 
@@ -40,6 +40,16 @@ pub enum OutboundError {
     /// An explicit listener names a service that is not configured.
     #[error("explicit listener for unknown service `{0}`: add it to outbound.services")]
     UnknownService(String),
+    /// A service's `spiffe_id` is not a SPIFFE ID.
+    #[error("service `{service}`: spiffe_id `{id}` is invalid: {reason}")]
+    InvalidSpiffeId {
+        /// The service.
+        service: String,
+        /// The configured text.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Key of a pooled upstream connection: endpoint, service (whose SPIFFE ID it verified) and
@@ -53,7 +63,7 @@ struct PoolKey {
 
 struct Shared {
     services: Arc<Services>,
-    mesh: MeshClient,
+    mesh: Connectors,
     pool: Pool<PoolKey, Incoming>,
     detect_timeout: Duration,
     opaque_ports: Vec<u16>,
@@ -91,7 +101,9 @@ impl Outbound {
         mesh: MeshClient,
         lifecycle: Lifecycle,
         metrics: &Metrics,
-    ) -> Self {
+    ) -> Result<Self, OutboundError> {
+        let services = Arc::new(Services::new(&cfg.services)?);
+        let connectors = Connectors::new(&mesh, services.all());
         let detect_timeouts = Counter::default();
         metrics.register(
             "outbound_detect_timeouts",
@@ -104,10 +116,10 @@ impl Outbound {
             "Outbound connections to destinations outside the mesh that were denied",
             denied.clone(),
         );
-        Outbound {
+        Ok(Outbound {
             shared: Arc::new(Shared {
-                services: Arc::new(Services::new(&cfg.services)),
-                mesh,
+                services,
+                mesh: connectors,
                 pool: Pool::new(cfg.pool_idle_timeout),
                 detect_timeout: cfg.detect_timeout,
                 opaque_ports: cfg.opaque_ports.clone(),
@@ -120,7 +132,7 @@ impl Outbound {
                 detect_timeouts,
                 denied,
             }),
-        }
+        })
     }
 
     /// Resolves service names once and keeps re-resolving them every `resolve_interval`.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use docmesh_certs::SpiffeId;
 
 use crate::config::outbound::{split_host_port, Protocol, ServiceConfig};
 use crate::errors::{Cause, ProxyError};
@@ -21,7 +22,7 @@ pub struct Service {
     /// The configured name.
     pub name: String,
     /// The SPIFFE ID the service must present.
-    pub spiffe_id: String,
+    pub spiffe_id: SpiffeId,
     /// Configured protocol (`detect` sniffs).
     pub protocol: Protocol,
     addresses: Vec<String>,
@@ -70,31 +71,38 @@ pub struct Services {
 impl Services {
     /// Builds the table; addresses that are literal IPs are usable at once, DNS names after
     /// [`Services::resolve_all`].
-    pub fn new(configs: &[ServiceConfig]) -> Self {
+    pub fn new(configs: &[ServiceConfig]) -> Result<Self, super::OutboundError> {
         let list: Vec<Arc<Service>> = configs
             .iter()
             .enumerate()
             .map(|(index, c)| {
                 let literal: Vec<SocketAddr> =
                     c.addresses.iter().filter_map(|a| literal_addr(a)).collect();
-                Arc::new(Service {
+                let spiffe_id = c.spiffe_id.parse::<SpiffeId>().map_err(|e| {
+                    super::OutboundError::InvalidSpiffeId {
+                        service: c.name.clone(),
+                        id: c.spiffe_id.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok(Arc::new(Service {
                     index,
                     name: c.name.clone(),
-                    spiffe_id: c.spiffe_id.clone(),
+                    spiffe_id,
                     protocol: c.protocol,
                     addresses: c.addresses.clone(),
                     endpoints: ArcSwap::from_pointee(literal),
                     next: AtomicUsize::new(0),
                     last_error: Mutex::new(None),
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let s = Services {
             list,
             by_addr: ArcSwap::from_pointee(HashMap::new()),
         };
         s.rebuild_index();
-        s
+        Ok(s)
     }
 
     /// All services in configuration order.
@@ -190,7 +198,7 @@ mod tests {
         ServiceConfig {
             name: name.into(),
             addresses: addrs.iter().map(|s| s.to_string()).collect(),
-            spiffe_id: format!("spiffe://td/{name}"),
+            spiffe_id: format!("spiffe://td.example/{name}"),
             protocol: Protocol::Detect,
         }
     }
@@ -201,7 +209,8 @@ mod tests {
             svc("docs", &["10.0.0.1:80", "10.0.0.2:80"]),
             svc("local", &["localhost:9000"]),
             svc("nowhere", &["no-such-host.invalid:80"]),
-        ]);
+        ])
+        .unwrap();
         let dst: SocketAddr = "10.0.0.2:80".parse().unwrap();
         assert_eq!(s.lookup(dst).unwrap().name, "docs");
         assert!(s.lookup("10.0.0.2:81".parse().unwrap()).is_none());

@@ -330,7 +330,8 @@ pub async fn start_outbound(
         }],
         ..OutboundConfig::default()
     };
-    let outbound = Outbound::new(&cfg, opts.outbound_mesh.clone(), lifecycle.clone(), metrics);
+    let outbound =
+        Outbound::new(&cfg, opts.outbound_mesh.clone(), lifecycle.clone(), metrics).unwrap();
     outbound.start(cfg.resolve_interval).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -390,4 +391,119 @@ pub fn get(path: &str, host: &str) -> http::Request<TestBody> {
         .header("host", host)
         .body(full(Bytes::new()))
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// mTLS fixtures (dev CA from docmesh_certs::ca)
+
+pub use docmesh_certs::ca::{CertificateAuthority, IssuedSvid, KeyAlgorithm};
+use docmesh_certs::tls::{ExpectedPeer, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier};
+pub use docmesh_certs::{SpiffeId, TrustBundleSet, TrustDomain};
+use docmesh_proxy::inbound::ServerTls;
+use docmesh_proxy::outbound::connect::{alpn, ClientTls};
+use std::sync::Arc;
+
+/// A dev CA for trust domain `td` (one day).
+pub fn dev_ca(td: &str) -> CertificateAuthority {
+    let td: TrustDomain = td.parse().unwrap();
+    CertificateAuthority::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
+        .unwrap()
+}
+
+/// An SVID for `id` from `ca`, valid for an hour.
+pub fn svid(ca: &CertificateAuthority, id: &str) -> IssuedSvid {
+    ca.issue_svid(&id.parse().unwrap(), Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// An SVID for `id` that expired an hour ago.
+pub fn expired_svid(ca: &CertificateAuthority, id: &str) -> IssuedSvid {
+    let now = time::OffsetDateTime::now_utc();
+    ca.issue_svid_with(
+        &id.parse().unwrap(),
+        now - time::Duration::hours(2),
+        now - time::Duration::hours(1),
+    )
+    .unwrap()
+}
+
+/// Minimal mesh TLS for tests (the production builders live in the identity module): TLS 1.3,
+/// SPIFFE verifiers from docmesh_certs, one fixed SVID.
+pub struct TestTls {
+    svid: IssuedSvid,
+    bundles: SharedBundles,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TestTls {
+    /// Our SVID and the roots we trust.
+    pub fn new(svid: IssuedSvid, trusted: &[&CertificateAuthority]) -> Arc<TestTls> {
+        let mut pem = String::new();
+        for ca in trusted {
+            pem.push_str(ca.root_cert_pem());
+        }
+        let bundles = TrustBundleSet::from_pem_auto(pem.as_bytes(), None).unwrap();
+        let bundles: SharedBundles = Arc::new(arc_swap::ArcSwap::from_pointee(bundles));
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(bundles.clone())))
+            .with_single_cert(svid.chain.clone(), svid.private_key())
+            .unwrap();
+        server.alpn_protocols = vec![alpn::H2.to_vec(), alpn::HTTP1.to_vec(), alpn::TCP.to_vec()];
+        Arc::new(TestTls {
+            svid,
+            bundles,
+            server: Arc::new(server),
+        })
+    }
+}
+
+impl ClientTls for TestTls {
+    fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<rustls::ClientConfig> {
+        let verifier =
+            SpiffeServerVerifier::new(self.bundles.clone(), ExpectedPeer::Exact(expected.clone()));
+        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(self.svid.chain.clone(), self.svid.private_key())
+            .unwrap();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(c)
+    }
+}
+
+impl ServerTls for TestTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
+    }
+}
+
+pub const CLIENT_ID: &str = "spiffe://example.org/ns/oo/sa/integrator";
+pub const SERVER_ID: &str = "spiffe://example.org/ns/oo/sa/documentserver";
+
+/// Options for an mTLS pair: the client sidecar has `client`, the server sidecar `server`,
+/// both trusting `ca`; the outbound expects SERVER_ID.
+pub fn mtls_options(client: Arc<TestTls>, server: Arc<TestTls>) -> PairOptions {
+    PairOptions {
+        mode: InboundMode::Strict,
+        outbound_mesh: MeshClient::Mtls(client),
+        inbound_mesh: MeshServer::Mtls(server),
+        spiffe_id: SERVER_ID.into(),
+        ..PairOptions::default()
+    }
+}
+
+/// Options for a healthy mTLS pair from one CA.
+pub fn healthy_mtls(ca: &CertificateAuthority) -> PairOptions {
+    mtls_options(
+        TestTls::new(svid(ca, CLIENT_ID), &[ca]),
+        TestTls::new(svid(ca, SERVER_ID), &[ca]),
+    )
 }

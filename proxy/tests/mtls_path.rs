@@ -1,0 +1,243 @@
+//! The data path over real mTLS (TLS 1.3, SPIFFE IDs, dev CA): HTTP/1.1, HTTP/2, opaque TCP
+//! and WebSocket through an explicit-mode sidecar pair, and refusals with a clear cause for a
+//! plaintext peer, an untrusted CA, a wrong SPIFFE ID and expired SVIDs.
+
+mod support;
+
+use bytes::Bytes;
+use docmesh_proxy::config::inbound::InboundMode;
+use docmesh_proxy::lifecycle::Lifecycle;
+use docmesh_proxy::metrics::Metrics;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends one GET through `outbound` and returns (status, docmesh-error, body).
+async fn call(outbound: std::net::SocketAddr) -> (u16, String, String) {
+    let mut c = h1_client(outbound).await;
+    let resp = bounded(c.send_request(get("/", "documentserver")))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let cause = resp
+        .headers()
+        .get("docmesh-error")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, cause, text(resp).await)
+}
+
+fn detail(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    v["detail"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn http1_http2_and_opaque_over_mtls() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let pair = Pair::start(app, healthy_mtls(&ca)).await;
+
+    let mut c = h1_client(pair.outbound).await;
+    for _ in 0..3 {
+        let req = http::Request::post("/echo")
+            .header("host", "documentserver.example")
+            .header("x-forwarded-host", "tenant.example")
+            .body(full("over mTLS"))
+            .unwrap();
+        let resp = bounded(c.send_request(req)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-seen-host"], "documentserver.example");
+        assert_eq!(resp.headers()["x-seen-xfh"], "tenant.example");
+        assert_eq!(resp.headers()["x-seen-version"], "HTTP/1.1");
+        assert_eq!(text(resp).await, "over mTLS");
+    }
+
+    let h2 = h2_client(pair.outbound).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut h2 = h2.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::post("http://documentserver:80/echo")
+                .body(full(format!("h2 {i}")))
+                .unwrap();
+            let resp = bounded(h2.send_request(req)).await.unwrap();
+            assert_eq!(resp.headers()["x-seen-version"], "HTTP/2.0");
+            assert_eq!(text(resp).await, format!("h2 {i}"));
+        }));
+    }
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+
+    // The inbound is strict: the requests above can only have arrived over mTLS.
+    let echo = start_tcp_echo().await;
+    let pair = Pair::start(echo, healthy_mtls(&ca)).await;
+    let mut s = TcpStream::connect(pair.outbound).await.unwrap();
+    let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&msg).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let (_, n) = bounded(async { tokio::join!(write, r.read_to_end(&mut got)) }).await;
+    n.unwrap();
+    assert!(
+        got == msg,
+        "opaque echo over mTLS differs ({} bytes)",
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn websocket_over_mtls() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let pair = Pair::start(app, healthy_mtls(&ca)).await;
+    let mut c = h1_client(pair.outbound).await;
+    let req = http::Request::get("/ws")
+        .header("host", "documentserver")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "x3JJHMbDL1EzLkh9GBhXDw==")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let mut resp = bounded(c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut ws =
+        hyper_util::rt::TokioIo::new(bounded(hyper::upgrade::on(&mut resp)).await.unwrap());
+    assert_eq!(bounded(ws_read(&mut ws)).await.unwrap().1, b"hello");
+    ws_write(&mut ws, b"ping", true).await.unwrap();
+    assert_eq!(bounded(ws_read(&mut ws)).await.unwrap().1, b"echo: ping");
+}
+
+#[tokio::test]
+async fn plaintext_peer_is_tls_plaintext_peer() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await; // no sidecar in front of it
+    let opts = healthy_mtls(&ca);
+    let outbound = start_outbound(
+        vec![app.to_string()],
+        &opts,
+        &Lifecycle::new(),
+        &Metrics::new(),
+    )
+    .await;
+    let (status, cause, body) = call(outbound).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (502, "tls-plaintext-peer"),
+        "{body}"
+    );
+    assert!(detail(&body).contains(&app.to_string()), "{body}");
+}
+
+#[tokio::test]
+async fn untrusted_ca_is_tls_untrusted_peer() {
+    let ca = dev_ca("example.org");
+    let rogue = dev_ca("example.org");
+    let app = start_http_app().await;
+    let opts = mtls_options(
+        TestTls::new(svid(&ca, CLIENT_ID), &[&ca]),
+        TestTls::new(svid(&rogue, SERVER_ID), &[&ca]),
+    );
+    let pair = Pair::start(app, opts).await;
+    let (status, cause, body) = call(pair.outbound).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (502, "tls-untrusted-peer"),
+        "{body}"
+    );
+    assert!(detail(&body).contains("chain-to-bundle"), "{body}");
+}
+
+#[tokio::test]
+async fn wrong_spiffe_id_is_identity_mismatch() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let impostor = "spiffe://example.org/ns/oo/sa/impostor";
+    let opts = mtls_options(
+        TestTls::new(svid(&ca, CLIENT_ID), &[&ca]),
+        TestTls::new(svid(&ca, impostor), &[&ca]),
+    );
+    let pair = Pair::start(app, opts).await;
+    let (status, cause, body) = call(pair.outbound).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (502, "identity-mismatch"),
+        "{body}"
+    );
+    let d = detail(&body);
+    assert!(d.contains(impostor) && d.contains(SERVER_ID), "{d}");
+}
+
+#[tokio::test]
+async fn expired_server_svid_is_untrusted_and_expired_client_svid_is_rejected() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let opts = mtls_options(
+        TestTls::new(svid(&ca, CLIENT_ID), &[&ca]),
+        TestTls::new(expired_svid(&ca, SERVER_ID), &[&ca]),
+    );
+    let pair = Pair::start(app, opts).await;
+    let (status, cause, body) = call(pair.outbound).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (502, "tls-untrusted-peer"),
+        "{body}"
+    );
+    assert!(detail(&body).contains("expired"), "{body}");
+
+    let opts = mtls_options(
+        TestTls::new(expired_svid(&ca, CLIENT_ID), &[&ca]),
+        TestTls::new(svid(&ca, SERVER_ID), &[&ca]),
+    );
+    let pair = Pair::start(app, opts).await;
+    let (status, cause, body) = call(pair.outbound).await;
+    assert_eq!(
+        (status, cause.as_str()),
+        (502, "tls-rejected-by-peer"),
+        "{body}"
+    );
+    let metrics = pair.metrics.encode().unwrap();
+    assert!(
+        metrics.contains("docmesh_inbound_tls_handshake_failures_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn permissive_inbound_takes_mtls_and_plaintext_strict_only_mtls() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let mut opts = healthy_mtls(&ca);
+    opts.mode = InboundMode::Permissive;
+    let pair = Pair::start(app, opts).await;
+    assert_eq!(call(pair.outbound).await.0, 200);
+    // A client without a sidecar, straight to the inbound port.
+    let resp = bounded(h1_client(pair.inbound).await.send_request(get("/", "x")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let pair = Pair::start(app, healthy_mtls(&ca)).await;
+    assert_eq!(call(pair.outbound).await.0, 200);
+    let mut s = TcpStream::connect(pair.inbound).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = bounded(s.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(0)) || n.is_err(),
+        "strict port answered plaintext"
+    );
+    let metrics = pair.metrics.encode().unwrap();
+    assert!(
+        metrics.contains("docmesh_inbound_plaintext_refused_total 1"),
+        "{metrics}"
+    );
+}
