@@ -446,9 +446,26 @@ impl ResilienceConfig {
 
     /// The resolved policy of the service `name` (defaults apply to unknown names).
     pub fn service_policy(&self, name: &str) -> ServicePolicy {
+        self.service_policy_over(name, RoutePolicy::default())
+    }
+
+    /// Like [`Self::service_policy`], with the hop timeouts of `[outbound]` (`connect_timeout`,
+    /// `handshake_timeout`, `pool_idle_timeout`) as the defaults that `[resilience]` overrides.
+    pub fn service_policy_for(
+        &self,
+        name: &str,
+        outbound: &super::outbound::OutboundConfig,
+    ) -> ServicePolicy {
+        let mut base = RoutePolicy::default();
+        base.timeouts.connect = outbound.connect_timeout;
+        base.timeouts.tls_handshake = outbound.handshake_timeout;
+        base.timeouts.pool_idle = outbound.pool_idle_timeout;
+        self.service_policy_over(name, base)
+    }
+
+    fn service_policy_over(&self, name: &str, mut base: RoutePolicy) -> ServicePolicy {
         let svc = self.services.get(name);
         let layers = [Some(&self.defaults), svc];
-        let mut base = RoutePolicy::default();
         for l in layers.iter().flatten() {
             apply_timeouts(&mut base, &l.timeouts);
             apply_retry(&mut base, &l.retry);

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::{connect::Connect, Client};
 
 use super::body::ReplayBody;
 use super::classify::{http_error, AttemptError};
+use crate::errors::ProxyError;
 
 /// Boxed, sendable future used by the layers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -41,6 +42,64 @@ impl Endpoint {
     /// `service (addr)`, the form used in every operator-facing detail.
     pub fn describe(&self) -> String {
         format!("{} ({})", self.service, self.addr)
+    }
+}
+
+/// A function that sends one request to one endpoint (e.g. the datapath's pooled mesh send).
+/// Failures are [`ProxyError`]s; their cause tells whether the request could have left (see
+/// [`AttemptError`]'s `From`).
+pub type EndpointFn<RB> = Arc<
+    dyn Fn(Endpoint, Request<ReplayBody>) -> BoxFuture<Result<Response<RB>, ProxyError>>
+        + Send
+        + Sync,
+>;
+
+/// Builds endpoint services from an [`EndpointFn`].
+pub struct NewFnEndpoint<RB>(pub EndpointFn<RB>);
+
+impl<RB> Clone for NewFnEndpoint<RB> {
+    fn clone(&self) -> Self {
+        NewFnEndpoint(self.0.clone())
+    }
+}
+
+impl<RB> NewService<Endpoint> for NewFnEndpoint<RB> {
+    type Service = FnEndpoint<RB>;
+    fn new_service(&self, target: Endpoint) -> FnEndpoint<RB> {
+        FnEndpoint {
+            f: self.0.clone(),
+            target,
+        }
+    }
+}
+
+/// One endpoint's service made by [`NewFnEndpoint`].
+pub struct FnEndpoint<RB> {
+    f: EndpointFn<RB>,
+    target: Endpoint,
+}
+
+impl<RB> Clone for FnEndpoint<RB> {
+    fn clone(&self) -> Self {
+        FnEndpoint {
+            f: self.f.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+impl<RB: Send + 'static> tower::Service<Request<ReplayBody>> for FnEndpoint<RB> {
+    type Response = Response<RB>;
+    type Error = AttemptError;
+    type Future = BoxFuture<Result<Response<RB>, AttemptError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), AttemptError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+        let fut = (self.f)(self.target.clone(), req);
+        Box::pin(async move { fut.await.map_err(AttemptError::from) })
     }
 }
 

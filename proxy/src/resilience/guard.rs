@@ -31,6 +31,12 @@ impl<B> Guarded<B> {
         self.guards.push(guard);
     }
 
+    /// The inner body; the guards are released now (for callers whose body type cannot carry
+    /// them, the exchange then counts until its response headers only).
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+
     /// Number of guards held (for tests and diagnostics).
     pub fn guards(&self) -> usize {
         self.guards.len()

@@ -24,6 +24,7 @@ pub mod endpoint;
 pub mod guard;
 pub mod health;
 pub mod limit;
+pub mod mesh;
 pub mod policy;
 pub mod retry;
 pub mod timeout;
