@@ -21,6 +21,20 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate a configuration file (and DOCMESH_* overrides) and name every problem.
     Check(ConfigArgs),
+    /// Wait until the local proxy is ready (its admin `/ready` answers 200); for app
+    /// entrypoints that must not start before their sidecar. Exits non-zero on timeout.
+    Await(AwaitArgs),
+}
+
+/// Arguments of `docmesh-proxy await`.
+#[derive(Debug, Clone, Args)]
+pub struct AwaitArgs {
+    /// Admin address of the proxy to wait for.
+    #[arg(long, env = "DOCMESH_ADMIN_LISTEN", default_value = "127.0.0.1:15020")]
+    pub admin: std::net::SocketAddr,
+    /// How long to wait before giving up, e.g. `30s`, `2m`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Where the configuration comes from.
@@ -43,5 +57,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["docmesh-proxy", "frobnicate"]).is_err());
+        let c = Cli::try_parse_from([
+            "docmesh-proxy",
+            "await",
+            "--admin",
+            "127.0.0.1:9",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Await(a) => {
+                assert_eq!(a.admin.port(), 9);
+                assert_eq!(a.timeout.as_secs(), 120);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(args.config.as_deref()),
+        Command::Await(args) => docmesh_proxy::admin::ready::run_await(args.admin, args.timeout),
         Command::Run(args) => {
             docmesh_proxy::app::init_logging();
             let config = match Config::load(args.config.as_deref()) {

@@ -125,3 +125,28 @@ pub async fn await_ready(
 ) -> Result<(), AwaitError> {
     poll_until_ready(admin, timeout, interval, |limit| probe_ready(admin, limit)).await
 }
+
+/// `docmesh-proxy await`: waits on a small runtime, prints the outcome, returns the exit code
+/// (0 ready, 1 timeout, 2 cannot start).
+pub fn run_await(admin: SocketAddr, timeout: Duration) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("docmesh-proxy await: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(await_ready(admin, timeout, Duration::from_millis(250))) {
+        Ok(()) => {
+            eprintln!("docmesh-proxy at {admin} is ready");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docmesh-proxy await: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
