@@ -43,6 +43,14 @@ pub enum BundleError {
         /// What is wrong.
         reason: String,
     },
+    /// A trust domain name from another library does not pass our rules.
+    #[error("trust domain {name:?} is invalid: {source}")]
+    TrustDomain {
+        /// The name as given.
+        name: String,
+        /// The broken rule.
+        source: crate::spiffe_id::SpiffeIdError,
+    },
     /// The SPIFFE bundle JSON holds no `x509-svid` keys.
     #[error("SPIFFE bundle JSON for {trust_domain} has no key with \"use\": \"x509-svid\" and an x5c certificate")]
     NoX509Authorities {
@@ -205,6 +213,25 @@ impl TrustBundleSet {
             });
         }
         Ok(set)
+    }
+
+    /// Converts the `spiffe` crate's bundle set (as delivered by the Workload API).
+    pub fn from_spiffe_bundle_set(set: &spiffe::X509BundleSet) -> Result<Self, BundleError> {
+        let mut out = Self::new();
+        for (td, bundle) in set.iter() {
+            let ours: TrustDomain =
+                td.as_str()
+                    .parse()
+                    .map_err(|source| BundleError::TrustDomain {
+                        name: td.as_str().to_owned(),
+                        source,
+                    })?;
+            for (i, cert) in bundle.authorities().iter().enumerate() {
+                let der = CertificateDer::from(cert.as_bytes().to_vec());
+                out.add_root_from(&ours, der, "Workload API bundle", i)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Adds every root of `other` (federation: several trust domains in one set).

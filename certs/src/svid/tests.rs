@@ -348,3 +348,35 @@ fn x509_svid_loads_and_detects_key_mismatch() {
     assert!(matches!(err, X509SvidError::Svid { .. }), "{err}");
     assert!(format!("{svid:?}").contains("redacted"));
 }
+
+#[test]
+fn spiffe_crate_interop() {
+    let ca = ca("a.local");
+    let s = ca
+        .issue_svid(&id("spiffe://a.local/w"), Duration::from_secs(600))
+        .unwrap();
+    let chain_der: Vec<u8> = s.chain.iter().flat_map(|c| c.as_ref().to_vec()).collect();
+    let theirs = spiffe::X509Svid::parse_from_der(&chain_der, &s.key_der).unwrap();
+    let ours = X509Svid::from_spiffe(&theirs).unwrap();
+    assert_eq!(ours.id, s.id);
+    let other = ca
+        .issue_svid(&id("spiffe://a.local/v"), Duration::from_secs(600))
+        .unwrap();
+    assert!(matches!(
+        X509Svid::from_der(s.chain.clone(), other.private_key()),
+        Err(X509SvidError::KeyMismatch { .. })
+    ));
+    assert!(X509Svid::from_der(Vec::new(), s.private_key()).is_err());
+    let mut set = spiffe::X509BundleSet::new();
+    let bundle = spiffe::X509Bundle::parse_from_der(
+        spiffe::TrustDomain::new("a.local").unwrap(),
+        ca.root_cert_der().as_ref(),
+    )
+    .unwrap();
+    set.add_bundle(bundle);
+    let bundles = TrustBundleSet::from_spiffe_bundle_set(&set).unwrap();
+    assert_eq!(
+        validate_svid(&s.chain, &bundles, UnixTime::now()).unwrap(),
+        s.id
+    );
+}

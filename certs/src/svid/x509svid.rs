@@ -108,6 +108,38 @@ impl X509Svid {
         Ok(svid)
     }
 
+    /// Builds an SVID from DER (e.g. from the Workload API): checks the leaf rules and that the
+    /// key matches. Dates and the chain are not checked here.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, X509SvidError> {
+        let what = "SVID certificate";
+        let leaf = chain.first().ok_or_else(|| X509SvidError::Svid {
+            what: what.to_owned(),
+            source: Box::new(SvidError::EmptyChain),
+        })?;
+        let id = check_leaf(leaf).map_err(|source| X509SvidError::Svid {
+            what: what.to_owned(),
+            source: Box::new(source),
+        })?;
+        let svid = Self { id, chain, key };
+        svid.certified_key_named(what, "SVID private key")?;
+        Ok(svid)
+    }
+
+    /// Converts the `spiffe` crate's SVID (as delivered by the Workload API), applying the
+    /// same checks as [`Self::from_der`].
+    pub fn from_spiffe(svid: &spiffe::X509Svid) -> Result<Self, X509SvidError> {
+        let chain = svid
+            .cert_chain()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+            .collect();
+        let key = PrivateKeyDer::Pkcs8(svid.private_key().as_bytes().to_vec().into());
+        Self::from_der(chain, key)
+    }
+
     /// The chain and key as a rustls [`CertifiedKey`] (aws-lc-rs), for a TLS config.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, X509SvidError> {
         self.certified_key_named("certificate", "private key")
