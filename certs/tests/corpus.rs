@@ -333,7 +333,7 @@ fn garbage_pem_is_rejected_without_panic() {
         ),
         (
             "truncated-pem",
-            pem[..pem.len() / 2].as_bytes().to_vec(),
+            pem.as_bytes()[..pem.len() / 2].to_vec(),
             2,
             "not valid PEM",
         ),
