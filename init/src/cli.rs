@@ -39,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Prove that the outbound redirect works (run after install, before the proxy starts).
     Validate(ValidateArgs),
+    /// Add docmesh (init container, native proxy sidecar, SVID, probes) to Kubernetes YAML.
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Options that decide the rules (shared by install, cleanup and validate).
@@ -144,6 +146,9 @@ pub enum CliError {
     /// Validation failed.
     #[error("validate: {0}")]
     Validate(#[from] ValidateError),
+    /// `inject` failed.
+    #[error("inject: {0}")]
+    Inject(#[from] crate::inject::InjectError),
 }
 
 impl RuleArgs {
@@ -197,6 +202,7 @@ where
             };
             validate::validate(host, backend, &opts, out)?;
         }
+        Some(Command::Inject(a)) => crate::inject::run(&a, &cli.rules, out)?,
     }
     Ok(())
 }

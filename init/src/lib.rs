@@ -6,12 +6,14 @@
 //! - [`state`]: what the nat table already holds (from `iptables-save`).
 //! - [`backend`] and [`host`]: nft vs legacy, running the binaries, capabilities.
 //! - [`install`]: the install/cleanup flow; [`validate`]: the post-install check.
+//! - [`inject`]: `docmesh-init inject`, adds docmesh to Kubernetes manifests.
 //! - [`cli`]: the command line (every option also as a `DOCMESH_INIT_*` variable).
 
 pub mod backend;
 pub mod cidr;
 pub mod cli;
 pub mod host;
+pub mod inject;
 pub mod install;
 pub mod options;
 pub mod rules;

@@ -1,0 +1,522 @@
+//! `docmesh-init inject`: adds docmesh to Kubernetes manifests.
+//!
+//! Reads Kubernetes YAML (one or many documents; Pod, Deployment, StatefulSet, DaemonSet,
+//! ReplicaSet, ReplicationController, Job, CronJob, and `List`s of them) and adds to every Pod
+//! template:
+//! - the `docmesh-init` init container (NET_ADMIN, installs the iptables redirects);
+//! - the proxy as a native sidecar (an init container with `restartPolicy: Always`), running as
+//!   UID 1337, with startup/readiness probes on the admin port's `/ready` and a liveness probe
+//!   on `/live`;
+//! - its config (a ConfigMap with `proxy.toml`) and its SVID: a Secret (`svid.pem`, `svid.key`,
+//!   `bundle.pem`), the SPIFFE CSI driver (`csi.spiffe.io`) or a SPIRE agent socket (hostPath).
+//!
+//! Re-injecting replaces docmesh's containers and volumes in place; when nothing changes the
+//! document is written back byte for byte, as is every document that holds no Pod template,
+//! that opts out (`docmesh.io/inject: "false"`) or that uses `hostNetwork`.
+//! Annotations (on the workload or its Pod template; the template wins) adjust each workload:
+//! see [`annotations`]. The flags of `docmesh-init` (`--exclude-outbound-cidrs`, ...) apply to
+//! every workload; annotation lists are added to them.
+
+mod documents;
+mod sidecar;
+mod workload;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde_yaml_ng::Value;
+
+use crate::cli::RuleArgs;
+use crate::options::{RawOptions, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT};
+
+pub use sidecar::{INIT_NAME, PROXY_NAME};
+
+/// The proxy's admin port (`/live`, `/ready`, `/metrics`); probes go there, so it is always
+/// excluded from inbound capture.
+pub const ADMIN_PORT: u16 = 15020;
+
+/// The annotations `inject` reads.
+pub mod annotations {
+    /// `"false"` leaves the workload alone.
+    pub const INJECT: &str = "docmesh.io/inject";
+    /// `secret`, `csi` or `spire` (overrides `--svid-source`).
+    pub const SVID_SOURCE: &str = "docmesh.io/svid-source";
+    /// Secret holding the SVID (default `docmesh-svid-<serviceAccountName>`).
+    pub const SVID_SECRET: &str = "docmesh.io/svid-secret";
+    /// ConfigMap holding `proxy.toml` (default `--config-map`, else
+    /// `docmesh-<serviceAccountName>`).
+    pub const CONFIG_MAP: &str = "docmesh.io/config-map";
+    /// Inbound ports to capture (`*`, a list, or empty); replaces `--inbound-ports`.
+    pub const INBOUND_PORTS: &str = "docmesh.io/inbound-ports";
+    /// Inbound ports never captured; added to `--exclude-inbound-ports` and the admin port.
+    pub const EXCLUDE_INBOUND_PORTS: &str = "docmesh.io/exclude-inbound-ports";
+    /// Outbound ports never captured; added to `--exclude-outbound-ports`.
+    pub const EXCLUDE_OUTBOUND_PORTS: &str = "docmesh.io/exclude-outbound-ports";
+    /// Outbound networks never captured; added to `--exclude-outbound-cidrs`.
+    pub const EXCLUDE_OUTBOUND_CIDRS: &str = "docmesh.io/exclude-outbound-cidrs";
+    /// Only these outbound networks are captured; added to `--include-outbound-cidrs`.
+    pub const INCLUDE_OUTBOUND_CIDRS: &str = "docmesh.io/include-outbound-cidrs";
+}
+
+/// Where the proxy's SVID comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SvidSource {
+    /// A Kubernetes Secret with `svid.pem`, `svid.key`, `bundle.pem` (e.g. from
+    /// `docmesh-certs issue`), reloaded when the Secret changes.
+    Secret,
+    /// The SPIFFE CSI driver (`csi.spiffe.io`) mounting the Workload API socket.
+    Csi,
+    /// A SPIRE agent socket directory on the node (hostPath).
+    Spire,
+}
+
+impl SvidSource {
+    fn parse(s: &str) -> Option<SvidSource> {
+        match s.trim() {
+            "secret" => Some(SvidSource::Secret),
+            "csi" => Some(SvidSource::Csi),
+            "spire" => Some(SvidSource::Spire),
+            _ => None,
+        }
+    }
+}
+
+/// Why injection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    /// The input could not be read or the output not written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML.
+    #[error("document {doc} (counting from 1) is not valid YAML: {message}")]
+    Yaml {
+        /// Index of the document, from 1.
+        doc: usize,
+        /// The parser's message (with line and column inside that document).
+        message: String,
+    },
+    /// The YAML writer failed.
+    #[error("document {doc}: cannot write YAML: {message}")]
+    Write {
+        /// Index of the document, from 1.
+        doc: usize,
+        /// The writer's message.
+        message: String,
+    },
+    /// An annotation has a value `inject` cannot use.
+    #[error("{workload}: annotation {annotation}={value:?}: {reason}")]
+    Annotation {
+        /// `Kind/name`.
+        workload: String,
+        /// The annotation.
+        annotation: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// The capture options (flags plus annotations) are invalid for a workload.
+    #[error("{workload}: {source} (from the flags and the docmesh.io/* annotations)")]
+    Options {
+        /// `Kind/name`.
+        workload: String,
+        /// The init options' own error.
+        source: crate::options::OptionsError,
+    },
+}
+
+/// `inject` options that are not capture rules.
+#[derive(Debug, Clone, Args)]
+pub struct InjectArgs {
+    /// Manifest file to read (`-` for stdin).
+    #[arg(default_value = "-")]
+    pub file: PathBuf,
+    /// Write the result here instead of stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Proxy image.
+    #[arg(long, env = "DOCMESH_INJECT_PROXY_IMAGE", default_value = concat!("docmesh/proxy:", env!("CARGO_PKG_VERSION")))]
+    pub proxy_image: String,
+    /// Init image (docmesh-init with iptables).
+    #[arg(long, env = "DOCMESH_INJECT_INIT_IMAGE", default_value = concat!("docmesh/init:", env!("CARGO_PKG_VERSION")))]
+    pub init_image: String,
+    /// `imagePullPolicy` of docmesh's containers (unset: the cluster's default).
+    #[arg(long)]
+    pub image_pull_policy: Option<String>,
+    /// Where the SVID comes from (annotation `docmesh.io/svid-source` overrides).
+    #[arg(long, value_enum, default_value_t = SvidSource::Secret)]
+    pub svid_source: SvidSource,
+    /// ConfigMap with `proxy.toml` for every workload (annotation `docmesh.io/config-map`
+    /// overrides; default `docmesh-<serviceAccountName>`).
+    #[arg(long)]
+    pub config_map: Option<String>,
+    /// Node directory holding the SPIRE agent socket (`--svid-source spire`).
+    #[arg(long, default_value = "/run/spire/agent-sockets")]
+    pub spire_socket_dir: String,
+    /// File name of the Workload API socket inside the CSI or SPIRE directory.
+    #[arg(long, default_value = "spire-agent.sock")]
+    pub workload_api_socket: String,
+}
+
+/// What `inject` did with each document, for the operator (written to stderr by the CLI).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One line per workload: injected, unchanged, or skipped and why.
+    pub lines: Vec<String>,
+    /// Things that will probably not work as the manifest stands.
+    pub warnings: Vec<String>,
+}
+
+/// Injects every Pod template in `text`; returns the new text and the report.
+pub fn inject(
+    text: &str,
+    args: &InjectArgs,
+    rules: &RuleArgs,
+) -> Result<(String, Report), InjectError> {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut report = Report::default();
+    for (i, doc) in documents::split(text).iter().enumerate() {
+        let parsed: Value =
+            serde_yaml_ng::from_str(&doc.parse_text()).map_err(|e| InjectError::Yaml {
+                doc: i + 1,
+                message: e.to_string(),
+            })?;
+        let mut value = parsed.clone();
+        inject_value(&mut value, args, rules, &mut report)?;
+        if value == parsed {
+            out.push_str(&doc.original());
+        } else {
+            if doc.marker.is_some() || !out.is_empty() {
+                out.push_str("---\n");
+            }
+            let yaml = serde_yaml_ng::to_string(&value).map_err(|e| InjectError::Write {
+                doc: i + 1,
+                message: e.to_string(),
+            })?;
+            out.push_str(&yaml);
+        }
+    }
+    Ok((out, report))
+}
+
+/// Injects one parsed document (recursing into `List` items).
+fn inject_value(
+    value: &mut Value,
+    args: &InjectArgs,
+    rules: &RuleArgs,
+    report: &mut Report,
+) -> Result<(), InjectError> {
+    let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+        return Ok(());
+    };
+    if kind == "List" || kind.ends_with("List") {
+        if let Some(Value::Sequence(items)) = value.get_mut("items") {
+            for item in items {
+                inject_value(item, args, rules, report)?;
+            }
+        }
+        return Ok(());
+    }
+    let Some(path) = workload::template_path(&kind) else {
+        return Ok(());
+    };
+    let workload = format!("{kind}/{}", workload::name_of(value));
+    let root = value.clone();
+    let Some(template) = workload::walk_mut(value, path) else {
+        report
+            .warnings
+            .push(format!("{workload}: no Pod template found; left unchanged"));
+        return Ok(());
+    };
+    let annotations = workload::annotations(&root, template);
+    if lookup(&annotations, annotations::INJECT).is_some_and(|v| v.trim() == "false") {
+        report.lines.push(format!(
+            "{workload}: skipped ({}: false)",
+            annotations::INJECT
+        ));
+        return Ok(());
+    }
+    let Some(spec) = template.get_mut("spec").and_then(Value::as_mapping_mut) else {
+        report
+            .warnings
+            .push(format!("{workload}: no Pod spec found; left unchanged"));
+        return Ok(());
+    };
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        report.warnings.push(format!(
+            "{workload}: uses hostNetwork; iptables rules would change the node's network, so it was left unchanged"
+        ));
+        return Ok(());
+    }
+    let sa = workload::get_str(spec, "serviceAccountName")
+        .or_else(|| workload::get_str(spec, "serviceAccount"))
+        .unwrap_or("default")
+        .to_owned();
+    let plan = plan(&workload, &sa, args, rules, &annotations)?;
+    probe_warnings(&workload, spec, &plan.1, &mut report.warnings);
+    let before = spec.clone();
+    plan.0.apply(spec);
+    report.lines.push(if *spec == before {
+        format!("{workload}: already injected, unchanged")
+    } else {
+        format!("{workload}: injected")
+    });
+    Ok(())
+}
+
+/// Builds the Pod plan from the flags and annotations; also returns the validated capture
+/// options (for the probe warnings).
+fn plan(
+    workload: &str,
+    sa: &str,
+    args: &InjectArgs,
+    rules: &RuleArgs,
+    annotations: &[(String, String)],
+) -> Result<(sidecar::PodPlan, crate::options::Options), InjectError> {
+    let ann = |key: &str| lookup(annotations, key);
+    let joined = |flag: &str, key: &str| {
+        let mut items: Vec<String> = Vec::new();
+        for part in [Some(flag), ann(key)].into_iter().flatten() {
+            for item in part.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                if !items.iter().any(|x| x == item) {
+                    items.push(item.to_owned());
+                }
+            }
+        }
+        items.join(",")
+    };
+    let admin = ADMIN_PORT.to_string();
+    let raw = RawOptions {
+        inbound_port: rules.inbound_port,
+        outbound_port: rules.outbound_port,
+        inbound_ports: ann(annotations::INBOUND_PORTS)
+            .unwrap_or(&rules.inbound_ports)
+            .trim()
+            .to_owned(),
+        exclude_inbound_ports: joined(
+            &format!("{admin},{}", rules.exclude_inbound_ports),
+            annotations::EXCLUDE_INBOUND_PORTS,
+        ),
+        exclude_outbound_ports: joined(
+            &rules.exclude_outbound_ports,
+            annotations::EXCLUDE_OUTBOUND_PORTS,
+        ),
+        exclude_outbound_cidrs: joined(
+            &rules.exclude_outbound_cidrs,
+            annotations::EXCLUDE_OUTBOUND_CIDRS,
+        ),
+        include_outbound_cidrs: joined(
+            &rules.include_outbound_cidrs,
+            annotations::INCLUDE_OUTBOUND_CIDRS,
+        ),
+        proxy_uid: rules.proxy_uid.clone(),
+        proxy_gid: rules.proxy_gid.clone(),
+    };
+    let options = raw.parse().map_err(|source| InjectError::Options {
+        workload: workload.to_owned(),
+        source,
+    })?;
+    let Some(&proxy_uid) = options.proxy_uids.first() else {
+        return Err(InjectError::Options {
+            workload: workload.to_owned(),
+            source: crate::options::OptionsError::NoProxyIdentity,
+        });
+    };
+    let mut init_args = Vec::new();
+    let mut proxy_env = Vec::new();
+    if raw.inbound_port != DEFAULT_INBOUND_PORT {
+        init_args.push(format!("--inbound-port={}", raw.inbound_port));
+        proxy_env.push((
+            "DOCMESH_INBOUND__LISTEN".to_owned(),
+            format!("0.0.0.0:{}", raw.inbound_port),
+        ));
+    }
+    if raw.outbound_port != DEFAULT_OUTBOUND_PORT {
+        init_args.push(format!("--outbound-port={}", raw.outbound_port));
+        proxy_env.push((
+            "DOCMESH_OUTBOUND__LISTEN".to_owned(),
+            format!("127.0.0.1:{}", raw.outbound_port),
+        ));
+    }
+    if raw.inbound_ports != "*" {
+        init_args.push(format!("--inbound-ports={}", raw.inbound_ports));
+    }
+    init_args.push(format!(
+        "--exclude-inbound-ports={}",
+        raw.exclude_inbound_ports
+    ));
+    for (flag, v) in [
+        ("exclude-outbound-ports", &raw.exclude_outbound_ports),
+        ("exclude-outbound-cidrs", &raw.exclude_outbound_cidrs),
+        ("include-outbound-cidrs", &raw.include_outbound_cidrs),
+    ] {
+        if !v.is_empty() {
+            init_args.push(format!("--{flag}={v}"));
+        }
+    }
+    for (flag, v) in [("proxy-uid", &raw.proxy_uid), ("proxy-gid", &raw.proxy_gid)] {
+        if v.trim() != "1337" {
+            init_args.push(format!("--{flag}={v}"));
+        }
+    }
+    let svid = match ann(annotations::SVID_SOURCE) {
+        None => args.svid_source,
+        Some(v) => SvidSource::parse(v).ok_or_else(|| InjectError::Annotation {
+            workload: workload.to_owned(),
+            annotation: annotations::SVID_SOURCE,
+            value: v.to_owned(),
+            reason: "expected `secret`, `csi` or `spire`".to_owned(),
+        })?,
+    };
+    let name_ann = |key: &'static str, default: String| -> Result<String, InjectError> {
+        match ann(key) {
+            None => Ok(default),
+            Some(v) if is_dns_name(v.trim()) => Ok(v.trim().to_owned()),
+            Some(v) => Err(InjectError::Annotation {
+                workload: workload.to_owned(),
+                annotation: key,
+                value: v.to_owned(),
+                reason: "not a Kubernetes object name (lower-case letters, digits, `-` and `.`, at most 253 characters)".to_owned(),
+            }),
+        }
+    };
+    let plan = sidecar::PodPlan {
+        proxy_image: args.proxy_image.clone(),
+        init_image: args.init_image.clone(),
+        pull_policy: args.image_pull_policy.clone(),
+        init_args,
+        proxy_env,
+        proxy_uid,
+        proxy_gid: options.proxy_gids.first().copied(),
+        svid,
+        secret: name_ann(annotations::SVID_SECRET, format!("docmesh-svid-{sa}"))?,
+        spire_host_dir: args.spire_socket_dir.clone(),
+        socket_name: args.workload_api_socket.clone(),
+        config_map: name_ann(
+            annotations::CONFIG_MAP,
+            args.config_map
+                .clone()
+                .unwrap_or_else(|| format!("docmesh-{sa}")),
+        )?,
+    };
+    Ok((plan, options))
+}
+
+/// The value of annotation `key`.
+fn lookup<'a>(annotations: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    annotations
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A DNS-1123 subdomain, as Kubernetes requires for Secret and ConfigMap names.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Warns about kubelet probes (plaintext, from the node) on ports the sidecar captures in
+/// strict mode: they would be refused.
+fn probe_warnings(
+    workload: &str,
+    spec: &serde_yaml_ng::Mapping,
+    options: &crate::options::Options,
+    warnings: &mut Vec<String>,
+) {
+    use crate::options::InboundPorts;
+    let captured = |port: u16| {
+        !options.exclude_inbound_ports.contains(&port)
+            && match &options.inbound_ports {
+                InboundPorts::All => true,
+                InboundPorts::List(l) => l.contains(&port),
+            }
+    };
+    let Some(containers) = spec.get("containers").and_then(Value::as_sequence) else {
+        return;
+    };
+    for c in containers {
+        let cname = sidecar::name(c).unwrap_or("<unnamed>");
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let Some(p) = c.get(probe) else { continue };
+            for handler in ["httpGet", "tcpSocket", "grpc"] {
+                let Some(port) = p.get(handler).and_then(|h| h.get("port")) else {
+                    continue;
+                };
+                let number = match port {
+                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                    Value::String(named) => c
+                        .get("ports")
+                        .and_then(Value::as_sequence)
+                        .and_then(|ports| {
+                            ports
+                                .iter()
+                                .find(|x| x.get("name").and_then(Value::as_str) == Some(named))
+                        })
+                        .and_then(|x| x.get("containerPort"))
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u16::try_from(n).ok()),
+                    _ => None,
+                };
+                if let Some(port) = number.filter(|p| captured(*p)) {
+                    warnings.push(format!(
+                        "{workload}: container {cname} {probe} {handler} on port {port} goes through the sidecar, which refuses the kubelet's plaintext in strict mode: use an exec probe against 127.0.0.1, or exclude the port ({})",
+                        annotations::EXCLUDE_INBOUND_PORTS
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `docmesh-init inject`: reads the file (or stdin), writes the result to `--output` or
+/// `out`, and the report to stderr.
+pub fn run(args: &InjectArgs, rules: &RuleArgs, out: &mut dyn Write) -> Result<(), InjectError> {
+    let input = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|source| InjectError::Io {
+                what: "cannot read the manifest from stdin".to_owned(),
+                source,
+            })?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).map_err(|source| InjectError::Io {
+            what: format!("cannot read {}", args.file.display()),
+            source,
+        })?
+    };
+    let (text, report) = inject(&input, args, rules)?;
+    for line in &report.lines {
+        eprintln!("docmesh-init inject: {line}");
+    }
+    for w in &report.warnings {
+        eprintln!("docmesh-init inject: warning: {w}");
+    }
+    match &args.output {
+        Some(path) => std::fs::write(path, text).map_err(|source| InjectError::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        }),
+        None => out
+            .write_all(text.as_bytes())
+            .map_err(|source| InjectError::Io {
+                what: "cannot write to stdout".to_owned(),
+                source,
+            }),
+    }
+}
