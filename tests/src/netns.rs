@@ -16,6 +16,7 @@
 //! Without root (CAP_NET_ADMIN and CAP_SYS_ADMIN) or the tools, [`Topology::new`] returns an
 //! error that says what is missing; tests turn it into a failure, never a silent skip.
 
+pub mod capture;
 pub mod probe;
 
 use std::fs::File;
@@ -178,6 +179,8 @@ pub struct Pod {
     pub ipv4: Ipv4Addr,
     /// The pod's IPv6 address, when the kernel allows IPv6.
     pub ipv6: Option<Ipv6Addr>,
+    /// The hub-side end of the pod's veth pair (capture there to see the pod's wire traffic).
+    pub hub_port: String,
     children: Mutex<Vec<Child>>,
 }
 
@@ -237,6 +240,7 @@ impl Topology {
                 netns: netns.clone(),
                 ipv4: Ipv4Addr::new(10, 77, 0, last),
                 ipv6: ipv6.then(|| Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, u16::from(last))),
+                hub_port: format!("p{i}"),
                 children: Mutex::new(Vec::new()),
             };
             topo.pods.push(pod);

@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use docmesh_init::host::SystemHost;
+use docmesh_tests::netns::capture;
 use docmesh_tests::netns::probe::{ask, Responder};
 use docmesh_tests::netns::{without_empty_tables as significant, Pod, Topology};
 
@@ -322,6 +323,9 @@ fn netns_traffic_is_redirected_except_what_is_excluded() {
     init(a, &args).unwrap();
     assert_eq!(a.rules("iptables-save", Some("nat")).unwrap(), before);
     init(a, &["--cleanup"]).unwrap();
+    // Direct, plaintext traffic again; the capture on b's wire sees it (the positive control
+    // for the end-to-end tests, which require that no plaintext crosses the wire).
+    let cap = topo.capture(b, "tcp port 8080").unwrap();
     for &v6 in &families {
         assert_eq!(
             ask(a, Some((1000, 1000)), addr(b, v6, 8080)).unwrap(),
@@ -329,4 +333,10 @@ fn netns_traffic_is_redirected_except_what_is_excluded() {
         );
         assert_eq!(ask(b, None, addr(a, v6, 8080)).unwrap(), "A-APP");
     }
+    let wire = cap.finish().unwrap();
+    assert!(
+        capture::contains(&wire, b"B-APP\n"),
+        "{} bytes captured",
+        wire.len()
+    );
 }
