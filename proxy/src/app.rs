@@ -1,11 +1,14 @@
 //! Wiring for `docmesh-proxy run`: logging, listeners, the data path and the drain.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::admin::{AdminServer, AdminState};
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::inbound::{Inbound, MeshServer};
 use crate::lifecycle::{DrainOutcome, Lifecycle};
 use crate::metrics::Metrics;
@@ -47,7 +50,8 @@ async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
     Ok(l)
 }
 
-/// Runs the proxy: binds every listener, serves until SIGTERM/SIGINT, then drains.
+/// Runs the proxy: loads the SVID, starts the admin server, binds every listener, serves until
+/// SIGTERM, SIGINT or `POST /shutdown`, then drains for up to `admin.drain_grace_period`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let lifecycle = Lifecycle::new();
     let metrics = Metrics::new();
@@ -56,18 +60,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .spawn_signal_handler()
         .context("cannot install signal handlers")?;
 
-    // TODO(identity): the mTLS hop is wired once the identity module lands.
-    tracing::error!("mTLS is not wired yet: the mesh hop runs in PLAINTEXT (development build)");
+    let identity = Identity::start(&config.identity, &lifecycle)
+        .await
+        .context("cannot load the SVID ([identity])")?;
+    identity.register_metrics(&metrics);
+    let _admin = AdminServer::bind(
+        config.admin.listen,
+        AdminState {
+            lifecycle: lifecycle.clone(),
+            metrics: metrics.clone(),
+            identity: Some(identity.clone()),
+        },
+    )
+    .await?;
+    let tls = Arc::new(identity.clone());
     let outbound = Outbound::new(
         &config.outbound,
-        MeshClient::Plaintext,
+        MeshClient::Mtls(tls.clone()),
         lifecycle.clone(),
         &metrics,
     )
     .context("invalid outbound configuration")?;
     let inbound = Inbound::new(
         &config.inbound,
-        MeshServer::Plaintext,
+        MeshServer::Mtls(tls),
         lifecycle.clone(),
         &metrics,
     );

@@ -140,9 +140,10 @@ async fn untrusted_ca_is_tls_untrusted_peer() {
     let ca = dev_ca("example.org");
     let rogue = dev_ca("example.org");
     let app = start_http_app().await;
+    // The server's own bundle holds both roots, so its identity loads; ours holds only `ca`.
     let opts = mtls_options(
-        TestTls::new(svid(&ca, CLIENT_ID), &[&ca]),
-        TestTls::new(svid(&rogue, SERVER_ID), &[&ca]),
+        identity(&svid(&ca, CLIENT_ID), &[&ca]),
+        identity(&svid(&rogue, SERVER_ID), &[&ca, &rogue]),
     );
     let pair = Pair::start(app, opts).await;
     let (status, cause, body) = call(pair.outbound).await;
@@ -160,8 +161,8 @@ async fn wrong_spiffe_id_is_identity_mismatch() {
     let app = start_http_app().await;
     let impostor = "spiffe://example.org/ns/oo/sa/impostor";
     let opts = mtls_options(
-        TestTls::new(svid(&ca, CLIENT_ID), &[&ca]),
-        TestTls::new(svid(&ca, impostor), &[&ca]),
+        identity(&svid(&ca, CLIENT_ID), &[&ca]),
+        identity(&svid(&ca, impostor), &[&ca]),
     );
     let pair = Pair::start(app, opts).await;
     let (status, cause, body) = call(pair.outbound).await;
@@ -178,8 +179,9 @@ async fn wrong_spiffe_id_is_identity_mismatch() {
 async fn expired_server_svid_is_untrusted_and_expired_client_svid_is_rejected() {
     let ca = dev_ca("example.org");
     let app = start_http_app().await;
+    // The identity module refuses to load an expired SVID, so the expired side is TestTls.
     let opts = mtls_options(
-        TestTls::new(svid(&ca, CLIENT_ID), &[&ca]),
+        identity(&svid(&ca, CLIENT_ID), &[&ca]),
         TestTls::new(expired_svid(&ca, SERVER_ID), &[&ca]),
     );
     let pair = Pair::start(app, opts).await;
@@ -193,7 +195,7 @@ async fn expired_server_svid_is_untrusted_and_expired_client_svid_is_rejected() 
 
     let opts = mtls_options(
         TestTls::new(expired_svid(&ca, CLIENT_ID), &[&ca]),
-        TestTls::new(svid(&ca, SERVER_ID), &[&ca]),
+        identity(&svid(&ca, SERVER_ID), &[&ca]),
     );
     let pair = Pair::start(app, opts).await;
     let (status, cause, body) = call(pair.outbound).await;

@@ -64,6 +64,12 @@ pub trait ServerTls: Send + Sync + 'static {
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
 }
 
+impl ServerTls for crate::identity::Identity {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        crate::identity::Identity::server_config(self)
+    }
+}
+
 /// How the inbound side secures the hop.
 #[derive(Clone)]
 pub enum MeshServer {

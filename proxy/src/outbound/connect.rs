@@ -18,14 +18,15 @@ use tokio_rustls::TlsConnector;
 use super::services::Service;
 use crate::errors::{Cause, ProxyError};
 
-/// ALPN protocol names on the mesh hop: they tell the inbound what runs inside the TLS stream.
+/// ALPN protocol names on the mesh hop: they tell the inbound what runs inside the TLS stream
+/// (the same constants the identity module's server config offers).
 pub mod alpn {
     /// HTTP/2.
-    pub const H2: &[u8] = b"h2";
+    pub const H2: &[u8] = crate::identity::tls::ALPN_H2;
     /// HTTP/1.1.
-    pub const HTTP1: &[u8] = b"http/1.1";
+    pub const HTTP1: &[u8] = crate::identity::tls::ALPN_HTTP1;
     /// Opaque TCP.
-    pub const TCP: &[u8] = b"docmesh-tcp";
+    pub const TCP: &[u8] = crate::identity::tls::ALPN_TCP;
 }
 
 /// What runs inside a mesh connection.
@@ -57,6 +58,12 @@ pub trait ClientTls: Send + Sync + 'static {
     /// A client config for one service and one inner protocol; called once per (service,
     /// ALPN) at startup, so the config must follow SVID and bundle rotations by itself.
     fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<rustls::ClientConfig>;
+}
+
+impl ClientTls for crate::identity::Identity {
+    fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<rustls::ClientConfig> {
+        crate::identity::Identity::client_config(self, expected, &[alpn])
+    }
 }
 
 /// How the outbound secures the hop to a mesh service.

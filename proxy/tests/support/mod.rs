@@ -427,8 +427,8 @@ pub fn expired_svid(ca: &CertificateAuthority, id: &str) -> IssuedSvid {
     .unwrap()
 }
 
-/// Minimal mesh TLS for tests (the production builders live in the identity module): TLS 1.3,
-/// SPIFFE verifiers from docmesh_certs, one fixed SVID.
+/// Minimal mesh TLS for tests that need what the production identity refuses to load (an
+/// expired SVID): TLS 1.3, SPIFFE verifiers from docmesh_certs, one fixed SVID.
 pub struct TestTls {
     svid: IssuedSvid,
     bundles: SharedBundles,
@@ -485,12 +485,31 @@ impl ServerTls for TestTls {
     }
 }
 
+/// The production identity (identity module) for `svid`, trusting the roots of `trusted`.
+pub fn identity(
+    svid: &IssuedSvid,
+    trusted: &[&CertificateAuthority],
+) -> Arc<docmesh_proxy::identity::Identity> {
+    let mut pem = String::new();
+    for ca in trusted {
+        pem.push_str(ca.root_cert_pem());
+    }
+    Arc::new(
+        docmesh_proxy::identity::Identity::from_pem(
+            svid.cert_chain_pem.as_bytes(),
+            svid.key_pem.as_bytes(),
+            pem.as_bytes(),
+        )
+        .unwrap(),
+    )
+}
+
 pub const CLIENT_ID: &str = "spiffe://example.org/ns/oo/sa/integrator";
 pub const SERVER_ID: &str = "spiffe://example.org/ns/oo/sa/documentserver";
 
-/// Options for an mTLS pair: the client sidecar has `client`, the server sidecar `server`,
-/// both trusting `ca`; the outbound expects SERVER_ID.
-pub fn mtls_options(client: Arc<TestTls>, server: Arc<TestTls>) -> PairOptions {
+/// Options for an mTLS pair: the client sidecar has `client`, the server sidecar `server`;
+/// the outbound expects SERVER_ID.
+pub fn mtls_options<C: ClientTls, S: ServerTls>(client: Arc<C>, server: Arc<S>) -> PairOptions {
     PairOptions {
         mode: InboundMode::Strict,
         outbound_mesh: MeshClient::Mtls(client),
@@ -500,10 +519,10 @@ pub fn mtls_options(client: Arc<TestTls>, server: Arc<TestTls>) -> PairOptions {
     }
 }
 
-/// Options for a healthy mTLS pair from one CA.
+/// Options for a healthy mTLS pair from one CA, with the production identity module.
 pub fn healthy_mtls(ca: &CertificateAuthority) -> PairOptions {
     mtls_options(
-        TestTls::new(svid(ca, CLIENT_ID), &[ca]),
-        TestTls::new(svid(ca, SERVER_ID), &[ca]),
+        identity(&svid(ca, CLIENT_ID), &[ca]),
+        identity(&svid(ca, SERVER_ID), &[ca]),
     )
 }
