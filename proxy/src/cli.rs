@@ -21,6 +21,8 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate a configuration file (and DOCMESH_* overrides) and name every problem.
     Check(ConfigArgs),
+    /// Walk the path to a service (DNS, TCP, TLS, identity, HTTP) and name the first failure.
+    Diagnose(crate::diagnose::command::DiagnoseArgs),
     /// Wait until the local proxy is ready (its admin `/ready` answers 200); for app
     /// entrypoints that must not start before their sidecar. Exits non-zero on timeout.
     Await(AwaitArgs),

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(args.config.as_deref()),
         Command::Await(args) => docmesh_proxy::admin::ready::run_await(args.admin, args.timeout),
+        Command::Diagnose(args) => docmesh_proxy::diagnose::command::run(&args),
         Command::Run(args) => {
             docmesh_proxy::app::init_logging();
             let config = match Config::load(args.config.as_deref()) {

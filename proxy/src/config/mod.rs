@@ -169,6 +169,7 @@ impl Config {
         self.inbound.validate(p);
         self.outbound.validate(p);
         self.resilience.validate_into(&self.outbound, p);
+        self.observability.validate(p);
         // No two listeners on the same address (port 0 means "any free port").
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
         let mut listen = |addr: SocketAddr, path: String, p: &mut Problems| {

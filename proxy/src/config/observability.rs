@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::Problems;
+
 /// Settings of trace propagation, the access log and the metrics.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,33 +81,36 @@ impl Default for MetricsConfig {
 }
 
 impl ObservabilityConfig {
-    /// Checks the values serde cannot: ratios within 0..=1 and a non-empty queue.
-    /// The error names the field and the allowed range.
-    pub fn validate(&self) -> Result<(), String> {
-        let ratio = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "observability.{name} = {v}: must be between 0.0 and 1.0"
-                ))
+    /// Checks the values serde cannot: ratios within 0..=1 and non-zero sizes.
+    pub fn validate(&self, p: &mut Problems) {
+        let mut ratio = |path: &str, v: f64| {
+            if !(0.0..=1.0).contains(&v) {
+                p.push(
+                    path,
+                    format!("{v} is not a ratio: use a value from 0.0 to 1.0"),
+                );
             }
         };
         ratio(
-            "tracing.new_trace_sample_ratio",
+            "observability.tracing.new_trace_sample_ratio",
             self.tracing.new_trace_sample_ratio,
-        )?;
+        );
         ratio(
-            "access_log.success_sample_ratio",
+            "observability.access_log.success_sample_ratio",
             self.access_log.success_sample_ratio,
-        )?;
+        );
         if self.access_log.queue_capacity == 0 {
-            return Err("observability.access_log.queue_capacity = 0: must be at least 1".into());
+            p.push(
+                "observability.access_log.queue_capacity",
+                "must be at least 1",
+            );
         }
         if self.metrics.max_service_pairs == 0 {
-            return Err("observability.metrics.max_service_pairs = 0: must be at least 1".into());
+            p.push(
+                "observability.metrics.max_service_pairs",
+                "must be at least 1",
+            );
         }
-        Ok(())
     }
 }
 
@@ -115,11 +120,21 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_ratios_are_named() {
-        assert!(ObservabilityConfig::default().validate().is_ok());
+        let mut p = Problems::default();
+        ObservabilityConfig::default().validate(&mut p);
+        assert!(p.0.is_empty(), "{:?}", p.0);
         let mut c = ObservabilityConfig::default();
         c.access_log.success_sample_ratio = 1.5;
-        let e = c.validate().unwrap_err();
-        assert!(e.contains("access_log.success_sample_ratio"), "{e}");
+        c.access_log.queue_capacity = 0;
+        c.validate(&mut p);
+        let paths: Vec<&str> = p.0.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "observability.access_log.success_sample_ratio",
+                "observability.access_log.queue_capacity"
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! an upstream answering 5xx (from the peer's docmesh, or from the app).
 
 pub mod advice;
+pub mod command;
 pub mod http;
 pub mod net;
 pub mod report;
