@@ -52,6 +52,10 @@ bundle = "{d}/bundle.pem"
 name = "converter"
 addresses = ["127.0.0.1:{port}"]
 spiffe_id = "{CONVERTER}"
+
+[resilience.services.converter.health_check]
+path = "/healthcheck"
+expect_body = "true"
 "#
         );
         let path = self.dir.path().join("proxy.toml");

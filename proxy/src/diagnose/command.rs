@@ -7,9 +7,17 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use docmesh_certs::tls::{ExpectedPeer, SpiffeServerVerifier};
+use docmesh_certs::SpiffeId;
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
+
 use super::{diagnose, DiagnoseError, Target, Timeouts, TlsClient};
 use crate::config::outbound::split_host_port;
 use crate::config::Config;
+use crate::identity::tls::ALPN_HTTP1;
+use crate::identity::Identity;
 
 /// `docmesh-proxy diagnose --config FILE (SERVICE | URL) [--json]`.
 #[derive(Debug, Clone, Args)]
@@ -60,7 +68,7 @@ pub fn run(args: &DiagnoseArgs) -> ExitCode {
         }
     };
     let tls = if target.tls {
-        match tls_client(&config) {
+        match rt.block_on(tls_client(&config, target.expected_id.as_deref())) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("docmesh-proxy diagnose: cannot load this proxy's SVID: {e}");
@@ -70,9 +78,14 @@ pub fn run(args: &DiagnoseArgs) -> ExitCode {
     } else {
         None
     };
+    let policy = config
+        .resilience
+        .service_policy(&service_name(&config, &target));
+    let t = &policy.default_route.timeouts;
     let timeouts = Timeouts {
-        connect: config.outbound.connect_timeout,
-        handshake: config.outbound.handshake_timeout,
+        connect: t.connect,
+        handshake: t.tls_handshake,
+        response: t.response_headers.unwrap_or(Timeouts::default().response),
         ..Timeouts::default()
     };
     let report = rt.block_on(diagnose(&target, tls.as_ref(), &timeouts));
@@ -86,6 +99,17 @@ pub fn run(args: &DiagnoseArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The configured service a target belongs to (by name, or by address for a URL).
+fn service_name(config: &Config, target: &Target) -> String {
+    let here = format!("{}:{}", target.host, target.port);
+    config
+        .outbound
+        .services
+        .iter()
+        .find(|s| s.name == target.label || s.addresses.contains(&here))
+        .map_or_else(|| target.label.clone(), |s| s.name.clone())
 }
 
 /// Finds what to probe: a configured service by name, or a URL (whose expected identity is
@@ -112,14 +136,17 @@ pub fn target(config: &Config, args: &DiagnoseArgs) -> Result<Target, DiagnoseEr
             .unwrap_or_default();
         let (host, port) = split_host_port(first)
             .ok_or_else(|| DiagnoseError::UnknownTarget(args.target.clone()))?;
+        let health = config.resilience.service_policy(&svc.name).health_check;
         Target {
             label: svc.name.clone(),
             tls: true,
             host: host.to_owned(),
             port,
-            path: "/".to_owned(),
+            path: health
+                .as_ref()
+                .map_or_else(|| "/".to_owned(), |h| h.path.clone()),
             expected_id: Some(svc.spiffe_id.clone()),
-            expect_body: None,
+            expect_body: health.and_then(|h| h.expect_body),
         }
     };
     if let Some(p) = &args.path {
@@ -135,27 +162,48 @@ pub fn target(config: &Config, args: &DiagnoseArgs) -> Result<Target, DiagnoseEr
     Ok(t)
 }
 
-/// This proxy's client side of the mesh hop: its SVID, its bundles, any trusted peer ID (the
-/// identity step then compares the peer's ID with the expected one).
-fn tls_client(config: &Config) -> Result<TlsClient, String> {
-    use docmesh_certs::tls::{ExpectedPeer, SpiffeServerVerifier};
-    use docmesh_certs::{TrustBundleSet, X509Svid};
+/// This proxy's client side of the mesh hop, from the identity module: the data path's own
+/// client config when the expected ID is known (a wrong peer then fails in the handshake, as
+/// in the data path), else one that accepts any SVID of our bundles so that the identity
+/// step can say who answered.
+async fn tls_client(config: &Config, expected: Option<&str>) -> Result<TlsClient, String> {
+    let lifecycle = crate::lifecycle::Lifecycle::new();
+    let identity = Identity::start(&config.identity, &lifecycle)
+        .await
+        .map_err(|e| e.to_string())?;
+    let our_id = Some(identity.spiffe_id().to_string());
+    let config = match expected {
+        Some(id) => {
+            let id: SpiffeId = id
+                .parse()
+                .map_err(|e| format!("expected ID {id:?} is not a SPIFFE ID: {e}"))?;
+            identity.client_config(&id, &[ALPN_HTTP1])
+        }
+        None => {
+            let verifier =
+                SpiffeServerVerifier::new(identity.shared_bundles(), ExpectedPeer::AnyInBundle);
+            let mut cfg =
+                rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_client_cert_resolver(Arc::new(OurSvid(identity.certified_key())));
+            cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+            Arc::new(cfg)
+        }
+    };
+    Ok(TlsClient { config, our_id })
+}
 
-    let id = &config.identity;
-    let svid = X509Svid::load(&id.cert, &id.key).map_err(|e| e.to_string())?;
-    let bundles = TrustBundleSet::load_pem_file(&id.bundle, None).map_err(|e| e.to_string())?;
-    let verifier = SpiffeServerVerifier::new(
-        Arc::new(arc_swap::ArcSwap::from_pointee(bundles)),
-        ExpectedPeer::AnyInBundle,
-    );
-    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(svid.chain.clone(), svid.key.clone_key())
-        .map_err(|e| format!("the SVID's key does not fit its certificate: {e}"))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsClient {
-        config: Arc::new(cfg),
-        our_id: Some(svid.id.to_string()),
-    })
+/// Presents our SVID as the client certificate.
+#[derive(Debug)]
+struct OurSvid(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for OurSvid {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
