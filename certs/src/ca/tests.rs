@@ -5,6 +5,7 @@ use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::*;
+use crate::spiffe_id::SpiffeId;
 use crate::svid::{check_leaf, validate_svid};
 
 fn td() -> TrustDomain {

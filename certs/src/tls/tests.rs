@@ -237,3 +237,27 @@ fn helpers_on_non_svid_input() {
     let e = to_rustls_error(SvidError::EmptyChain);
     assert_eq!(svid_error_of(&e), Some(&SvidError::EmptyChain));
 }
+
+#[tokio::test]
+async fn handshakes_with_every_key_algorithm_and_an_intermediate() {
+    for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa3072] {
+        let mut ca =
+            CertificateAuthority::generate(&td("a.local"), alg, Duration::from_secs(86400))
+                .unwrap();
+        ca.add_intermediate(Duration::from_secs(3600)).unwrap();
+        let srv = ca
+            .issue_svid(&id("spiffe://a.local/server"), Duration::from_secs(600))
+            .unwrap();
+        let cli = ca
+            .issue_svid(&id("spiffe://a.local/client"), Duration::from_secs(600))
+            .unwrap();
+        let b = shared(ca.bundle());
+        let (s, c) = handshake(
+            server_config(&srv, b.clone()),
+            client_config(Some(&cli), b, ExpectedPeer::Exact(srv.id.clone())),
+        )
+        .await;
+        c.unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(s.unwrap(), cli.id, "{alg}");
+    }
+}
