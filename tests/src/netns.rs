@@ -382,6 +382,35 @@ impl Pod {
         Ok(pid)
     }
 
+    /// Like [`Pod::spawn`], with stdout and stderr appended to `log`.
+    pub fn spawn_logged(
+        &self,
+        ids: Option<(u32, u32)>,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> Result<u32, NetnsError> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(io(format!("cannot open {}", log.display())))
+        };
+        let child = self
+            .ns_cmd(ids, args)
+            .stdin(Stdio::null())
+            .stdout(open()?)
+            .stderr(open()?)
+            .spawn()
+            .map_err(io(format!("cannot start {args:?} in {}", self.netns)))?;
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        Ok(pid)
+    }
+
     /// Kills and reaps every process started with [`Pod::spawn`].
     pub fn kill_children(&self) {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());

@@ -13,6 +13,39 @@ use super::{NetnsError, Pod};
 /// How long a probe connection may take before it counts as failed.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Tag,
+    Peer,
+    OriginalDst,
+    HttpEcho,
+}
+
+/// Reads one request head and answers it with 200 and the head as the body.
+fn http_echo(mut conn: TcpStream) {
+    let _ = conn.set_read_timeout(Some(PROBE_TIMEOUT));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let body = &head[..end];
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(reply.as_bytes());
+    let _ = conn.write_all(body);
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
 /// A listener thread answering every connection with one line, then closing it.
 /// Stopped (and joined) on drop.
 #[derive(Debug)]
@@ -26,20 +59,32 @@ pub struct Responder {
 impl Responder {
     /// Listens on `addr` inside `pod` and answers `"{tag}\n"`.
     pub fn tag(pod: &Pod, addr: SocketAddr, tag: &str) -> Result<Responder, NetnsError> {
-        Self::start(pod, addr, tag.to_string(), false)
+        Self::start(pod, addr, tag.to_string(), Mode::Tag)
+    }
+
+    /// Listens on `addr` inside `pod` and answers `"{tag} {peer address}\n"` at once, without
+    /// waiting for the client (a server-speaks-first protocol).
+    pub fn peer(pod: &Pod, addr: SocketAddr, tag: &str) -> Result<Responder, NetnsError> {
+        Self::start(pod, addr, tag.to_string(), Mode::Peer)
+    }
+
+    /// A minimal HTTP/1.1 app on `addr` inside `pod`: answers every request with 200 and the
+    /// request head it received (request line and headers) as the body, then closes.
+    pub fn http_echo(pod: &Pod, addr: SocketAddr) -> Result<Responder, NetnsError> {
+        Self::start(pod, addr, String::new(), Mode::HttpEcho)
     }
 
     /// Listens on `addr` inside `pod` (a REDIRECT target such as 15001) and answers
     /// `"{tag} {original destination}\n"`, the destination read with SO_ORIGINAL_DST.
     pub fn original_dst(pod: &Pod, addr: SocketAddr, tag: &str) -> Result<Responder, NetnsError> {
-        Self::start(pod, addr, tag.to_string(), true)
+        Self::start(pod, addr, tag.to_string(), Mode::OriginalDst)
     }
 
     fn start(
         pod: &Pod,
         addr: SocketAddr,
         tag: String,
-        orig: bool,
+        mode: Mode,
     ) -> Result<Responder, NetnsError> {
         let listener = pod
             .enter(move || bind(addr))?
@@ -58,14 +103,23 @@ impl Responder {
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { break };
-                let line = if orig {
-                    let v6 = conn.local_addr().is_ok_and(|a| a.is_ipv6());
-                    match docmesh_init::validate::original_dst(&conn, v6) {
-                        Ok(dst) => format!("{tag} {dst}\n"),
-                        Err(e) => format!("{tag} no-original-dst({e})\n"),
+                let line = match mode {
+                    Mode::Tag => format!("{tag}\n"),
+                    Mode::Peer => match conn.peer_addr() {
+                        Ok(peer) => format!("{tag} {peer}\n"),
+                        Err(e) => format!("{tag} no-peer({e})\n"),
+                    },
+                    Mode::OriginalDst => {
+                        let v6 = conn.local_addr().is_ok_and(|a| a.is_ipv6());
+                        match docmesh_init::validate::original_dst(&conn, v6) {
+                            Ok(dst) => format!("{tag} {dst}\n"),
+                            Err(e) => format!("{tag} no-original-dst({e})\n"),
+                        }
                     }
-                } else {
-                    format!("{tag}\n")
+                    Mode::HttpEcho => {
+                        std::thread::spawn(move || http_echo(conn));
+                        continue;
+                    }
                 };
                 let _ = conn.write_all(line.as_bytes());
                 let _ = conn.shutdown(Shutdown::Both);
@@ -101,6 +155,27 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(64)?;
     Ok(sock.into())
+}
+
+/// Waits (bounded by `timeout`) until something accepts TCP connections at `addr` inside
+/// `pod`; used to wait for a proxy's listeners.
+pub fn wait_listening(pod: &Pod, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let attempt = pod
+            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+            .map_err(|e| e.to_string())?;
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "[{}] nothing listens on {addr} after {timeout:?}: {e}",
+                    pod.name
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Connects from inside `pod` (as `(uid, gid)` when given) to `target` and returns the line
