@@ -81,6 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &metrics,
     )
     .context("invalid outbound configuration")?;
+    outbound.set_resilience(&config.resilience);
     let inbound = Inbound::new(
         &config.inbound,
         MeshServer::Mtls(tls),

@@ -24,7 +24,7 @@ pub async fn forward<K, B, F, Fut, Io>(
     pool: &Pool<K, B>,
     key: &K,
     version: HttpVersion,
-    mut req: http::Request<B>,
+    req: http::Request<B>,
     hop: Hop,
     connect: F,
 ) -> http::Response<ProxyBody>
@@ -37,10 +37,28 @@ where
     Fut: Future<Output = Result<Io, ProxyError>>,
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    relay(version, req, hop, |req| {
+        pool.send(key, version, req, connect)
+    })
+    .await
+}
+
+/// Like [`forward`], with the upstream exchange done by `send` (the outbound's resilience
+/// stack, which picks the endpoint, applies timeouts and retries, and fails with the cause).
+pub async fn relay<B, S, Fut>(
+    version: HttpVersion,
+    mut req: http::Request<B>,
+    hop: Hop,
+    send: S,
+) -> http::Response<ProxyBody>
+where
+    S: FnOnce(http::Request<B>) -> Fut,
+    Fut: Future<Output = Result<http::Response<hyper::body::Incoming>, ProxyError>>,
+{
     let upgrade = version == HttpVersion::Http1 && is_upgrade_request(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    match pool.send(key, version, req, connect).await {
+    match send(req).await {
         Ok(mut resp) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             match (switching, client_upgrade) {

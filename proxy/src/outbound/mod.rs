@@ -20,14 +20,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::outbound::{OutboundConfig, Protocol, UnknownDestinations};
+use crate::config::resilience::ResilienceConfig;
 use crate::errors::{Hop, ProxyError};
-use crate::http::forward::{error_response, forward};
-use crate::http::pool::{HttpVersion, Pool};
+use crate::http::forward::{error_response, relay};
+use crate::http::pool::HttpVersion;
 use crate::http::serve::serve_connection;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
+use crate::resilience::mesh::{mesh_send, MeshStacks, SendFn};
 use connect::{Connectors, HopTimeouts, Inner, MeshClient};
 use detect::{DetectEnd, Detected};
 use services::{Service, Services};
@@ -52,19 +54,13 @@ pub enum OutboundError {
     },
 }
 
-/// Key of a pooled upstream connection: endpoint, service (whose SPIFFE ID it verified) and
-/// protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PoolKey {
-    addr: SocketAddr,
-    service: usize,
-    version: HttpVersion,
-}
-
 struct Shared {
     services: Arc<Services>,
-    mesh: Connectors,
-    pool: Pool<PoolKey, Incoming>,
+    mesh: Arc<Connectors>,
+    /// Resilience stacks of the services (HTTP); they own the pooled mesh connections.
+    stacks: arc_swap::ArcSwap<MeshStacks>,
+    send: SendFn,
+    hop_defaults: OutboundConfig,
     detect_timeout: Duration,
     opaque_ports: Vec<u16>,
     timeouts: HopTimeouts,
@@ -116,11 +112,21 @@ impl Outbound {
             "Outbound connections to destinations outside the mesh that were denied",
             denied.clone(),
         );
+        let connectors = Arc::new(connectors);
+        let send = mesh_send(services.clone(), connectors.clone(), cfg.pool_idle_timeout);
+        let resilience = ResilienceConfig::default();
+        let stacks = MeshStacks::new(
+            &services,
+            |name| resilience.service_policy_for(name, cfg),
+            send.clone(),
+        );
         Ok(Outbound {
             shared: Arc::new(Shared {
                 services,
                 mesh: connectors,
-                pool: Pool::new(cfg.pool_idle_timeout),
+                stacks: arc_swap::ArcSwap::from_pointee(stacks),
+                send,
+                hop_defaults: cfg.clone(),
                 detect_timeout: cfg.detect_timeout,
                 opaque_ports: cfg.opaque_ports.clone(),
                 timeouts: HopTimeouts {
@@ -133,6 +139,18 @@ impl Outbound {
                 denied,
             }),
         })
+    }
+
+    /// Applies `[resilience]` (timeouts, retries, breakers, limits, balancing, health checks)
+    /// to the HTTP traffic of every service; until called, the defaults apply.
+    pub fn set_resilience(&self, cfg: &ResilienceConfig) {
+        let s = &self.shared;
+        let stacks = MeshStacks::new(
+            &s.services,
+            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            s.send.clone(),
+        );
+        s.stacks.store(Arc::new(stacks));
     }
 
     /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
@@ -303,33 +321,21 @@ async fn http(
     serve_connection(io, version, handler, &lifecycle).await;
 }
 
+/// One HTTP request to a mesh service, through the service's resilience stack (which
+/// balances over all of the service's endpoints, so `dst` only selected the service).
 async fn proxy_request(
     shared: &Shared,
     svc: &Arc<Service>,
-    dst: Option<SocketAddr>,
+    _dst: Option<SocketAddr>,
     version: HttpVersion,
-    req: http::Request<Incoming>,
+    mut req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
-    let addr = match dst {
-        Some(d) => d,
-        None => match svc.pick() {
-            Ok(a) => a,
-            Err(e) => return error_response(&e, Hop::Outbound),
-        },
-    };
-    let key = PoolKey {
-        addr,
-        service: svc.index,
-        version,
-    };
-    let inner = match version {
-        HttpVersion::Http1 => Inner::Http1,
-        HttpVersion::Http2 => Inner::Http2,
-    };
-    forward(&shared.pool, &key, version, req, Hop::Outbound, || {
-        shared.mesh.connect(svc, addr, inner, shared.timeouts)
-    })
-    .await
+    if let Err(e) = svc.pick() {
+        return error_response(&e, Hop::Outbound);
+    }
+    req.extensions_mut().insert(version);
+    let stacks = shared.stacks.load_full();
+    relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await
 }
 
 async fn unknown_destination(shared: &Shared, mut stream: TcpStream, dst: SocketAddr) {

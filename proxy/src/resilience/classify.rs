@@ -160,6 +160,13 @@ pub fn tls_error(err: &rustls::Error, upstream: &str) -> ProxyError {
                      port excluded from redirection?"
             ),
         ),
+        E::AlertReceived(alert) => ProxyError::new(
+            Cause::TlsRejectedByPeer,
+            format!(
+                "{upstream} rejected our TLS client certificate (alert {alert:?}): our SVID may be \
+                 expired, or the peer's bundle does not trust our trust domain"
+            ),
+        ),
         E::InvalidCertificate(rustls::CertificateError::Other(other))
             if other.to_string().to_ascii_lowercase().contains("expected") =>
         {

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use super::endpoint::{EndpointFn, NewFnEndpoint};
 use super::policy::ServicePolicy;
 use super::ServiceStack;
-use crate::errors::ProxyError;
+use crate::errors::{Cause, ProxyError};
+use crate::http::pool::{HttpVersion, Pool};
+use crate::outbound::connect::{Connectors, HopTimeouts, Inner};
 use crate::outbound::services::{Service, Services};
 
 /// Sends one request to one endpoint over the mesh (pooled connection, mTLS hop). The route's
@@ -20,6 +22,62 @@ pub type SendFn = EndpointFn<Incoming>;
 
 /// The stack type of one mesh service.
 pub type MeshStack = ServiceStack<NewFnEndpoint<Incoming>, Incoming>;
+
+/// Key of a pooled mesh connection: endpoint, service (whose SPIFFE ID it verified), protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: std::net::SocketAddr,
+    service: usize,
+    version: HttpVersion,
+}
+
+/// The send function of the outbound data path: one request to one endpoint over a pooled
+/// mesh connection (opened with `connectors`, i.e. mTLS in production). The HTTP version comes
+/// from the request extensions (`HttpVersion`, default HTTP/1.1); the connect and TLS handshake
+/// timeouts from the route policy there.
+pub(crate) fn mesh_send(
+    services: Arc<Services>,
+    connectors: Arc<Connectors>,
+    pool_idle: std::time::Duration,
+) -> SendFn {
+    let pool = Arc::new(Pool::<PoolKey, super::ReplayBody>::new(pool_idle));
+    Arc::new(
+        move |ep: super::Endpoint, req: Request<super::ReplayBody>| {
+            let (pool, connectors, services) = (pool.clone(), connectors.clone(), services.clone());
+            Box::pin(async move {
+                let svc = services.by_name(&ep.service).cloned().ok_or_else(|| {
+                    ProxyError::new(
+                        Cause::NoHealthyEndpoint,
+                        format!("service `{}` is not configured (internal)", ep.service),
+                    )
+                })?;
+                let version = req
+                    .extensions()
+                    .get::<HttpVersion>()
+                    .copied()
+                    .unwrap_or(HttpVersion::Http1);
+                let t = super::timeout::route_of(&req).timeouts.clone();
+                let timeouts = HopTimeouts {
+                    connect: t.connect,
+                    handshake: t.tls_handshake,
+                };
+                let inner = match version {
+                    HttpVersion::Http1 => Inner::Http1,
+                    HttpVersion::Http2 => Inner::Http2,
+                };
+                let key = PoolKey {
+                    addr: ep.addr,
+                    service: svc.index,
+                    version,
+                };
+                pool.send(&key, version, req, || {
+                    connectors.connect(&svc, ep.addr, inner, timeouts)
+                })
+                .await
+            })
+        },
+    )
+}
 
 struct Entry {
     stack: MeshStack,

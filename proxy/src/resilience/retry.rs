@@ -5,7 +5,8 @@
 //! Retried: connect failures and other errors decided before any byte was written (always),
 //! HTTP/2 `REFUSED_STREAM` (always), resets and per-attempt timeouts (idempotent requests only),
 //! configured statuses (idempotent requests only). Never retried: `circuit-open`, `overloaded`,
-//! `no-healthy-endpoint` (retrying cannot help and would only add load).
+//! `no-healthy-endpoint` (retrying cannot help and would only add load), and TLS or identity
+//! failures (configuration problems that a retry only repeats).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +46,11 @@ fn refuse_error(e: &AttemptError, idempotent: bool, body_sent: bool) -> Option<&
     match e.error.cause {
         Cause::CircuitOpen | Cause::Overloaded | Cause::NoHealthyEndpoint => Some("fail-fast"),
         Cause::Unauthenticated | Cause::Forbidden => Some("not retryable"),
+        // Configuration problems: retrying only repeats the handshake failure.
+        Cause::TlsPlaintextPeer
+        | Cause::TlsUntrustedPeer
+        | Cause::IdentityMismatch
+        | Cause::TlsRejectedByPeer => Some("not retryable"),
         _ if e.unsent => None,
         _ if !idempotent && body_sent => Some("the request body was already sent"),
         _ if !idempotent => Some("the request may have reached the upstream"),
