@@ -107,9 +107,11 @@ where
         };
         let now = Instant::now();
         if now + interval > deadline {
+            let waited = now - start;
             return Err(AwaitError::Timeout {
                 admin,
-                waited: now - start,
+                // Whole milliseconds read better than humantime's nanoseconds.
+                waited: Duration::from_millis(waited.as_millis() as u64),
                 last,
             });
         }
