@@ -31,6 +31,14 @@ pub enum HostError {
         /// What it printed.
         stderr: String,
     },
+    /// The kernel or iptables lacks a match or target the rules use.
+    #[error("{binary} lacks an extension the rules use ({stderr}); docmesh's rules need the tcp, owner and comment matches and the REDIRECT target (kernel modules xt_tcpudp, xt_owner, xt_comment, xt_REDIRECT)")]
+    MissingExtension {
+        /// The binary name.
+        binary: String,
+        /// What it printed.
+        stderr: String,
+    },
     /// The command failed for another reason.
     #[error("{binary} {args} failed ({status}): {stderr}")]
     Failed {
@@ -101,10 +109,16 @@ impl Host for SystemHost {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
-        }
+        // A child that exits early closes its stdin; its exit status and stderr then say why,
+        // so a failed write is only reported when the child claims success.
+        let written = match (stdin, child.stdin.take()) {
+            (Some(input), Some(mut pipe)) => pipe.write_all(input.as_bytes()),
+            _ => Ok(()),
+        };
         let out = child.wait_with_output().map_err(spawn_err)?;
+        if out.status.success() {
+            written.map_err(spawn_err)?;
+        }
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
             return Ok(stdout);
@@ -162,10 +176,15 @@ pub fn classify(binary: &str, args: &[&str], status: &str, stderr: &str) -> Host
     if lower.contains("permission denied") || lower.contains("operation not permitted") {
         HostError::PermissionDenied { binary, stderr }
     } else if lower.contains("table does not exist")
-        || (lower.contains("can't initialize") && lower.contains("nat"))
-        || lower.contains("no chain/target/match by that name") && lower.contains("nat")
+        || (lower.contains("initialize") && lower.contains("nat"))
+        || (lower.contains("chain_add failed (no such file or directory)"))
     {
         HostError::NoNat { binary, stderr }
+    } else if lower.contains("couldn't load match")
+        || lower.contains("couldn't load target")
+        || lower.contains("extension") && lower.contains("not found")
+    {
+        HostError::MissingExtension { binary, stderr }
     } else {
         HostError::Failed {
             binary,
@@ -203,6 +222,21 @@ mod tests {
             "ip6tables-legacy-save: Table does not exist (do you need to insmod?)",
         );
         assert!(matches!(e, HostError::NoNat { .. }), "{e}");
+        let e = classify(
+            "iptables-legacy-restore",
+            &["--noflush"],
+            "exit status: 1",
+            "iptables-legacy-restore v1.8.9 (legacy): unable to initialize table 'nat'",
+        );
+        assert!(matches!(e, HostError::NoNat { .. }), "{e}");
+        let e = classify(
+            "iptables-restore",
+            &["--noflush"],
+            "exit status: 2",
+            "iptables-restore v1.8.9 (nf_tables): Couldn't load match `owner':No such file or directory",
+        );
+        assert!(matches!(e, HostError::MissingExtension { .. }), "{e}");
+        assert!(e.to_string().contains("xt_owner"));
         let e = classify("x", &["--noflush"], "exit status: 2", "line 3 failed");
         assert!(e.to_string().contains("line 3 failed"));
     }
