@@ -663,3 +663,59 @@ fn clear_errors_for_bad_input() {
     );
     assert!(t.contains("expected-id"), "{t}");
 }
+
+#[test]
+fn verify_accepts_a_spiffe_json_bundle() {
+    use base64::Engine;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    ok(certs(
+        dir,
+        &["init", "--trust-domain", "onlyoffice.local", "--out", "ca"],
+    ));
+    ok(certs(
+        dir,
+        &["issue", "--ca", "ca", "--spiffe-id", ID, "--out", "s"],
+    ));
+    let pem = std::fs::read(dir.join("ca/root.pem")).unwrap();
+    let der = docmesh_certs::pem::certs(&pem, "root").unwrap().remove(0);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    std::fs::write(
+        dir.join("bundle.json"),
+        format!(r#"{{"spiffe_sequence": 3, "keys": [{{"use": "x509-svid", "kty": "EC", "x5c": ["{b64}"]}}]}}"#),
+    )
+    .unwrap();
+    ok(certs(
+        dir,
+        &[
+            "verify",
+            "--bundle",
+            "bundle.json",
+            "--expect-id",
+            ID,
+            "s/svid.pem",
+        ],
+    ));
+    // Declared for another trust domain, the same roots do not vouch for ours.
+    let t = fails(
+        certs(
+            dir,
+            &[
+                "verify",
+                "--bundle",
+                "bundle.json",
+                "--trust-domain",
+                "other.local",
+                "s/svid.pem",
+            ],
+        ),
+        1,
+    );
+    assert!(t.contains("own-trust-domain"), "{t}");
+    std::fs::write(dir.join("empty.json"), r#"{"keys": []}"#).unwrap();
+    let t = fails(
+        certs(dir, &["verify", "--bundle", "empty.json", "s/svid.pem"]),
+        2,
+    );
+    assert!(t.contains("x509-svid"), "{t}");
+}
