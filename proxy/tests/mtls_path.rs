@@ -243,3 +243,71 @@ async fn permissive_inbound_takes_mtls_and_plaintext_strict_only_mtls() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_on_both_hops() {
+    use std::sync::atomic::Ordering;
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let (app_relay, app_conns) = start_counting_relay(app).await;
+    let opts = healthy_mtls(&ca);
+    let (lifecycle, metrics) = (Lifecycle::new(), Metrics::new());
+    let inbound = start_inbound(app_relay, &opts, &lifecycle, &metrics).await;
+    let (mesh_relay, mesh_conns) = start_counting_relay(inbound).await;
+    let outbound = start_outbound(vec![mesh_relay.to_string()], &opts, &lifecycle, &metrics).await;
+
+    // 30 sequential HTTP/1.1 requests from 3 app connections.
+    for _ in 0..3 {
+        let mut c = h1_client(outbound).await;
+        for _ in 0..10 {
+            let resp = bounded(c.send_request(get("/", "documentserver")))
+                .await
+                .unwrap();
+            assert_eq!(text(resp).await, "hello from the app");
+        }
+    }
+    // Without pooling these would be 30 each; a pooled connection can at most be missed
+    // while its previous response is still being finished.
+    let (mesh, app_side) = (
+        mesh_conns.load(Ordering::SeqCst),
+        app_conns.load(Ordering::SeqCst),
+    );
+    assert!(
+        mesh <= 2 && app_side <= 2,
+        "mesh connections {mesh}, app connections {app_side}"
+    );
+
+    // 20 concurrent HTTP/2 streams share one mesh connection.
+    let before = mesh_conns.load(Ordering::SeqCst);
+    let h2 = h2_client(outbound).await;
+    let mut first = h2.clone();
+    let resp = bounded(
+        first.send_request(
+            http::Request::get("http://documentserver/")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut h2 = h2.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get("http://documentserver/")
+                    .body(full(Bytes::new()))
+                    .unwrap();
+                bounded(h2.send_request(req)).await.unwrap().status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(bounded(t).await.unwrap(), 200);
+    }
+    assert_eq!(
+        mesh_conns.load(Ordering::SeqCst) - before,
+        1,
+        "HTTP/2 requests share one mesh connection"
+    );
+}

@@ -227,6 +227,30 @@ pub async fn start_tcp_echo() -> SocketAddr {
     addr
 }
 
+/// A TCP relay to `target` that counts the connections it accepts (to observe pooling).
+pub async fn start_counting_relay(
+    target: SocketAddr,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
 /// A server-speaks-first app (like MySQL or SMTP): sends a banner on accept, then echoes.
 pub async fn start_banner_server(banner: &'static [u8]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
