@@ -88,6 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lifecycle.clone(),
         &metrics,
     );
+    let authz = Arc::new(
+        crate::authz::Authorizer::from_config(&config.authz)
+            .context("invalid [authz] configuration")?,
+    );
+    let _key_reloader = authz.spawn_key_reloader();
+    inbound.set_authorizer(authz);
     outbound.start(config.outbound.resolve_interval).await;
 
     let mut tasks = tokio::task::JoinSet::new();

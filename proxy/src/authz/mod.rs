@@ -131,6 +131,23 @@ impl Authorizer {
         })
     }
 
+    /// An authorizer with no rule and no JWT: every mTLS peer passes, and the identity header
+    /// hygiene still applies. What the inbound side uses until a configured one is installed.
+    pub fn allow_all() -> Self {
+        Authorizer {
+            spiffe: spiffe::SpiffeRules::default(),
+            jwt: None,
+            tenant_claim: None,
+            base_domain: None,
+            default_tenant: "localhost".to_string(),
+            require_host_match: true,
+            table: tenant::TenantTable::default(),
+            services_by_port: BTreeMap::new(),
+            clock: Arc::new(unix_now),
+            stats: AuthzStats::default(),
+        }
+    }
+
     /// Replaces the clock (unix seconds); for tests of `exp`/`nbf` boundaries.
     pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
@@ -175,9 +192,26 @@ impl Authorizer {
         }))
     }
 
-    /// Authorizes an opaque TCP connection to the app `port` (SPIFFE rules only).
+    /// Authorizes an opaque TCP connection to the app `port`: SPIFFE rules without a route,
+    /// and never a port that `authz.jwt.ports` lists explicitly (opaque bytes carry no
+    /// verifiable token).
     pub fn authorize_tcp(&self, port: u16, client: Option<&SpiffeId>) -> Decision {
-        let decision = match self.spiffe.check_tcp(port, client.map(SpiffeId::as_str)) {
+        let jwt_port = self.jwt.as_ref().is_some_and(|j| j.ports.contains(&port));
+        let checked = self
+            .spiffe
+            .check_tcp(port, client.map(SpiffeId::as_str))
+            .and_then(|()| {
+                if jwt_port {
+                    Err(AuthzError::Missing {
+                        expected: format!(
+                            "a JWT: port {port} is in authz.jwt.ports and opaque TCP cannot carry a verified token"
+                        ),
+                    })
+                } else {
+                    Ok(())
+                }
+            });
+        let decision = match checked {
             Ok(()) => Decision::Allow {
                 client_id: client.cloned(),
                 tenant: None,

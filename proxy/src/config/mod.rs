@@ -170,6 +170,7 @@ impl Config {
         self.outbound.validate(p);
         self.resilience.validate_into(&self.outbound, p);
         self.observability.validate(p);
+        self.authz.validate(p);
         // No two listeners on the same address (port 0 means "any free port").
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
         let mut listen = |addr: SocketAddr, path: String, p: &mut Problems| {

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::authz::{Authorizer, AuthzBody, Decision};
 use crate::config::inbound::{InboundConfig, InboundMode};
 use crate::errors::{Hop, ProxyError};
 use crate::http::forward::forward;
@@ -102,7 +103,9 @@ struct Shared {
     handshake_timeout: Duration,
     connect_timeout: Duration,
     mesh: MeshServer,
-    pool: Pool<PoolKey, Incoming>,
+    pool: Pool<PoolKey, AuthzBody<Incoming>>,
+    /// Authorization of every connection and request (SPIFFE rules, JWT, tenants).
+    authz: arc_swap::ArcSwap<Authorizer>,
     lifecycle: Lifecycle,
     plaintext_refused: Counter,
     handshake_failures: Counter,
@@ -149,11 +152,18 @@ impl Inbound {
                 connect_timeout: cfg.connect_timeout,
                 mesh,
                 pool: Pool::new(cfg.pool_idle_timeout),
+                authz: arc_swap::ArcSwap::from_pointee(Authorizer::allow_all()),
                 lifecycle,
                 plaintext_refused,
                 handshake_failures,
             }),
         }
+    }
+
+    /// Installs the authorizer (from `[authz]`) that every inbound connection and request goes
+    /// through; until then every verified peer passes (identity headers are still sanitized).
+    pub fn set_authorizer(&self, authz: Arc<Authorizer>) {
+        self.shared.authz.store(authz);
     }
 
     /// Serves the transparent listener (app port = original destination port) until the
@@ -290,6 +300,9 @@ async fn mtls(
     match version {
         Some(v) => http(shared, tls, identity, app, v).await,
         None => {
+            if !tcp_allowed(&shared, app.port(), Some(identity.spiffe_id())) {
+                return;
+            }
             let mut tls = tls;
             match crate::net::connect(app, shared.connect_timeout, "the app").await {
                 Ok(mut up) => {
@@ -313,6 +326,9 @@ async fn plaintext(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, app
             "peer sent plaintext to an mTLS port: is its sidecar missing? (connection closed; \
              inbound.mode = \"permissive\" accepts plaintext during a migration)"
         );
+        return;
+    }
+    if !tcp_allowed(shared, app.port(), None) {
         return;
     }
     match crate::net::connect(app, shared.connect_timeout, "the app").await {
@@ -348,12 +364,42 @@ async fn http<Io>(
     serve_connection(io, version, handler, &lifecycle).await;
 }
 
+/// Authorization of an opaque TCP connection (the authorizer logs and counts refusals; the
+/// connection is then closed).
+fn tcp_allowed(shared: &Shared, app_port: u16, client: Option<&SpiffeId>) -> bool {
+    shared
+        .authz
+        .load()
+        .authorize_tcp(app_port, client)
+        .is_allow()
+}
+
 async fn to_app(
     shared: &Shared,
     app: SocketAddr,
     version: HttpVersion,
     req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
+    // The one authorization spot for HTTP: strips client-sent identity headers, checks the
+    // SPIFFE rules, the JWT and the tenant, and sets docmesh-client-id/docmesh-tenant.
+    let (mut parts, body) = req.into_parts();
+    let peer = parts.extensions.get::<PeerIdentity>().cloned();
+    let authz = shared.authz.load_full();
+    let client = peer.as_ref().map(PeerIdentity::spiffe_id);
+    let (decision, body) = authz
+        .authorize_http(app.port(), client, &mut parts, body)
+        .await;
+    if let Decision::Deny { cause, detail } = decision {
+        let trace_id = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('-').nth(1));
+        return cause
+            .to_response(&detail, trace_id)
+            .map(http_body_util::Either::Right);
+    }
+    let req = http::Request::from_parts(parts, body);
     let key = PoolKey { app, version };
     forward(&shared.pool, &key, version, req, Hop::Inbound, || {
         crate::net::connect(app, shared.connect_timeout, "the app")
