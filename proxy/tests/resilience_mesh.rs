@@ -21,11 +21,20 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// An outbound sidecar for service `svc` at `address` with the given `[resilience]` TOML.
 async fn start_outbound(address: SocketAddr, opts: &PairOptions, resilience: &str) -> SocketAddr {
+    start_outbound_to(&[address], opts, resilience).await
+}
+
+/// Like [`start_outbound`] with several endpoints.
+async fn start_outbound_to(
+    addresses: &[SocketAddr],
+    opts: &PairOptions,
+    resilience: &str,
+) -> SocketAddr {
     let cfg = OutboundConfig {
         transparent: false,
         services: vec![ServiceConfig {
             name: "svc".into(),
-            addresses: vec![address.to_string()],
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
             spiffe_id: opts.spiffe_id.clone(),
             protocol: opts.protocol,
         }],
@@ -57,7 +66,11 @@ async fn pair(app: SocketAddr, resilience: &str) -> SocketAddr {
 }
 
 /// Sends one request through `outbound`: (status, docmesh-error, body).
-async fn call(outbound: SocketAddr, method: &str, body: &'static str) -> (u16, String, String) {
+async fn call(
+    outbound: SocketAddr,
+    method: &str,
+    body: impl Into<bytes::Bytes>,
+) -> (u16, String, String) {
     let mut c = h1_client(outbound).await;
     let req = http::Request::builder()
         .method(method)
@@ -188,4 +201,37 @@ async fn open_circuit_fails_fast_over_the_mesh_and_the_probe_closes_it() {
     }
     assert_eq!(accepts.load(Ordering::SeqCst), 4, "one probe connection");
     assert_eq!(call(outbound, "GET", "").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_callback_goes_to_another_endpoint_when_a_peer_could_not_reach_its_app() {
+    let ca = dev_ca("example.org");
+    let opts = healthy_mtls(&ca);
+    let dead_app = resilience_support::refusing_addr().await;
+    let app = Upstream::spawn(Kind::Ok).await;
+    let to_dead = start_inbound(dead_app, &opts, &Lifecycle::new(), &Metrics::new()).await;
+    let to_app = start_inbound(app.addr, &opts, &Lifecycle::new(), &Metrics::new()).await;
+    // Random first choice (no load), and no ejection: half the callbacks start at the endpoint
+    // whose app is down.
+    let outbound = start_outbound_to(
+        &[to_dead, to_app],
+        &opts,
+        r#"
+        [services.svc.balance]
+        strategy = "p2c-load"
+        [services.svc.breaker]
+        consecutive_failures = 0
+        "#,
+    )
+    .await;
+    for i in 0..12 {
+        let (status, cause, body) = call(outbound, "POST", format!("callback {i}")).await;
+        assert_eq!((status, cause.as_str()), (200, ""), "{body}");
+    }
+    let bodies = app.counters.bodies.lock().unwrap().clone();
+    let want: Vec<bytes::Bytes> = (0..12).map(|i| format!("callback {i}").into()).collect();
+    assert_eq!(
+        bodies, want,
+        "each callback reached the live app exactly once"
+    );
 }

@@ -23,6 +23,7 @@ use super::endpoint::{BoxFuture, Endpoint, NewService};
 use super::guard::Guarded;
 use super::health::{check_once, HealthState};
 use super::policy::{BalanceStrategy, ServicePolicy};
+use super::retry::Tried;
 use super::timeout::AttemptTimeout;
 use crate::errors::Cause;
 
@@ -220,9 +221,20 @@ where
         }
     }
 
-    fn pick(&self) -> Result<Arc<Slot<N::Service>>, AttemptError> {
+    fn pick(&self, tried: Option<&Tried>) -> Result<Arc<Slot<N::Service>>, AttemptError> {
         let slots = self.slots();
-        let usable: Vec<_> = slots.iter().filter(|s| s.usable()).collect();
+        let mut usable: Vec<_> = slots.iter().filter(|s| s.usable()).collect();
+        // A retry goes to an endpoint not tried yet, when there is one.
+        if let Some(t) = tried {
+            let fresh: Vec<_> = usable
+                .iter()
+                .copied()
+                .filter(|s| !t.contains(&s.endpoint.addr))
+                .collect();
+            if !fresh.is_empty() {
+                usable = fresh;
+            }
+        }
         let strategy = self.shared.policy.balance.strategy;
         match usable.len() {
             0 => Err(self.none_usable(&slots)),
@@ -317,10 +329,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
-        let slot = match self.pick() {
+        let tried = req.extensions().get::<Tried>().cloned();
+        let slot = match self.pick(tried.as_ref()) {
             Ok(s) => s,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        if let Some(t) = &tried {
+            t.push(slot.endpoint.addr);
+        }
         let decay = self.shared.policy.balance.ewma_decay;
         Box::pin(async move {
             slot.load.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -331,8 +347,8 @@ where
             // A failure counts as a slow answer, so p2c steers away from a failing endpoint even
             // before its circuit opens.
             let rtt = match &res {
-                Ok(_) => start.elapsed(),
-                Err(_) => start.elapsed().max(FAILURE_PENALTY),
+                Ok(r) if !slot.breaker.is_failure_status(r.status().as_u16()) => start.elapsed(),
+                _ => start.elapsed().max(FAILURE_PENALTY),
             };
             slot.load.observe(rtt, decay);
             let rsp = res?;

@@ -3,13 +3,16 @@
 //! request (POST callbacks, conversions) is retried only when none of it reached the upstream.
 //!
 //! Retried: connect failures and other errors decided before any byte was written (always),
+//! a peer sidecar's `connect-refused` / `connect-timeout` / `dns-failure` answer (always: the
+//! request never reached the peer's app),
 //! HTTP/2 `REFUSED_STREAM` (always), resets and per-attempt timeouts (idempotent requests only),
 //! configured statuses (idempotent requests only). Never retried: `circuit-open`, `overloaded`,
 //! `no-healthy-endpoint` (retrying cannot help and would only add load), and TLS or identity
 //! failures (configuration problems that a retry only repeats).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -26,6 +29,39 @@ use crate::errors::Cause;
 /// Number of attempts a response or error took; in the response extensions for access logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempts(pub u32);
+
+/// Endpoints the attempts of one request went to (shared by its attempts through the request
+/// extensions); the balancer prefers endpoints not tried yet, so a retry goes elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(pub Arc<Mutex<Vec<SocketAddr>>>);
+
+impl Tried {
+    /// Records an endpoint.
+    pub fn push(&self, addr: SocketAddr) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(addr);
+    }
+
+    /// Whether `addr` was tried.
+    pub fn contains(&self, addr: &SocketAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(addr)
+    }
+}
+
+/// Causes a peer docmesh sidecar reports (`docmesh-error`) when it could not even connect to
+/// its app: the request never reached the app, so any request may be retried.
+const PEER_UNSENT: [&str; 3] = ["connect-refused", "connect-timeout", "dns-failure"];
+
+fn peer_never_reached_app<B>(rsp: &Response<B>) -> bool {
+    rsp.status().is_server_error()
+        && rsp
+            .headers()
+            .get(crate::errors::ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| PEER_UNSENT.contains(&c))
+}
 
 /// The retry layer of a service.
 #[derive(Clone)]
@@ -82,7 +118,8 @@ where
         budget.deposit();
         Box::pin(async move {
             let idempotent = is_idempotent(req.method());
-            let (parts, template) = req.into_parts();
+            let (mut parts, template) = req.into_parts();
+            parts.extensions.insert(Tried::default());
             let max = policy.max_attempts.max(1);
             let mut rng = fastrand::Rng::new();
             let mut attempt = 1;
@@ -102,6 +139,8 @@ where
                 let res = tower::ServiceExt::ready(&mut inner).await?.call(req).await;
                 let body_sent = sent.load(Ordering::Acquire);
                 let why_not = match &res {
+                    // A peer sidecar that could not reach its app: nothing reached the app.
+                    Ok(rsp) if peer_never_reached_app(rsp) => None,
                     Ok(rsp) if !policy.on_status.contains(&rsp.status().as_u16()) => Some(""),
                     Ok(_) if !idempotent => Some(""),
                     Ok(_) => None,
