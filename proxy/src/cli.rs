@@ -26,6 +26,9 @@ pub enum Command {
     /// Wait until the local proxy is ready (its admin `/ready` answers 200); for app
     /// entrypoints that must not start before their sidecar. Exits non-zero on timeout.
     Await(AwaitArgs),
+    /// Run the whole mesh on loopback in this process (dev CA, two sidecars, two stand-in
+    /// services, two deliberate failures) and print what happened. Needs no root.
+    Demo,
 }
 
 /// Arguments of `docmesh-proxy await`.

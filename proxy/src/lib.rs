@@ -6,6 +6,7 @@ pub mod app;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod diagnose;
 pub mod errors;
 pub mod http;

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(args.config.as_deref()),
+        Command::Demo => docmesh_proxy::demo::main(),
         Command::Await(args) => docmesh_proxy::admin::ready::run_await(args.admin, args.timeout),
         Command::Diagnose(args) => docmesh_proxy::diagnose::command::run(&args),
         Command::Run(args) => {
