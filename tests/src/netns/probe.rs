@@ -36,13 +36,17 @@ fn http_echo(mut conn: TcpStream) {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(head.len(), |p| p + 4);
-    let body = &head[..end];
+    let peer = conn
+        .peer_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    let mut body = head[..end].to_vec();
+    body.extend_from_slice(format!("peer: {peer}\n").as_bytes());
     let reply = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let _ = conn.write_all(reply.as_bytes());
-    let _ = conn.write_all(body);
+    let _ = conn.write_all(&body);
     let _ = conn.shutdown(Shutdown::Both);
 }
 
@@ -69,7 +73,8 @@ impl Responder {
     }
 
     /// A minimal HTTP/1.1 app on `addr` inside `pod`: answers every request with 200 and the
-    /// request head it received (request line and headers) as the body, then closes.
+    /// request head it received (request line and headers) plus a `peer: ADDR` line (the TCP
+    /// peer it saw) as the body, then closes.
     pub fn http_echo(pod: &Pod, addr: SocketAddr) -> Result<Responder, NetnsError> {
         Self::start(pod, addr, String::new(), Mode::HttpEcho)
     }

@@ -1,0 +1,326 @@
+//! End to end through real sidecars: pods A and B in network namespaces, each with
+//! `docmesh-init` rules and `docmesh-proxy` running as UID 1337, and unmodified apps. A plain
+//! HTTP client in A calls B's IP and port; the call crosses the wire as mTLS (TLS records, no
+//! plaintext, on B's wire) and reaches B's app through B's sidecar. Also: opaque server-speaks-first TCP, connect-refused (502) and a DROP rule
+//! (504 connect-timeout), over IPv4 and IPv6. Needs root; fails saying so otherwise.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
+use docmesh_certs::spiffe_id::{SpiffeId, TrustDomain};
+use docmesh_init::host::SystemHost;
+use docmesh_tests::netns::capture;
+use docmesh_tests::netns::probe::{ask, Responder};
+use docmesh_tests::netns::{Pod, Topology};
+
+const PROXY: (u32, u32) = (1337, 1337);
+const APP: (u32, u32) = (1000, 1000);
+const TD: &str = "e2e.docmesh.test";
+const CONNECT_TIMEOUT_MS: u64 = 500;
+
+fn id(pod: &str) -> String {
+    format!("spiffe://{TD}/pod/{pod}")
+}
+
+/// Runs `docmesh-init ARGS` inside the pod.
+fn init(pod: &Pod, args: &[&str]) -> String {
+    let mut argv = vec!["docmesh-init".to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    pod.enter(move || {
+        let mut out = Vec::new();
+        docmesh_init::cli::run(argv, &SystemHost, &mut out)
+            .map(|()| String::from_utf8_lossy(&out).into_owned())
+            .map_err(|e| e.to_string())
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("docmesh-init failed: {e}"))
+}
+
+/// Prints the proxies' logs when the test fails, so the failure explains itself.
+struct Logs(Vec<PathBuf>);
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.0 {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("---- {} (last 40 lines)", p.display());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    // The proxy runs as UID 1337 and must read its files.
+    std::os::unix::fs::chown(path, Some(PROXY.0), Some(PROXY.1)).unwrap();
+}
+
+/// The proxy configuration of one pod: identity files, dual-stack transparent listeners, and
+/// the services it may call.
+fn proxy_config(dir: &Path, services: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[identity]
+source = "files"
+cert = "{d}/svid.pem"
+key = "{d}/svid.key"
+bundle = "{d}/bundle.pem"
+
+[inbound]
+listen = "[::]:15006"
+mode = "strict"
+
+[outbound]
+listen = "[::]:15001"
+connect_timeout = "{CONNECT_TIMEOUT_MS}ms"
+{services}
+"#
+    )
+}
+
+/// Starts a pod's sidecar: rules, certificates, config, the proxy process as UID 1337.
+fn start_sidecar(
+    pod: &Pod,
+    ca: &CertificateAuthority,
+    root: &Path,
+    services: &str,
+    logs: &mut Logs,
+) {
+    let dir = root.join(&pod.name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svid = ca
+        .issue_svid(
+            &id(&pod.name).parse::<SpiffeId>().unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    write(&dir.join("svid.pem"), &svid.cert_chain_pem);
+    write(&dir.join("svid.key"), &svid.key_pem);
+    write(&dir.join("bundle.pem"), ca.root_cert_pem());
+    let config = dir.join("proxy.toml");
+    write(&config, &proxy_config(&dir, services));
+    let log = dir.join("proxy.log");
+    logs.0.push(log.clone());
+
+    init(pod, &[]);
+    spawn_proxy(pod, &dir);
+}
+
+/// Starts (or, after `kill_children`, restarts) the pod's proxy process as UID 1337 and waits
+/// for its listeners.
+fn spawn_proxy(pod: &Pod, dir: &Path) {
+    let (config, log) = (dir.join("proxy.toml"), dir.join("proxy.log"));
+    let bin = env!("CARGO_BIN_EXE_docmesh-netns-proxy");
+    pod.spawn_logged(Some(PROXY), &[bin, &config.display().to_string()], &log)
+        .unwrap();
+    // Ready once the SVID is loaded and every listener is bound (admin `/ready`).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = [
+        "curl",
+        "-sf",
+        "--max-time",
+        "1",
+        "http://127.0.0.1:15020/ready",
+    ];
+    while let Err(e) = pod.exec(&ready) {
+        assert!(
+            Instant::now() < deadline,
+            "[{}] proxy not ready after 20s ({e}); log: {}",
+            pod.name,
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `curl` inside the pod as the app user: returns (status, headers+body, elapsed).
+fn curl(pod: &Pod, url: &str) -> (u16, String, Duration) {
+    let start = Instant::now();
+    let out = pod
+        .exec_as(
+            APP.0,
+            APP.1,
+            &["curl", "-sS", "-g", "-i", "--max-time", "10", url],
+        )
+        .unwrap_or_else(|e| panic!("curl {url}: {e}"));
+    let elapsed = start.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line from {url}: {text:?}"));
+    (status, text, elapsed)
+}
+
+fn url(ip: IpAddr, port: u16, path: &str) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{port}{path}"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{port}{path}"),
+    }
+}
+
+#[test]
+fn netns_e2e_http_and_tcp_through_both_sidecars() {
+    let topo = Topology::new(&["a", "b"])
+        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
+    let (a, b) = (topo.pod("a"), topo.pod("b"));
+    let td: TrustDomain = TD.parse().unwrap();
+    let ca =
+        CertificateAuthority::generate(&td, KeyAlgorithm::default(), Duration::from_secs(7200))
+            .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut logs = Logs(Vec::new());
+
+    let mut b_addrs = vec![b.ipv4.to_string()];
+    if let Some(v6) = b.ipv6 {
+        b_addrs.push(format!("[{v6}]"));
+    }
+    let list = |port: u16| {
+        b_addrs
+            .iter()
+            .map(|h| format!("\"{h}:{port}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let a_services = format!(
+        r#"
+[[outbound.services]]
+name = "b-http"
+addresses = [{}]
+spiffe_id = "{}"
+
+[[outbound.services]]
+name = "b-tcp"
+addresses = [{}]
+spiffe_id = "{}"
+"#,
+        list(8080),
+        id("b"),
+        list(7000),
+        id("b")
+    );
+    // B's apps, unmodified: HTTP echo on 8080, a server-speaks-first service on 7000.
+    let mut families = vec![IpAddr::V4(b.ipv4)];
+    families.extend(b.ipv6.map(IpAddr::V6));
+    let mut apps = Vec::new();
+    for ip in &families {
+        let any: IpAddr = if ip.is_ipv6() {
+            "::".parse().unwrap()
+        } else {
+            "0.0.0.0".parse().unwrap()
+        };
+        apps.push(Responder::http_echo(b, SocketAddr::new(any, 8080)).unwrap());
+        apps.push(Responder::peer(b, SocketAddr::new(any, 7000), "B-TCP").unwrap());
+    }
+
+    start_sidecar(a, &ca, root.path(), &a_services, &mut logs);
+    start_sidecar(b, &ca, root.path(), "", &mut logs);
+
+    for &ip in &families {
+        let fam = if ip.is_ipv6() { "IPv6" } else { "IPv4" };
+        // HTTP: reaches B's app through both sidecars, as mTLS on the wire, with A's identity.
+        let marker = format!("/e2e-plaintext-marker-{}", fam.to_lowercase());
+        let cap = topo.capture(b, "tcp port 8080").unwrap();
+        let (status, text, _) = curl(a, &url(ip, 8080, &marker));
+        let wire = cap.finish().unwrap();
+        assert_eq!(status, 200, "{fam}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("get {marker} http/1.1")),
+            "{fam}: {text}"
+        );
+        assert!(
+            capture::has_tls_handshake(&wire),
+            "{fam}: no TLS handshake on B's wire ({} bytes captured)",
+            wire.len()
+        );
+        assert!(
+            !capture::contains(&wire, marker.as_bytes()),
+            "{fam}: the request path crossed the wire in plaintext"
+        );
+
+        // Opaque TCP, server speaks first: B's app answers, and sees B's sidecar (loopback)
+        // as its peer, not A.
+        let cap = topo.capture(b, "tcp port 7000").unwrap();
+        let got = ask(a, Some(APP), SocketAddr::new(ip, 7000))
+            .unwrap_or_else(|e| panic!("{fam}: opaque TCP: {e}"));
+        let wire = cap.finish().unwrap();
+        assert!(got.starts_with("B-TCP 127.0.0.1:"), "{fam}: {got}");
+        assert!(
+            !capture::contains(&wire, b"B-TCP"),
+            "{fam}: opaque TCP in plaintext"
+        );
+        assert!(
+            capture::has_tls_handshake(&wire),
+            "{fam}: no TLS on the opaque hop"
+        );
+    }
+
+    // B's app stopped: A's client gets 502 connect-refused.
+    drop(apps);
+    for &ip in &families {
+        let (status, text, _) = curl(a, &url(ip, 8080, "/refused"));
+        assert_eq!(status, 502, "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("docmesh-error: connect-refused"),
+            "{text}"
+        );
+    }
+
+    // B cut off by a DROP rule. A fresh A sidecar first, so no pooled connection to B exists
+    // and the request needs a new TCP connection.
+    a.kill_children();
+    spawn_proxy(a, &root.path().join("a"));
+    // B cut off by a DROP rule: 504 connect-timeout, within the configured connect timeout
+    // (plus retries' share; bounded generously, the point is that it does not hang).
+    b.exec(&[
+        "iptables",
+        "-I",
+        "INPUT",
+        "-s",
+        &a.ipv4.to_string(),
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    if let Some(v6) = a.ipv6 {
+        b.exec(&[
+            "ip6tables",
+            "-I",
+            "INPUT",
+            "-s",
+            &v6.to_string(),
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    }
+    for &ip in &families {
+        let (status, text, elapsed) = curl(a, &url(ip, 8080, "/dropped"));
+        eprintln!("{ip}: {status} after {elapsed:?}");
+        assert_eq!(status, 504, "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("docmesh-error: connect-timeout"),
+            "{text}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(CONNECT_TIMEOUT_MS)
+                && elapsed < Duration::from_secs(8),
+            "504 after {elapsed:?} with a {CONNECT_TIMEOUT_MS} ms connect timeout"
+        );
+    }
+}
