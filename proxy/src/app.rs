@@ -50,6 +50,39 @@ async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
     Ok(l)
 }
 
+/// Binds the IPv6 twin of a transparent listener (`IPV6_V6ONLY`, so it never collides with
+/// the IPv4 socket on the same port); `None` when the namespace has no IPv6.
+fn bind_v6(addr: SocketAddr, field: &str) -> anyhow::Result<Option<TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bound = (|| {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_only_v6(true)?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        TcpListener::from_std(std::net::TcpListener::from(s))
+    })();
+    match bound {
+        Ok(l) => {
+            tracing::info!(listener = field, addr = %addr, "listening");
+            Ok(Some(l))
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EADDRNOTAVAIL) | Some(nix::libc::EAFNOSUPPORT)
+            ) =>
+        {
+            tracing::info!(listener = field, addr = %addr, error = %e, "no IPv6 here; IPv6 listener skipped");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot listen on {addr} ({field}; set it to false to skip IPv6)")
+        }),
+    }
+}
+
 /// Runs the proxy: loads the SVID, starts the admin server, binds every listener, serves until
 /// SIGTERM, SIGINT or `POST /shutdown`, then drains for up to `admin.drain_grace_period`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -101,6 +134,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let l = bind(config.outbound.listen, "outbound.listen").await?;
         let o = outbound.clone();
         tasks.spawn(async move { o.serve_transparent(l).await });
+        if config.outbound.ipv6
+            && config.outbound.listen.is_ipv4()
+            && config.outbound.listen.port() != 0
+        {
+            let v6 =
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.outbound.listen.port()));
+            if let Some(l) = bind_v6(v6, "outbound.ipv6")? {
+                let o = outbound.clone();
+                tasks.spawn(async move { o.serve_transparent(l).await });
+            }
+        }
     }
     for (i, lc) in config.outbound.listeners.iter().enumerate() {
         let l = bind(lc.listen, &format!("outbound.listeners[{i}].listen")).await?;
@@ -116,6 +160,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let l = bind(config.inbound.listen, "inbound.listen").await?;
         let i = inbound.clone();
         tasks.spawn(async move { i.serve_transparent(l).await });
+        if config.inbound.ipv6
+            && config.inbound.listen.is_ipv4()
+            && config.inbound.listen.port() != 0
+        {
+            let v6 = SocketAddr::from((
+                std::net::Ipv6Addr::UNSPECIFIED,
+                config.inbound.listen.port(),
+            ));
+            if let Some(l) = bind_v6(v6, "inbound.ipv6")? {
+                let i = inbound.clone();
+                tasks.spawn(async move { i.serve_transparent(l).await });
+            }
+        }
     }
     for (n, pc) in config.inbound.ports.iter().enumerate() {
         let l = bind(pc.listen, &format!("inbound.ports[{n}].listen")).await?;

@@ -311,3 +311,18 @@ async fn upstream_connections_are_pooled_on_both_hops() {
         "HTTP/2 requests share one mesh connection"
     );
 }
+
+#[tokio::test]
+async fn an_app_that_is_down_is_reported_by_the_inbound_hop() {
+    let ca = dev_ca("example.org");
+    let down = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let pair = Pair::start(down, healthy_mtls(&ca)).await;
+    let (status, cause, body) = call(pair.outbound).await;
+    assert_eq!((status, cause.as_str()), (502, "connect-refused"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["hop"], "inbound", "{body}");
+    assert!(v["detail"].as_str().unwrap().contains("the app"), "{body}");
+}

@@ -46,6 +46,9 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     /// Run the transparent listener (turn off for explicit-only setups without iptables).
     pub transparent: bool,
+    /// Also listen on `[::]` (IPv6 only) at the same port for IPv6 connections that ip6tables
+    /// redirects (skipped with a log line when the namespace has no IPv6).
+    pub ipv6: bool,
     /// `strict` (mTLS only) or `permissive` (plaintext forwarded as is).
     pub mode: InboundMode,
     /// Address of the app (default `127.0.0.1`).
@@ -74,6 +77,7 @@ impl Default for InboundConfig {
         InboundConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 15006)),
             transparent: true,
+            ipv6: true,
             mode: InboundMode::Strict,
             app_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: Vec::new(),

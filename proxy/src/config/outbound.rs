@@ -87,6 +87,9 @@ pub struct OutboundConfig {
     pub listen: SocketAddr,
     /// Run the transparent listener (turn off for explicit-only setups without iptables).
     pub transparent: bool,
+    /// Also listen on `[::1]` at the same port for IPv6 connections that ip6tables redirects
+    /// (skipped with a log line when the namespace has no IPv6).
+    pub ipv6: bool,
     /// `passthrough` (plain TCP to the original destination) or `deny` for destinations that
     /// are not a configured service.
     pub unknown_destinations: UnknownDestinations,
@@ -123,6 +126,7 @@ impl Default for OutboundConfig {
         OutboundConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 15001)),
             transparent: true,
+            ipv6: true,
             unknown_destinations: UnknownDestinations::Passthrough,
             detect_timeout: Duration::from_millis(300),
             opaque_ports: DEFAULT_OPAQUE_PORTS.to_vec(),
