@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use docmesh_proxy::config::inbound::{InboundConfig, InboundPortConfig};
+use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::inbound::Inbound;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
@@ -84,7 +85,6 @@ struct Mesh {
 impl Mesh {
     /// The document server behind an inbound sidecar with the OnlyOffice authz profile.
     async fn start() -> Mesh {
-        let ca = support::dev_ca("example.org");
         let app = start_document_server().await;
         let dir = tempfile::tempdir().unwrap();
         authz_support::write(
@@ -126,7 +126,13 @@ impl Mesh {
             port = app.port(),
             dir = dir.path().display(),
         );
-        let az = authz_support::authorizer(&cfg);
+        Mesh::start_with(app, &cfg, dir).await
+    }
+
+    /// `app` behind an inbound sidecar with the `[authz]` section `cfg`.
+    async fn start_with(app: SocketAddr, cfg: &str, dir: tempfile::TempDir) -> Mesh {
+        let ca = support::dev_ca("example.org");
+        let az = authz_support::authorizer(cfg);
         let lifecycle = Lifecycle::new();
         let metrics = Metrics::new();
         let icfg = InboundConfig {
@@ -161,10 +167,15 @@ impl Mesh {
 
     /// An outbound sidecar for a caller with SPIFFE ID `client`; returns where its app connects.
     async fn caller(&self, client: &str) -> SocketAddr {
-        let opts = mtls_options(
+        self.caller_with(client, Protocol::Detect).await
+    }
+
+    async fn caller_with(&self, client: &str, protocol: Protocol) -> SocketAddr {
+        let mut opts = mtls_options(
             identity(&svid(&self.ca, client), &[&self.ca]),
             identity(&svid(&self.ca, SERVER_ID), &[&self.ca]),
         );
+        opts.protocol = protocol;
         support::start_outbound(
             vec![self.inbound.to_string()],
             &opts,
@@ -327,4 +338,35 @@ async fn onlyoffice_command_service_through_an_authorizing_sidecar_pair() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn opaque_tcp_is_admitted_or_closed_by_spiffe_rules() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = support::start_tcp_echo().await;
+    let cfg = format!(
+        "[[spiffe]]\nname = \"database clients\"\nport = {}\nallow = [\"{CLIENT_ID}\"]\n",
+        echo.port()
+    );
+    let mesh = Mesh::start_with(echo, &cfg, tempfile::tempdir().unwrap()).await;
+    let allowed = mesh.caller_with(CLIENT_ID, Protocol::Opaque).await;
+    let refused = mesh.caller_with(INTRUDER_ID, Protocol::Opaque).await;
+
+    let mut s = tokio::net::TcpStream::connect(allowed).await.unwrap();
+    s.write_all(b"ping over opaque mTLS").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    bounded(s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"ping over opaque mTLS");
+
+    // The intruder's connection is closed by the inbound sidecar: nothing is echoed.
+    let mut s = tokio::net::TcpStream::connect(refused).await.unwrap();
+    let _ = s.write_all(b"ping").await;
+    let _ = s.shutdown().await;
+    let mut got = Vec::new();
+    let _ = bounded(s.read_to_end(&mut got)).await;
+    assert!(
+        got.is_empty(),
+        "a refused TCP peer reached the app: {got:?}"
+    );
 }

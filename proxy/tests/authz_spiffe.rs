@@ -414,3 +414,37 @@ async fn refusals_become_taxonomy_responses() {
         assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }
+
+#[test]
+fn tcp_to_a_jwt_port_is_refused_and_check_reports_authz_problems() {
+    let az =
+        authorizer("[jwt]\nenabled = true\nsecret = \"s3cret-s3cret-s3cret\"\nports = [8000]\n");
+    match az.authorize_tcp(8000, Some(&id("spiffe://td/a"))) {
+        Decision::Deny {
+            cause: DenyCause::Unauthenticated,
+            detail,
+        } => {
+            assert!(
+                detail.contains("port 8000 is in authz.jwt.ports"),
+                "{detail}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(az
+        .authorize_tcp(5432, Some(&id("spiffe://td/a")))
+        .is_allow());
+
+    let text = "[[authz.spiffe]]\nport = 8000\nallow = [\"https://nope\"]\n";
+    let err = docmesh_proxy::config::Config::from_parts(
+        Some(text),
+        std::path::Path::new("test.toml"),
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("authz") && err.contains("does not start with spiffe://"),
+        "{err}"
+    );
+}
