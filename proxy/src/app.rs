@@ -97,6 +97,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot load the SVID ([identity])")?;
     identity.register_metrics(&metrics);
+    let obs = crate::observe::Observability::new(&config.observability, &metrics);
+    let _svid_watch = {
+        let obs = obs.clone();
+        identity.on_change(move |svid| {
+            obs.set_local_id(&svid.spiffe_id);
+            obs.metrics.svid_loaded(
+                &svid.spiffe_id,
+                crate::observe::unix_seconds(svid.not_after),
+            );
+        })
+    };
     let _admin = AdminServer::bind(
         config.admin.listen,
         AdminState {
@@ -127,6 +138,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _key_reloader = authz.spawn_key_reloader();
     inbound.set_authorizer(authz);
+    outbound.set_observability(obs.clone());
+    inbound.set_observability(obs);
     outbound.start(config.outbound.resolve_interval).await;
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -26,6 +26,7 @@ use crate::http::serve::serve_connection;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::observe::{Direction, HopAddrs, Observability};
 
 /// The SPIFFE ID the calling workload proved with its client SVID; attached to every inbound
 /// HTTP request's extensions (`req.extensions().get::<PeerIdentity>()`) so that authorization
@@ -109,6 +110,7 @@ struct Shared {
     lifecycle: Lifecycle,
     plaintext_refused: Counter,
     handshake_failures: Counter,
+    obs: arc_swap::ArcSwap<Observability>,
 }
 
 /// The inbound side; cheap to clone, shared by all its listeners.
@@ -156,6 +158,7 @@ impl Inbound {
                 lifecycle,
                 plaintext_refused,
                 handshake_failures,
+                obs: arc_swap::ArcSwap::from_pointee(Observability::noop()),
             }),
         }
     }
@@ -164,6 +167,12 @@ impl Inbound {
     /// through; until then every verified peer passes (identity headers are still sanitized).
     pub fn set_authorizer(&self, authz: Arc<Authorizer>) {
         self.shared.authz.store(authz);
+    }
+
+    /// Installs trace propagation, the access log and the mesh metrics (until called, only
+    /// trace headers are handled).
+    pub fn set_observability(&self, obs: Observability) {
+        self.shared.obs.store(Arc::new(obs));
     }
 
     /// Serves the transparent listener (app port = original destination port) until the
@@ -260,10 +269,26 @@ async fn mtls(
     config: Arc<rustls::ServerConfig>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let obs = shared.obs.load_full();
+    let service = format!("app:{}", app.port());
     let tls = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            obs.metrics
+                .tls_handshake(Direction::Inbound, &service, Ok(()));
+            tls
+        }
         Ok(Err(e)) => {
             shared.handshake_failures.inc();
+            let reason = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(r) => match docmesh_certs::tls::svid_error_of(r) {
+                    Some(svid) => svid.rule(),
+                    None if matches!(r, rustls::Error::NoCertificatesPresented) => "no-client-cert",
+                    None => "handshake-error",
+                },
+                None => "connection-closed",
+            };
+            obs.metrics
+                .tls_handshake(Direction::Inbound, &service, Err(reason));
             let why = e
                 .get_ref()
                 .and_then(|i| i.downcast_ref::<rustls::Error>())
@@ -277,6 +302,8 @@ async fn mtls(
         }
         Err(_) => {
             shared.handshake_failures.inc();
+            obs.metrics
+                .tls_handshake(Direction::Inbound, &service, Err("timeout"));
             tracing::warn!(%peer, app_port = app.port(), "inbound TLS handshake timed out");
             return;
         }
@@ -303,23 +330,55 @@ async fn mtls(
             if !tcp_allowed(&shared, app.port(), Some(identity.spiffe_id())) {
                 return;
             }
-            let mut tls = tls;
-            match crate::net::connect(app, shared.connect_timeout, "the app").await {
-                Ok(mut up) => {
-                    if let Err(e) = crate::net::copy_bidirectional(&mut tls, &mut up).await {
-                        tracing::debug!(%peer, error = %e, "opaque inbound connection ended with an error");
-                    }
+            let pair = obs.inbound_pair(app.port(), Some(identity.spiffe_id()));
+            opaque(&shared, &obs, &pair, tls, peer, app).await
+        }
+    }
+}
+
+/// Relays an opaque TCP connection to the app, logged and counted per connection.
+async fn opaque<S>(
+    shared: &Shared,
+    obs: &Observability,
+    pair: &crate::observe::ServicePair,
+    mut down: S,
+    peer: SocketAddr,
+    app: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = (std::time::SystemTime::now(), std::time::Instant::now());
+    let _open = obs.metrics.connection_opened(pair, "tcp");
+    let addrs = HopAddrs {
+        peer: Some(peer),
+        upstream: Some(app),
+    };
+    match crate::net::connect(app, shared.connect_timeout, "the app").await {
+        Ok(mut up) => {
+            let bytes = match crate::net::copy_bidirectional(&mut down, &mut up).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "opaque inbound connection ended with an error");
+                    (0, 0)
                 }
-                Err(e) => log_failure(&e, peer),
-            }
+            };
+            obs.tcp_finished(pair, addrs, started, bytes, None);
+        }
+        Err(e) => {
+            log_failure(&e, peer);
+            obs.tcp_finished(pair, addrs, started, (0, 0), Some(&e));
         }
     }
 }
 
 /// A connection that did not start TLS: refused in strict mode, forwarded in permissive mode.
-async fn plaintext(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, app: SocketAddr) {
+async fn plaintext(shared: &Shared, stream: TcpStream, peer: SocketAddr, app: SocketAddr) {
+    let obs = shared.obs.load_full();
     if shared.mode == InboundMode::Strict {
         shared.plaintext_refused.inc();
+        let service = format!("app:{}", app.port());
+        obs.metrics
+            .tls_handshake(Direction::Inbound, &service, Err("plaintext-client"));
         tracing::warn!(
             %peer,
             app_port = app.port(),
@@ -331,14 +390,8 @@ async fn plaintext(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, app
     if !tcp_allowed(shared, app.port(), None) {
         return;
     }
-    match crate::net::connect(app, shared.connect_timeout, "the app").await {
-        Ok(mut up) => {
-            if let Err(e) = crate::net::copy_bidirectional(&mut stream, &mut up).await {
-                tracing::debug!(%peer, error = %e, "plaintext connection ended with an error");
-            }
-        }
-        Err(e) => log_failure(&e, peer),
-    }
+    let pair = obs.inbound_pair(app.port(), None);
+    opaque(shared, &obs, &pair, stream, peer, app).await
 }
 
 fn log_failure(e: &ProxyError, peer: SocketAddr) {
@@ -356,10 +409,21 @@ async fn http<Io>(
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let lifecycle = shared.lifecycle.clone();
+    let obs = shared.obs.load_full();
+    let pair = obs.inbound_pair(app.port(), Some(peer.spiffe_id()));
+    let _open = obs.metrics.connection_opened(&pair, "http");
+    let addrs = HopAddrs {
+        peer: Some(peer.addr()),
+        upstream: Some(app),
+    };
     let handler = move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         let shared = Arc::clone(&shared);
-        async move { to_app(&shared, app, version, req).await }
+        let (obs, pair) = (Arc::clone(&obs), pair.clone());
+        async move {
+            obs.http(&pair, addrs, req, |req| to_app(&shared, app, version, req))
+                .await
+        }
     };
     serve_connection(io, version, handler, &lifecycle).await;
 }

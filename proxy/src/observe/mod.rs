@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod b3;
+pub mod hop;
 pub mod ids;
 pub mod metrics;
 pub mod trace;
@@ -17,6 +18,7 @@ pub mod trace;
 mod trace_tests;
 
 pub use access_log::{AccessLogEntry, AccessLogger};
+pub use hop::{Attempts, HopAddrs};
 pub use ids::{SpanId, TraceId};
 pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
 pub use trace::{propagate, TraceContext, TraceOrigin, TraceParent};
@@ -32,6 +34,8 @@ pub struct Observability {
     pub log: AccessLogger,
     /// The metric families.
     pub metrics: MeshMetrics,
+    /// Our own SPIFFE ID (the source of outbound pairs, the destination of inbound ones).
+    local_id: std::sync::Arc<arc_swap::ArcSwapOption<String>>,
 }
 
 impl Observability {
@@ -56,7 +60,32 @@ impl Observability {
             tracing: cfg.tracing.clone(),
             log,
             metrics,
+            local_id: Default::default(),
         }
+    }
+
+    /// Trace propagation only: metrics go to a private registry nobody scrapes and the access
+    /// log is off. The data path's default until `run` installs the real one.
+    pub fn noop() -> Self {
+        let cfg = ObservabilityConfig::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        Observability {
+            tracing: cfg.tracing,
+            log: AccessLogger::disabled(),
+            metrics: MeshMetrics::new(&mut registry, &cfg.metrics),
+            local_id: Default::default(),
+        }
+    }
+
+    /// Sets our own SPIFFE ID (call at startup and after every SVID rotation).
+    pub fn set_local_id(&self, id: &str) {
+        self.local_id
+            .store(Some(std::sync::Arc::new(id.to_owned())));
+    }
+
+    /// Our own SPIFFE ID, once known.
+    pub fn local_id(&self) -> Option<std::sync::Arc<String>> {
+        self.local_id.load_full()
     }
 
     /// The once-per-request trace decision; rewrites `headers` for the next hop.
@@ -72,6 +101,14 @@ impl Observability {
                 .request_finished(pair, entry.status, entry.cause, entry.duration);
         }
         self.log.log(entry);
+    }
+}
+
+/// Seconds since the Unix epoch (negative before it), for timestamp gauges.
+pub fn unix_seconds(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     }
 }
 

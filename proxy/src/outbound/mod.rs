@@ -29,6 +29,7 @@ use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
+use crate::observe::{HopAddrs, Observability};
 use crate::resilience::mesh::{mesh_send, MeshStacks, SendFn};
 use connect::{Connectors, HopTimeouts, Inner, MeshClient};
 use detect::{DetectEnd, Detected};
@@ -68,6 +69,7 @@ struct Shared {
     lifecycle: Lifecycle,
     detect_timeouts: Counter,
     denied: Counter,
+    obs: arc_swap::ArcSwap<Observability>,
 }
 
 /// The outbound side; cheap to clone, shared by all its listeners.
@@ -137,6 +139,7 @@ impl Outbound {
                 lifecycle,
                 detect_timeouts,
                 denied,
+                obs: arc_swap::ArcSwap::from_pointee(Observability::noop()),
             }),
         })
     }
@@ -151,6 +154,12 @@ impl Outbound {
             s.send.clone(),
         );
         s.stacks.store(Arc::new(stacks));
+    }
+
+    /// Installs trace propagation, the access log and the mesh metrics (until called, only
+    /// trace headers are handled).
+    pub fn set_observability(&self, obs: Observability) {
+        self.shared.obs.store(Arc::new(obs));
     }
 
     /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
@@ -282,25 +291,39 @@ async fn opaque(
     dst: Option<SocketAddr>,
     prefix: bytes::Bytes,
 ) {
+    let obs = shared.obs.load_full();
+    let pair = obs.outbound_pair(&svc.name, &svc.spiffe_id);
+    let _open = obs.metrics.connection_opened(&pair, "tcp");
+    let started = (std::time::SystemTime::now(), std::time::Instant::now());
+    let mut addrs = HopAddrs {
+        peer: stream.peer_addr().ok(),
+        upstream: None,
+    };
+    let mut bytes = (0, 0);
     let result: Result<(), ProxyError> = async {
         let addr = match dst {
             Some(d) => d,
             None => svc.pick()?,
         };
+        addrs.upstream = Some(addr);
         let mut up = shared.mesh.connect(svc, addr, Inner::Tcp, shared.timeouts).await?;
         let copied = async {
             up.write_all(&prefix).await?;
             crate::net::copy_bidirectional(&mut stream, &mut up).await
         };
-        if let Err(e) = copied.await {
-            tracing::debug!(service = %svc.name, error = %e, "opaque connection ended with an error");
+        match copied.await {
+            Ok(n) => bytes = n,
+            Err(e) => {
+                tracing::debug!(service = %svc.name, error = %e, "opaque connection ended with an error")
+            }
         }
         Ok(())
     }
     .await;
-    if let Err(e) = result {
+    if let Err(e) = &result {
         tracing::warn!(cause = e.cause.as_str(), hop = "outbound", service = %svc.name, detail = %e.detail, "opaque connection failed");
     }
+    obs.tcp_finished(&pair, addrs, started, bytes, result.as_ref().err());
 }
 
 async fn http(
@@ -311,12 +334,25 @@ async fn http(
     prefix: bytes::Bytes,
     version: HttpVersion,
 ) {
+    let addrs = HopAddrs {
+        peer: stream.peer_addr().ok(),
+        upstream: dst,
+    };
     let io = Prefixed::new(prefix, stream);
     let lifecycle = shared.lifecycle.clone();
+    let obs = shared.obs.load_full();
+    let pair = obs.outbound_pair(&svc.name, &svc.spiffe_id);
+    let _open = obs.metrics.connection_opened(&pair, "http");
     let handler = move |req| {
         let shared = Arc::clone(&shared);
         let svc = Arc::clone(&svc);
-        async move { proxy_request(&shared, &svc, dst, version, req).await }
+        let (obs, pair) = (Arc::clone(&obs), pair.clone());
+        async move {
+            obs.http(&pair, addrs, req, |req| {
+                proxy_request(&shared, &svc, dst, version, req)
+            })
+            .await
+        }
     };
     serve_connection(io, version, handler, &lifecycle).await;
 }

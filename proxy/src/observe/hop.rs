@@ -1,0 +1,191 @@
+//! The data path's entry points: one wrapper per HTTP request and one call per opaque TCP
+//! connection, so that the inbound and outbound code each make a single call.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full};
+
+use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext};
+use crate::errors::{Cause, ProxyError, ERROR_HEADER};
+use crate::http::ProxyBody;
+
+/// Upstream attempts made for a request; a retry layer inserts it into the response
+/// extensions so the access log can report it (1 when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+/// Addresses of one hop, for the access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HopAddrs {
+    /// The downstream peer (the app, or the calling sidecar).
+    pub peer: Option<SocketAddr>,
+    /// The upstream (the called sidecar, or the local app).
+    pub upstream: Option<SocketAddr>,
+}
+
+impl Observability {
+    /// The service pair of an outbound connection to `service`, which must present
+    /// `destination` (from configuration); the source is our own SVID's ID.
+    pub fn outbound_pair(&self, service: &str, destination: &dyn std::fmt::Display) -> ServicePair {
+        let local = self.local_id();
+        self.metrics.pair(
+            Direction::Outbound,
+            service,
+            local.as_deref().map(String::as_str),
+            Some(&destination.to_string()),
+        )
+    }
+
+    /// The service pair of an inbound connection for the app port `app_port`, from the peer's
+    /// verified SPIFFE ID (`None`: plaintext peer); the destination is our own SVID's ID.
+    pub fn inbound_pair(
+        &self,
+        app_port: u16,
+        source: Option<&dyn std::fmt::Display>,
+    ) -> ServicePair {
+        let local = self.local_id();
+        let source = source.map(|s| s.to_string());
+        self.metrics.pair(
+            Direction::Inbound,
+            &format!("app:{app_port}"),
+            source.as_deref(),
+            local.as_deref().map(String::as_str),
+        )
+    }
+
+    /// Runs one HTTP request through `next` with observability: the trace headers are
+    /// continued or started (and the [`TraceContext`] put in the request's extensions),
+    /// synthesized error bodies get the trace id, and the request is logged and counted.
+    pub async fn http<B, F, Fut>(
+        &self,
+        pair: &ServicePair,
+        addrs: HopAddrs,
+        mut req: http::Request<B>,
+        next: F,
+    ) -> http::Response<ProxyBody>
+    where
+        F: FnOnce(http::Request<B>) -> Fut,
+        Fut: Future<Output = http::Response<ProxyBody>>,
+    {
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let ctx = self.trace(req.headers_mut());
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let bytes_received = content_length(req.headers());
+        req.extensions_mut().insert(ctx.clone());
+        let resp = next(req).await;
+        let (resp, cause, detail) = stamp_trace_id(resp, &ctx).await;
+
+        let mut e = AccessLogEntry::http(started, direction(pair), &ctx, &method, &path);
+        e.status = Some(resp.status().as_u16());
+        e.cause = cause;
+        e.detail = detail;
+        e.duration = t0.elapsed();
+        e.bytes_received = bytes_received;
+        e.bytes_sent = content_length(resp.headers());
+        e.attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
+        fill_pair(&mut e, pair, addrs);
+        self.finish(pair, e);
+        resp
+    }
+
+    /// Records a finished opaque TCP connection: `bytes` is (received from the downstream,
+    /// sent to it), `error` the failure that ended it early.
+    pub fn tcp_finished(
+        &self,
+        pair: &ServicePair,
+        addrs: HopAddrs,
+        started: (SystemTime, Instant),
+        bytes: (u64, u64),
+        error: Option<&ProxyError>,
+    ) {
+        let mut e = AccessLogEntry::tcp(started.0, direction(pair));
+        e.duration = started.1.elapsed();
+        e.bytes_received = bytes.0;
+        e.bytes_sent = bytes.1;
+        e.cause = error.map(|x| x.cause);
+        e.detail = error.map(|x| x.detail.clone());
+        fill_pair(&mut e, pair, addrs);
+        self.finish(pair, e);
+    }
+}
+
+fn direction(pair: &ServicePair) -> Direction {
+    if pair.direction == Direction::Inbound.as_str() {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    }
+}
+
+fn fill_pair(e: &mut AccessLogEntry, pair: &ServicePair, addrs: HopAddrs) {
+    let known =
+        |s: &std::sync::Arc<String>| (s.as_str() != super::metrics::UNKNOWN).then(|| s.clone());
+    e.source = known(&pair.source);
+    e.destination = known(&pair.destination);
+    e.service = Some(pair.service.as_str().to_owned());
+    e.peer_addr = addrs.peer;
+    e.upstream_addr = addrs.upstream;
+}
+
+fn content_length(h: &http::HeaderMap) -> u64 {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The cause of a response a docmesh proxy synthesized (this one, or the peer's), and for a
+/// response synthesized here the same body with `trace_id` filled in and its detail.
+async fn stamp_trace_id(
+    resp: http::Response<ProxyBody>,
+    ctx: &TraceContext,
+) -> (http::Response<ProxyBody>, Option<Cause>, Option<String>) {
+    let cause = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Cause::ALL.into_iter().find(|c| c.as_str() == v));
+    let Some(cause) = cause else {
+        return (resp, None, None);
+    };
+    let (mut parts, body) = resp.into_parts();
+    let full = match body {
+        Either::Right(full) => full,
+        relayed => {
+            return (
+                http::Response::from_parts(parts, relayed),
+                Some(cause),
+                None,
+            )
+        }
+    };
+    let bytes = full
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut detail = None;
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) if v.is_object() => {
+            detail = v.get("detail").and_then(|d| d.as_str()).map(str::to_owned);
+            v["trace_id"] = serde_json::Value::String(ctx.trace_id.to_string());
+            let mut json = serde_json::to_vec(&v).unwrap_or_default();
+            json.push(b'\n');
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, json.len().into());
+            Bytes::from(json)
+        }
+        _ => bytes,
+    };
+    (
+        http::Response::from_parts(parts, Either::Right(Full::new(body))),
+        Some(cause),
+        detail,
+    )
+}

@@ -1,0 +1,424 @@
+//! Observability through a real sidecar pair (two `docmesh-proxy run` processes, mTLS between
+//! them): the trace id reaches the app and both proxies' access logs with a fresh span per
+//! hop, with and without an incoming `traceparent`; error bodies carry it; and both admin
+//! `/metrics` endpoints, read with a Prometheus text-format parser, count a known traffic mix
+//! by service pair, status class and cause.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_parse::{Sample, Scrape, Value};
+use serde_json::Value as Json;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const BROKEN_ID: &str = "spiffe://example.org/ns/oo/sa/broken";
+
+/// An app that answers with the trace headers it received, and `/status/N` with status N.
+async fn start_trace_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        let body = serde_json::json!({
+                            "traceparent": h("traceparent"),
+                            "tracestate": h("tracestate"),
+                            "x-request-id": h("x-request-id"),
+                        });
+                        let status = req
+                            .uri()
+                            .path()
+                            .strip_prefix("/status/")
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(200u16);
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(bytes::Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Proxy {
+    child: Child,
+    listening: HashMap<String, String>,
+    admin: String,
+    access: mpsc::UnboundedReceiver<Json>,
+}
+
+impl Proxy {
+    /// Next access log line matching `pred` (lines before it are dropped).
+    async fn access_line(&mut self, pred: impl Fn(&Json) -> bool) -> Json {
+        bounded(async {
+            loop {
+                let v = self.access.recv().await.expect("proxy stdout closed");
+                if pred(&v) {
+                    return v;
+                }
+            }
+        })
+        .await
+    }
+}
+
+async fn start_proxy(dir: &Path, name: &str, config: &str, want: &[&str]) -> Proxy {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_docmesh-proxy"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("DOCMESH_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut listening = HashMap::new();
+    let mut admin = None;
+    bounded(async {
+        while admin.is_none() || want.iter().any(|w| !listening.contains_key(*w)) {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("proxy exited during startup");
+            let Ok(v) = serde_json::from_str::<Json>(&line) else {
+                continue;
+            };
+            if v["message"] == "listening" {
+                listening.insert(
+                    v["listener"].as_str().unwrap().to_owned(),
+                    v["addr"].as_str().unwrap().to_owned(),
+                );
+            }
+            if v["message"] == "admin server listening" {
+                admin = Some(v["local_addr"].as_str().unwrap().to_owned());
+            }
+        }
+    })
+    .await;
+    let (tx, access) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Json>(&line) {
+                if v["log"] == "access" {
+                    let _ = tx.send(v);
+                }
+            }
+        }
+    });
+    Proxy {
+        child,
+        listening,
+        admin: admin.unwrap(),
+        access,
+    }
+}
+
+fn identity_toml(dir: &Path, name: &str, svid: &IssuedSvid, ca: &CertificateAuthority) -> String {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&cert, &svid.cert_chain_pem).unwrap();
+    std::fs::write(&key, &svid.key_pem).unwrap();
+    std::fs::write(&bundle, ca.root_cert_pem()).unwrap();
+    format!(
+        "[identity]\nsource = \"files\"\ncert = {cert:?}\nkey = {key:?}\nbundle = {bundle:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+async fn send(
+    outbound: SocketAddr,
+    path: &str,
+    traceparent: Option<&str>,
+) -> (u16, Option<String>, Json) {
+    let mut c = h1_client(outbound).await;
+    let mut req = get(path, "documentserver");
+    if let Some(tp) = traceparent {
+        req.headers_mut().insert("traceparent", tp.parse().unwrap());
+    }
+    let resp = bounded(c.send_request(req)).await.unwrap();
+    let status = resp.status().as_u16();
+    let cause = resp
+        .headers()
+        .get("docmesh-error")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = bounded(resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        cause,
+        serde_json::from_slice(&body).unwrap_or(Json::Null),
+    )
+}
+
+/// `traceparent` fields: (trace id, parent id).
+fn tp_fields(tp: &str) -> (String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+async fn scrape(admin: &str) -> Vec<Sample> {
+    let addr: SocketAddr = admin.parse().unwrap();
+    let mut c = h1_client(addr).await;
+    let resp = bounded(c.send_request(get("/metrics", "admin")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = text(resp).await;
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap()
+        .samples
+}
+
+fn count(samples: &[Sample], labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.metric == "docmesh_requests_total")
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{labels:?} matches several series: {found:?}"
+    );
+    found.first().map_or(0.0, |s| match s.value {
+        Value::Counter(v) | Value::Untyped(v) => v,
+        ref other => panic!("{other:?}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_ca("example.org");
+    let app = start_trace_app().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+
+    let server_cfg = format!(
+        "{}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[outbound]\ntransparent = false\n",
+        identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
+        app.port()
+    );
+    let mut server = start_proxy(
+        dir.path(),
+        "server",
+        &server_cfg,
+        &["inbound.ports[0].listen"],
+    )
+    .await;
+    let inbound = server.listening["inbound.ports[0].listen"].clone();
+
+    let client_cfg = format!(
+        "{}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n\
+         [[outbound.services]]\nname = \"documentserver\"\naddresses = [\"{inbound}\"]\nspiffe_id = \"{SERVER_ID}\"\n\
+         [[outbound.services]]\nname = \"broken\"\naddresses = [\"{closed}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
+         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n\
+         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"broken\"\n\
+         [resilience.services.broken.retry]\nmax_attempts = 1\n",
+        identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
+    );
+    let mut client = start_proxy(
+        dir.path(),
+        "client",
+        &client_cfg,
+        &[
+            "outbound.listeners[0].listen",
+            "outbound.listeners[1].listen",
+        ],
+    )
+    .await;
+    let to_docs: SocketAddr = client.listening["outbound.listeners[0].listen"]
+        .parse()
+        .unwrap();
+    let to_broken: SocketAddr = client.listening["outbound.listeners[1].listen"]
+        .parse()
+        .unwrap();
+
+    // 1. No incoming traceparent: the client proxy starts the trace.
+    let (status, _, seen) = send(to_docs, "/started", None).await;
+    assert_eq!(status, 200);
+    let (trace, app_parent) = tp_fields(seen["traceparent"].as_str().unwrap());
+    let out = client.access_line(|v| v["path"] == "/started").await;
+    let inb = server.access_line(|v| v["path"] == "/started").await;
+    assert_eq!(out["trace_id"], trace.as_str());
+    assert_eq!(inb["trace_id"], trace.as_str());
+    assert_eq!(
+        out["parent_span_id"],
+        Json::Null,
+        "the client proxy started the trace"
+    );
+    assert_eq!(
+        inb["parent_span_id"], out["span_id"],
+        "inbound's parent is outbound's span"
+    );
+    assert_eq!(
+        inb["span_id"],
+        app_parent.as_str(),
+        "the app's parent is the inbound's span"
+    );
+    assert_ne!(out["span_id"], inb["span_id"]);
+    assert_eq!(out["request_id"], inb["request_id"]);
+    assert_eq!(seen["x-request-id"], out["request_id"]);
+    assert_eq!(
+        (out["direction"].as_str(), inb["direction"].as_str()),
+        (Some("outbound"), Some("inbound"))
+    );
+    assert_eq!(out["source"], CLIENT_ID);
+    assert_eq!(out["destination"], SERVER_ID);
+    assert_eq!(inb["source"], CLIENT_ID, "authenticated peer");
+    assert_eq!(inb["destination"], SERVER_ID);
+    assert_eq!(out["service"], "documentserver");
+    assert_eq!(inb["status"], 200);
+
+    // 2. An incoming traceparent is continued (and its sampled flag kept).
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let tp = format!("00-{caller_trace}-{caller_span}-00");
+    let (status, _, seen) = send(to_docs, "/continued", Some(&tp)).await;
+    assert_eq!(status, 200);
+    let app_tp = seen["traceparent"].as_str().unwrap();
+    assert!(
+        app_tp.ends_with("-00"),
+        "not sampled stays not sampled: {app_tp}"
+    );
+    let (trace, app_parent) = tp_fields(app_tp);
+    assert_eq!(trace, caller_trace);
+    let out = client.access_line(|v| v["path"] == "/continued").await;
+    let inb = server.access_line(|v| v["path"] == "/continued").await;
+    assert_eq!(out["trace_id"], caller_trace);
+    assert_eq!(inb["trace_id"], caller_trace);
+    assert_eq!(out["parent_span_id"], caller_span);
+    assert_eq!(inb["parent_span_id"], out["span_id"]);
+    assert_eq!(inb["span_id"], app_parent.as_str());
+    let spans = [
+        caller_span,
+        out["span_id"].as_str().unwrap(),
+        inb["span_id"].as_str().unwrap(),
+    ];
+    assert!(
+        spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2],
+        "{spans:?}"
+    );
+
+    // 3. The rest of a known traffic mix: one more 200, two app 500s, one app 404, and two
+    //    requests to a service whose address is closed.
+    assert_eq!(send(to_docs, "/ok", None).await.0, 200);
+    assert_eq!(send(to_docs, "/status/500", None).await.0, 500);
+    assert_eq!(send(to_docs, "/status/500", None).await.0, 500);
+    assert_eq!(send(to_docs, "/status/404", None).await.0, 404);
+    let tp = format!("00-{caller_trace}-{caller_span}-01");
+    for _ in 0..2 {
+        let (status, cause, body) = send(to_broken, "/x", Some(&tp)).await;
+        assert_eq!((status, cause.as_deref()), (502, Some("connect-refused")));
+        assert_eq!(
+            body["trace_id"], caller_trace,
+            "the error body names the trace: {body}"
+        );
+    }
+    let failed = client.access_line(|v| v["service"] == "broken").await;
+    assert_eq!(failed["cause"], "connect-refused");
+    assert_eq!(failed["trace_id"], caller_trace);
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&closed.to_string()),
+        "{failed}"
+    );
+
+    // Metrics of both proxies, by pair, status class and cause.
+    let c = scrape(&client.admin).await;
+    let docs = [
+        ("direction", "outbound"),
+        ("service", "documentserver"),
+        ("source", CLIENT_ID),
+        ("destination", SERVER_ID),
+    ];
+    let with = |base: &[(&'static str, &'static str)], class, cause| {
+        let mut v = base.to_vec();
+        v.push(("status_class", class));
+        v.push(("cause", cause));
+        v
+    };
+    assert_eq!(count(&c, &with(&docs, "2xx", "none")), 3.0);
+    assert_eq!(count(&c, &with(&docs, "5xx", "none")), 2.0);
+    assert_eq!(count(&c, &with(&docs, "4xx", "none")), 1.0);
+    let broken = [
+        ("direction", "outbound"),
+        ("service", "broken"),
+        ("source", CLIENT_ID),
+        ("destination", BROKEN_ID),
+    ];
+    assert_eq!(count(&c, &with(&broken, "5xx", "connect-refused")), 2.0);
+
+    let s = scrape(&server.admin).await;
+    let app_service = format!("app:{}", app.port());
+    let app_service: &'static str = Box::leak(app_service.into_boxed_str());
+    let inb = [
+        ("direction", "inbound"),
+        ("service", app_service),
+        ("source", CLIENT_ID),
+        ("destination", SERVER_ID),
+    ];
+    assert_eq!(count(&s, &with(&inb, "2xx", "none")), 3.0);
+    assert_eq!(count(&s, &with(&inb, "5xx", "none")), 2.0);
+    assert_eq!(count(&s, &with(&inb, "4xx", "none")), 1.0);
+    let tls_ok = s
+        .iter()
+        .find(|x| {
+            x.metric == "docmesh_tls_handshakes_total"
+                && x.labels.get("direction") == Some("inbound")
+                && x.labels.get("result") == Some("ok")
+        })
+        .expect("inbound handshakes are counted");
+    assert!(matches!(tls_ok.value, Value::Counter(v) | Value::Untyped(v) if v >= 1.0));
+    let expiry = s
+        .iter()
+        .find(|x| x.metric == "docmesh_svid_expiry_timestamp_seconds")
+        .expect("SVID expiry is exported");
+    assert_eq!(expiry.labels.get("spiffe_id"), Some(SERVER_ID));
+
+    for p in [&mut client, &mut server] {
+        let pid = nix::unistd::Pid::from_raw(p.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = bounded(p.child.wait()).await.unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
