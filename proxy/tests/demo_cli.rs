@@ -40,6 +40,15 @@ async fn demo_runs_the_mesh_and_explains_it() {
             .any(|l| l.contains("documentserver") && l.contains(docserver) && l.contains("serial")),
         "{stdout}"
     );
+    // Each app learned its caller's verified SPIFFE ID from its sidecar.
+    assert!(
+        stdout.contains(&format!("the document server saw caller: {integrator}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("the integrator saw caller: {docserver}")),
+        "{stdout}"
+    );
     // The command and the callback went through.
     assert!(
         stdout.contains("answer: 200 {\"error\":0,\"key\":\"demo-doc-1\"}"),

@@ -381,6 +381,9 @@ pub async fn run(out: &mut dyn Out) -> anyhow::Result<()> {
         seen.request, seen.body
     ));
     out.line(&format!("    the integrator saw caller: {}", caller(&seen)));
+    if seen.caller.as_deref() != Some(DOCSERVER_ID) {
+        bail!("the integrator should have seen {DOCSERVER_ID} as its caller");
+    }
     match answer {
         Ok((200, body)) => out.line(&format!("    answer: 200 {body}")),
         Ok((s, body)) => bail!("the callback through the mesh answered {s}: {body}"),
