@@ -22,7 +22,8 @@ fn breaker_policy(name: &str) -> docmesh_proxy::resilience::policy::ServicePolic
 async fn open_circuit_fails_fast_without_connecting_and_probe_closes_it() {
     let up = Upstream::spawn(Kind::Flap).await;
     up.counters.set_down(true);
-    let s = stack(breaker_policy("documentserver"), &[up.addr]);
+    let rec = std::sync::Arc::new(Recorder::default());
+    let s = stack_observed(breaker_policy("documentserver"), &[up.addr], rec.clone());
     for _ in 0..3 {
         let e = get(&s, "/").await.unwrap_err();
         assert_eq!(e.cause, Cause::UpstreamReset, "{e}");
@@ -74,6 +75,16 @@ async fn open_circuit_fails_fast_without_connecting_and_probe_closes_it() {
     for _ in 0..5 {
         assert_eq!(get(&s, "/").await.unwrap().0, 200);
     }
+    let seen: Vec<_> = rec.circuits.lock().unwrap().iter().map(|c| c.1).collect();
+    assert_eq!(
+        seen,
+        [
+            CircuitState::Open,
+            CircuitState::HalfOpen,
+            CircuitState::Closed
+        ],
+        "transitions reported for metrics"
+    );
 }
 
 #[tokio::test]

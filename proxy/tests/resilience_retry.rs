@@ -119,7 +119,8 @@ async fn retry_budget_bounds_total_attempts() {
     p.budget.min_per_second = 1;
     p.budget.ttl = Duration::from_secs(10);
     with_route(&mut p, |r| r.retry.max_attempts = 3);
-    let s = stack(p, &[up.addr]);
+    let rec = Arc::new(Recorder::default());
+    let s = stack_observed(p, &[up.addr], rec.clone());
     let n = 50;
     for _ in 0..n {
         assert_eq!(get(&s, "/").await.unwrap().0, 503);
@@ -132,6 +133,15 @@ async fn retry_budget_bounds_total_attempts() {
         "{attempts} attempts exceed the budget bound {bound}"
     );
     assert!(attempts > n + 10, "retries did happen: {attempts}");
+    assert_eq!(
+        rec.retries.load(Ordering::SeqCst),
+        attempts - n,
+        "every retry reported"
+    );
+    assert!(
+        rec.budget_exhausted.load(Ordering::SeqCst) > 0,
+        "refusals reported"
+    );
 }
 
 /// An HTTP/2 upstream that refuses the first `refuse` streams with REFUSED_STREAM.

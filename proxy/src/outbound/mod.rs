@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::net::Prefixed;
 use crate::observe::{HopAddrs, Observability};
 use crate::resilience::mesh::{mesh_send, MeshStacks, SendFn};
+use crate::resilience::observer::{NoopObserver, Observer};
 use connect::{Connectors, HopTimeouts, Inner, MeshClient};
 use detect::{DetectEnd, Detected};
 use services::{Service, Services};
@@ -121,6 +122,7 @@ impl Outbound {
             &services,
             |name| resilience.service_policy_for(name, cfg),
             send.clone(),
+            Arc::new(NoopObserver),
         );
         Ok(Outbound {
             shared: Arc::new(Shared {
@@ -147,11 +149,18 @@ impl Outbound {
     /// Applies `[resilience]` (timeouts, retries, breakers, limits, balancing, health checks)
     /// to the HTTP traffic of every service; until called, the defaults apply.
     pub fn set_resilience(&self, cfg: &ResilienceConfig) {
+        self.set_resilience_observed(cfg, Arc::new(NoopObserver));
+    }
+
+    /// Like [`Outbound::set_resilience`], reporting retries, exhausted retry budgets and
+    /// circuit transitions to `observer` (metrics).
+    pub fn set_resilience_observed(&self, cfg: &ResilienceConfig, observer: Arc<dyn Observer>) {
         let s = &self.shared;
         let stacks = MeshStacks::new(
             &s.services,
             |name| cfg.service_policy_for(name, &s.hop_defaults),
             s.send.clone(),
+            observer,
         );
         s.stacks.store(Arc::new(stacks));
     }

@@ -22,6 +22,7 @@ use super::classify::AttemptError;
 use super::endpoint::{BoxFuture, Endpoint, NewService};
 use super::guard::Guarded;
 use super::health::{check_once, HealthState};
+use super::observer::Observer;
 use super::policy::{BalanceStrategy, ServicePolicy};
 use super::retry::Tried;
 use super::timeout::AttemptTimeout;
@@ -120,6 +121,7 @@ impl<E> Slot<E> {
 
 struct Shared<N: NewService<Endpoint>> {
     policy: ServicePolicy,
+    observer: Arc<dyn Observer>,
     new: N,
     slots: ArcSwap<Vec<Arc<Slot<N::Service>>>>,
 }
@@ -149,11 +151,18 @@ where
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<super::body::BoxError>,
 {
-    /// A balancer over `addrs`, building endpoint services with `new`.
-    pub fn new(policy: ServicePolicy, new: N, addrs: &[SocketAddr]) -> Self {
+    /// A balancer over `addrs`, building endpoint services with `new`; circuit transitions
+    /// are reported to `observer`.
+    pub fn new(
+        policy: ServicePolicy,
+        new: N,
+        addrs: &[SocketAddr],
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         let b = Balancer {
             shared: Arc::new(Shared {
                 policy,
+                observer,
                 new,
                 slots: ArcSwap::from_pointee(Vec::new()),
             }),
@@ -184,7 +193,11 @@ where
             };
             let raw = s.new.new_service(endpoint.clone());
             let describe: Arc<str> = endpoint.describe().into();
-            let breaker = Arc::new(Breaker::new(s.policy.breaker.clone()));
+            let breaker = Arc::new(Breaker::new(s.policy.breaker.clone()).observed(
+                s.observer.clone(),
+                s.policy.service.clone(),
+                *addr,
+            ));
             let slot = Arc::new(Slot {
                 svc: BreakerService::new(
                     AttemptTimeout::new(raw.clone(), describe.clone()),

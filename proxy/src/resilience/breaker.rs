@@ -14,6 +14,7 @@ use super::backoff::jittered_open;
 use super::body::ReplayBody;
 use super::classify::AttemptError;
 use super::endpoint::BoxFuture;
+use super::observer::Observer;
 use super::policy::BreakerPolicy;
 use crate::errors::Cause;
 
@@ -36,12 +37,35 @@ enum State {
 }
 
 /// The breaker of one endpoint.
-#[derive(Debug)]
 pub struct Breaker {
     policy: BreakerPolicy,
     state: Mutex<State>,
     rng: Mutex<fastrand::Rng>,
     last_failure: Mutex<Option<String>>,
+    watch: Option<Watch>,
+}
+
+struct Watch {
+    observer: Arc<dyn Observer>,
+    service: Arc<str>,
+    endpoint: std::net::SocketAddr,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("policy", &self.policy)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kind(s: &State) -> CircuitState {
+    match s {
+        State::Closed { .. } => CircuitState::Closed,
+        State::Open { .. } => CircuitState::Open,
+        State::HalfOpen { .. } => CircuitState::HalfOpen,
+    }
 }
 
 /// Why a request was not admitted.
@@ -64,6 +88,33 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             rng: Mutex::new(rng),
             last_failure: Mutex::new(None),
+            watch: None,
+        }
+    }
+
+    /// Reports this breaker's transitions (as endpoint `endpoint` of `service`) to `observer`.
+    pub fn observed(
+        mut self,
+        observer: Arc<dyn Observer>,
+        service: Arc<str>,
+        endpoint: std::net::SocketAddr,
+    ) -> Self {
+        self.watch = Some(Watch {
+            observer,
+            service,
+            endpoint,
+        });
+        self
+    }
+
+    /// Moves to `next`, reporting a change of kind.
+    fn set(&self, s: &mut State, next: State) {
+        let (from, to) = (kind(s), kind(&next));
+        *s = next;
+        if from != to {
+            if let Some(w) = &self.watch {
+                w.observer.circuit(&w.service, w.endpoint, to);
+            }
         }
     }
 
@@ -111,7 +162,7 @@ impl Breaker {
             State::Open { until, opens } => {
                 let now = Instant::now();
                 if now >= until {
-                    *s = State::HalfOpen { opens };
+                    self.set(&mut s, State::HalfOpen { opens });
                     Ok(true)
                 } else {
                     Err(Rejected {
@@ -148,17 +199,20 @@ impl Breaker {
             // Late outcomes of requests admitted before the circuit opened change nothing.
             _ => return,
         };
-        *s = next;
+        self.set(&mut s, next);
     }
 
     /// A probe that ended without an outcome (cancelled): let the next request probe.
     pub fn abandon_probe(&self) {
         let mut s = self.lock();
         if let State::HalfOpen { opens } = *s {
-            *s = State::Open {
-                until: Instant::now(),
-                opens,
-            };
+            self.set(
+                &mut s,
+                State::Open {
+                    until: Instant::now(),
+                    opens,
+                },
+            );
         }
     }
 

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::endpoint::{EndpointFn, NewFnEndpoint};
+use super::observer::Observer;
 use super::policy::ServicePolicy;
 use super::ServiceStack;
 use crate::errors::{Cause, ProxyError};
@@ -98,15 +99,26 @@ impl std::fmt::Debug for MeshStacks {
 }
 
 impl MeshStacks {
-    /// One stack per service of `services`, with the policy `policy(name)`.
-    pub fn new(services: &Services, policy: impl Fn(&str) -> ServicePolicy, send: SendFn) -> Self {
+    /// One stack per service of `services`, with the policy `policy(name)`; retries, budget
+    /// refusals and circuit transitions are reported to `observer`.
+    pub fn new(
+        services: &Services,
+        policy: impl Fn(&str) -> ServicePolicy,
+        send: SendFn,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         let entries = services
             .all()
             .iter()
             .map(|svc| {
                 let eps = svc.endpoints();
                 Entry {
-                    stack: ServiceStack::new(policy(&svc.name), NewFnEndpoint(send.clone()), &eps),
+                    stack: ServiceStack::observed(
+                        policy(&svc.name),
+                        NewFnEndpoint(send.clone()),
+                        &eps,
+                        observer.clone(),
+                    ),
                     seen: Mutex::new(eps),
                 }
             })

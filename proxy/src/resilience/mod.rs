@@ -25,6 +25,7 @@ pub mod guard;
 pub mod health;
 pub mod limit;
 pub mod mesh;
+pub mod observer;
 pub mod policy;
 pub mod retry;
 pub mod timeout;
@@ -79,15 +80,24 @@ where
     /// Builds the stack of a service over its endpoint addresses; `new` makes the service that
     /// sends a request to one address (the datapath's pooled mTLS client, or a plain one).
     pub fn new(policy: ServicePolicy, new: N, addrs: &[SocketAddr]) -> Self {
+        Self::observed(policy, new, addrs, Arc::new(observer::NoopObserver))
+    }
+
+    /// Like [`ServiceStack::new`], reporting retries, exhausted budgets and circuit
+    /// transitions to `observer` (metrics).
+    pub fn observed(
+        policy: ServicePolicy,
+        new: N,
+        addrs: &[SocketAddr],
+        observer: Arc<dyn observer::Observer>,
+    ) -> Self {
         let service = policy.service.clone();
         let budget = Arc::new(budget::RetryBudget::new(&policy.budget));
         let limits = policy.limits.clone();
-        let balancer = balance::Balancer::new(policy.clone(), new, addrs);
+        let balancer = balance::Balancer::new(policy.clone(), new, addrs, observer.clone());
+        let retry = retry::Retry::new(balancer.clone(), budget, service.clone(), observer);
         let svc = limit::ConcurrencyLimit::new(
-            timeout::RequestTimeout::new(
-                retry::Retry::new(balancer.clone(), budget),
-                service.clone(),
-            ),
+            timeout::RequestTimeout::new(retry, service.clone()),
             limits,
             service,
         );

@@ -22,6 +22,7 @@ use super::body::ReplayBody;
 use super::budget::RetryBudget;
 use super::classify::AttemptError;
 use super::endpoint::BoxFuture;
+use super::observer::Observer;
 use super::policy::is_idempotent;
 use super::timeout::route_of;
 use crate::errors::Cause;
@@ -68,12 +69,25 @@ fn peer_never_reached_app<B>(rsp: &Response<B>) -> bool {
 pub struct Retry<S> {
     inner: S,
     budget: Arc<RetryBudget>,
+    service: Arc<str>,
+    observer: Arc<dyn Observer>,
 }
 
 impl<S> Retry<S> {
-    /// Retries calls to `inner` within `budget` (shared by every route of the service).
-    pub fn new(inner: S, budget: Arc<RetryBudget>) -> Self {
-        Retry { inner, budget }
+    /// Retries calls to `inner` (the balancer of `service`) within `budget` (shared by every
+    /// route of the service), reporting retries and refusals by the budget to `observer`.
+    pub fn new(
+        inner: S,
+        budget: Arc<RetryBudget>,
+        service: Arc<str>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Retry {
+            inner,
+            budget,
+            service,
+            observer,
+        }
     }
 }
 
@@ -114,6 +128,7 @@ where
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
         let policy = route_of(&req).retry.clone();
         let budget = self.budget.clone();
+        let (service, observer) = (self.service.clone(), self.observer.clone());
         let mut inner = self.inner.clone();
         budget.deposit();
         Box::pin(async move {
@@ -152,12 +167,14 @@ where
                 } else if next.is_none() {
                     Some("the request body is larger than the replay buffer")
                 } else if !budget.withdraw() {
+                    observer.budget_exhausted(&service);
                     Some("the retry budget is exhausted")
                 } else {
                     None
                 });
                 let Some(why) = why_not else {
                     drop(res);
+                    observer.retry(&service);
                     body = next;
                     let wait =
                         full_jitter(policy.backoff_base, policy.backoff_max, attempt, &mut rng);

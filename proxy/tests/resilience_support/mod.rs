@@ -28,6 +28,42 @@ pub fn stack(policy: ServicePolicy, addrs: &[SocketAddr]) -> Stack {
     ServiceStack::new(policy, NewHyperEndpoint::new(client), addrs)
 }
 
+/// Builds a stack that reports to `observer`.
+pub fn stack_observed(
+    policy: ServicePolicy,
+    addrs: &[SocketAddr],
+    observer: Arc<Recorder>,
+) -> Stack {
+    let client = plain_client(&policy.default_route.timeouts);
+    ServiceStack::observed(policy, NewHyperEndpoint::new(client), addrs, observer)
+}
+
+/// An observer that records every event.
+#[derive(Default)]
+pub struct Recorder {
+    pub retries: AtomicUsize,
+    pub budget_exhausted: AtomicUsize,
+    pub circuits:
+        std::sync::Mutex<Vec<(SocketAddr, docmesh_proxy::resilience::breaker::CircuitState)>>,
+}
+
+impl docmesh_proxy::resilience::observer::Observer for Recorder {
+    fn retry(&self, _: &str) {
+        self.retries.fetch_add(1, Ordering::SeqCst);
+    }
+    fn budget_exhausted(&self, _: &str) {
+        self.budget_exhausted.fetch_add(1, Ordering::SeqCst);
+    }
+    fn circuit(
+        &self,
+        _: &str,
+        ep: SocketAddr,
+        to: docmesh_proxy::resilience::breaker::CircuitState,
+    ) {
+        self.circuits.lock().unwrap().push((ep, to));
+    }
+}
+
 /// A policy with fast backoffs and no jitter surprises, for tests.
 pub fn policy(name: &str) -> ServicePolicy {
     let mut p = ServicePolicy::new(name);
