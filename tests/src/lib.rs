@@ -1,2 +1,3 @@
 //! Shared harness for docmesh integration tests.
+pub mod bench;
 pub mod netns;

@@ -1,0 +1,113 @@
+//! Process figures from /proc, which the measured programs cannot influence: CPU time
+//! (utime+stime, summed over a process and its descendants, e.g. nginx's master and worker),
+//! resident memory now (VmRSS) and at its peak (VmHWM, resettable through clear_refs).
+
+use std::path::Path;
+
+/// Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux for decades).
+const TICKS: f64 = 100.0;
+
+fn stat_fields(path: &Path) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces; everything after the last ')' is regular.
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU seconds (user + system) used so far by `pid` alone; 0 when it is gone.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    // After ')': state is index 0, so utime (field 14) is index 11, stime index 12.
+    stat_fields(Path::new(&format!("/proc/{pid}/stat")))
+        .and_then(|f| {
+            let u: u64 = f.get(11)?.parse().ok()?;
+            let s: u64 = f.get(12)?.parse().ok()?;
+            Some((u + s) as f64 / TICKS)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by one thread of this process.
+pub fn thread_cpu_seconds(tid: i32) -> f64 {
+    stat_fields(Path::new(&format!("/proc/self/task/{tid}/stat")))
+        .and_then(|f| {
+            let u: u64 = f.get(11)?.parse().ok()?;
+            let s: u64 = f.get(12)?.parse().ok()?;
+            Some((u + s) as f64 / TICKS)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of this process's waited-for children (cutime + cstime), e.g. wrk runs.
+pub fn children_cpu_seconds() -> f64 {
+    stat_fields(Path::new("/proc/self/stat"))
+        .and_then(|f| {
+            let u: u64 = f.get(13)?.parse().ok()?;
+            let s: u64 = f.get(14)?.parse().ok()?;
+            Some((u + s) as f64 / TICKS)
+        })
+        .unwrap_or(0.0)
+}
+
+/// `pid` and all its descendants (via /proc/PID/task/*/children).
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                    out.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// CPU seconds of `pid` and its descendants.
+pub fn tree_cpu_seconds(pid: i32) -> f64 {
+    tree(pid).into_iter().map(cpu_seconds).sum()
+}
+
+fn status_kb(pid: i32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Sum of `key` (a kB field of /proc/PID/status) over `pid` and its descendants.
+fn tree_status_kb(pid: i32, key: &str) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| status_kb(p, key))
+        .sum()
+}
+
+/// Resident memory now, MiB, over the process tree.
+pub fn rss_mib(pid: i32) -> f64 {
+    tree_status_kb(pid, "VmRSS:") as f64 / 1024.0
+}
+
+/// Peak resident memory since start or the last [`reset_peak`], MiB, over the process tree.
+pub fn peak_rss_mib(pid: i32) -> f64 {
+    tree_status_kb(pid, "VmHWM:") as f64 / 1024.0
+}
+
+/// Resets VmHWM to the current RSS for the process tree (`echo 5 > clear_refs`; allowed for
+/// our own children without root). Returns false where the kernel refused.
+pub fn reset_peak(pid: i32) -> bool {
+    tree(pid)
+        .into_iter()
+        .all(|p| std::fs::write(format!("/proc/{p}/clear_refs"), "5").is_ok())
+}
+
+/// Number of threads over the process tree (to show each proxy runs one worker thread).
+pub fn threads(pid: i32) -> usize {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .map(|d| d.count())
+        .sum()
+}

@@ -1,0 +1,430 @@
+//! Figures of a run: per set-up results, the table (with the ratios docmesh/peer and
+//! docmesh/direct), the targets read off the figures, and the same as JSON.
+
+use serde_json::{json, Value};
+
+use super::setups::Kind;
+
+/// Figures of one proxy process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcFigures {
+    /// `outbound` or `inbound`.
+    pub role: String,
+    /// Threads (process tree) after start.
+    pub threads: usize,
+    /// RSS after start, before any load, MiB.
+    pub idle_rss_mib: f64,
+    /// Highest VmHWM over the throughput runs (reset before each), MiB.
+    pub peak_rss_throughput_mib: f64,
+    /// VmHWM at the end of the run (everything, connection churn included), MiB.
+    pub peak_rss_all_mib: f64,
+    /// CPU seconds during the throughput runs.
+    pub cpu_throughput_s: f64,
+    /// CPU seconds during the open-loop runs.
+    pub cpu_latency_s: f64,
+    /// CPU seconds during the churn runs.
+    pub cpu_churn_s: f64,
+}
+
+/// Everything measured for one set-up, over all rounds.
+#[derive(Debug, Clone)]
+pub struct SetupFigures {
+    /// Which set-up.
+    pub kind: Kind,
+    /// Requests/s of each throughput round.
+    pub rps_rounds: Vec<f64>,
+    /// Requests completed in all throughput rounds.
+    pub throughput_requests: u64,
+    /// Errors in the throughput rounds.
+    pub throughput_errors: u64,
+    /// CPU seconds wrk used in the throughput rounds.
+    pub wrk_cpu_s: f64,
+    /// Latencies (µs from intended send time) of all open-loop rounds.
+    pub latencies_us: Vec<f64>,
+    /// Requests sent in the open-loop rounds (warm-up included).
+    pub latency_requests: u64,
+    /// Failed open-loop requests.
+    pub latency_errors: u64,
+    /// Connections the open-loop generator opened.
+    pub latency_connections: u64,
+    /// New connections/s of each churn round.
+    pub churn_rounds: Vec<f64>,
+    /// Connections completed in all churn rounds.
+    pub churn_connections: u64,
+    /// Failed churn connections.
+    pub churn_errors: u64,
+    /// CPU seconds of the backend thread during the throughput rounds.
+    pub backend_cpu_s: f64,
+    /// The proxy processes (empty for direct).
+    pub procs: Vec<ProcFigures>,
+}
+
+impl SetupFigures {
+    /// Empty figures for `kind`.
+    pub fn new(kind: Kind) -> Self {
+        SetupFigures {
+            kind,
+            rps_rounds: Vec::new(),
+            throughput_requests: 0,
+            throughput_errors: 0,
+            wrk_cpu_s: 0.0,
+            latencies_us: Vec::new(),
+            latency_requests: 0,
+            latency_errors: 0,
+            latency_connections: 0,
+            churn_rounds: Vec::new(),
+            churn_connections: 0,
+            churn_errors: 0,
+            backend_cpu_s: 0.0,
+            procs: Vec::new(),
+        }
+    }
+
+    /// Median requests/s over the rounds.
+    pub fn rps(&self) -> f64 {
+        median(&self.rps_rounds)
+    }
+
+    /// Median new connections/s over the rounds.
+    pub fn churn(&self) -> f64 {
+        median(&self.churn_rounds)
+    }
+
+    /// Latency percentile `p` (0..1), µs, nearest rank.
+    pub fn percentile(&self, p: f64) -> f64 {
+        percentile(&self.latencies_us, p)
+    }
+
+    fn per_10k(cpu: f64, requests: u64) -> Option<f64> {
+        (requests > 0).then(|| cpu / requests as f64 * 1e4)
+    }
+
+    /// Proxy CPU seconds per 10 000 requests in the throughput test, both processes.
+    pub fn cpu_per_10k(&self) -> Option<f64> {
+        if self.procs.is_empty() {
+            return None;
+        }
+        let cpu: f64 = self.procs.iter().map(|p| p.cpu_throughput_s).sum();
+        Self::per_10k(cpu, self.throughput_requests)
+    }
+
+    fn proc_fig(&self, role: &str) -> Option<&ProcFigures> {
+        self.procs.iter().find(|p| p.role == role)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Nearest-rank percentile of unsorted samples (0 when there are none).
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+/// Which way a figure is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Higher is better (throughput).
+    Higher,
+    /// Lower is better (latency, CPU, memory).
+    Lower,
+}
+
+/// One line of the table: a figure per set-up (direct, docmesh, nginx, haproxy).
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Name of the figure with its unit.
+    pub metric: String,
+    /// Values in [`Kind::ALL`] order; None where it does not apply.
+    pub values: [Option<f64>; 4],
+    /// Which way is better.
+    pub better: Better,
+}
+
+impl Row {
+    fn ratio(&self, a: usize, b: usize) -> Option<f64> {
+        match (self.values[a], self.values[b]) {
+            (Some(x), Some(y)) if y != 0.0 => Some(x / y),
+            _ => None,
+        }
+    }
+    /// docmesh/nginx, docmesh/haproxy, docmesh/direct.
+    pub fn ratios(&self) -> [Option<f64>; 3] {
+        [self.ratio(1, 2), self.ratio(1, 3), self.ratio(1, 0)]
+    }
+}
+
+fn by_kind(all: &[SetupFigures], f: impl Fn(&SetupFigures) -> Option<f64>) -> [Option<f64>; 4] {
+    Kind::ALL.map(|k| all.iter().find(|s| s.kind == k).and_then(&f))
+}
+
+/// The table rows.
+pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
+    let direct_p = |p: f64| {
+        all.iter()
+            .find(|s| s.kind == Kind::Direct)
+            .map(|d| d.percentile(p))
+    };
+    let mut rows = vec![
+        Row {
+            metric: "throughput, 16 conns (req/s)".into(),
+            values: by_kind(all, |s| Some(s.rps())),
+            better: Better::Higher,
+        },
+        Row {
+            metric: "new connections/s (churn)".into(),
+            values: by_kind(all, |s| Some(s.churn())),
+            better: Better::Higher,
+        },
+    ];
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        rows.push(Row {
+            metric: format!("latency {name} @1000/s (us)"),
+            values: by_kind(all, |s| Some(s.percentile(p))),
+            better: Better::Lower,
+        });
+    }
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        rows.push(Row {
+            metric: format!("added {name} over direct (us)"),
+            values: by_kind(all, |s| {
+                (s.kind != Kind::Direct).then(|| s.percentile(p) - direct_p(p).unwrap_or(0.0))
+            }),
+            better: Better::Lower,
+        });
+    }
+    rows.push(Row {
+        metric: "proxy CPU s/10k req (pair, tput)".into(),
+        values: by_kind(all, SetupFigures::cpu_per_10k),
+        better: Better::Lower,
+    });
+    for role in ["outbound", "inbound"] {
+        rows.push(Row {
+            metric: format!("  {role} CPU s/10k req (tput)"),
+            values: by_kind(all, |s| {
+                let p = s.proc_fig(role)?;
+                SetupFigures::per_10k(p.cpu_throughput_s, s.throughput_requests)
+            }),
+            better: Better::Lower,
+        });
+    }
+    rows.push(Row {
+        metric: "proxy CPU s/10k req (pair, 1000/s)".into(),
+        values: by_kind(all, |s| {
+            if s.procs.is_empty() {
+                return None;
+            }
+            let cpu = s.procs.iter().map(|p| p.cpu_latency_s).sum();
+            SetupFigures::per_10k(cpu, s.latency_requests)
+        }),
+        better: Better::Lower,
+    });
+    for role in ["outbound", "inbound"] {
+        rows.push(Row {
+            metric: format!("{role} idle RSS (MiB)"),
+            values: by_kind(all, |s| s.proc_fig(role).map(|p| p.idle_rss_mib)),
+            better: Better::Lower,
+        });
+    }
+    for role in ["outbound", "inbound"] {
+        rows.push(Row {
+            metric: format!("{role} peak RSS, tput (MiB)"),
+            values: by_kind(all, |s| s.proc_fig(role).map(|p| p.peak_rss_throughput_mib)),
+            better: Better::Lower,
+        });
+    }
+    for role in ["outbound", "inbound"] {
+        rows.push(Row {
+            metric: format!("{role} peak RSS, all (MiB)"),
+            values: by_kind(all, |s| s.proc_fig(role).map(|p| p.peak_rss_all_mib)),
+            better: Better::Lower,
+        });
+    }
+    rows.push(Row {
+        metric: "wrk CPU s/10k req (generator)".into(),
+        values: by_kind(all, |s| {
+            SetupFigures::per_10k(s.wrk_cpu_s, s.throughput_requests)
+        }),
+        better: Better::Lower,
+    });
+    rows.push(Row {
+        metric: "backend CPU s/10k req (tput)".into(),
+        values: by_kind(all, |s| {
+            SetupFigures::per_10k(s.backend_cpu_s, s.throughput_requests)
+        }),
+        better: Better::Lower,
+    });
+    rows.push(Row {
+        metric: "errors (all tests)".into(),
+        values: by_kind(all, |s| {
+            Some((s.throughput_errors + s.latency_errors + s.churn_errors) as f64)
+        }),
+        better: Better::Lower,
+    });
+    rows
+}
+
+fn cell(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x.abs() >= 1000.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+    }
+}
+
+/// The table as text.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}\n",
+        "figure", "direct", "docmesh", "nginx", "haproxy", "dm/nginx", "dm/hapx", "dm/direct"
+    );
+    for r in rows {
+        let [a, b, c] = r.ratios();
+        let ratio = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+        out.push_str(&format!(
+            "{:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}\n",
+            r.metric,
+            cell(r.values[0]),
+            cell(r.values[1]),
+            cell(r.values[2]),
+            cell(r.values[3]),
+            ratio(a),
+            ratio(b),
+            ratio(c)
+        ));
+    }
+    out
+}
+
+fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.metric.trim_start().starts_with(prefix))
+}
+
+/// The targets, each read off the rows: (description, met, detail).
+pub fn targets(rows: &[Row]) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    let best_peer = |r: &Row| -> Option<f64> {
+        let (n, h) = (r.values[2]?, r.values[3]?);
+        Some(match r.better {
+            Better::Higher => n.max(h),
+            Better::Lower => n.min(h),
+        })
+    };
+    if let Some(r) = find(rows, "throughput") {
+        if let (Some(d), Some(b)) = (r.values[1], best_peer(r)) {
+            out.push((
+                "throughput >= 1.3 x better peer".into(),
+                d >= 1.3 * b,
+                format!("docmesh {d:.0} req/s, better peer {b:.0} ({:.2}x)", d / b),
+            ));
+        }
+    }
+    for p in ["p50", "p99"] {
+        if let Some(r) = find(rows, &format!("added {p}")) {
+            if let (Some(d), Some(b)) = (r.values[1], best_peer(r)) {
+                out.push((
+                    format!("added {p} <= half of better peer's"),
+                    d <= b / 2.0,
+                    format!("docmesh {d:+.0} us, better peer {b:+.0} us"),
+                ));
+            }
+        }
+    }
+    for role in ["outbound", "inbound"] {
+        if let Some(v) = find(rows, &format!("{role} idle RSS")).and_then(|r| r.values[1]) {
+            out.push((
+                format!("{role} sidecar idle RSS <= 10 MiB"),
+                v <= 10.0,
+                format!("{v:.1} MiB"),
+            ));
+        }
+        if let Some(v) = find(rows, &format!("{role} peak RSS, tput")).and_then(|r| r.values[1]) {
+            out.push((
+                format!("{role} sidecar RSS under throughput <= 25 MiB"),
+                v <= 25.0,
+                format!("{v:.1} MiB"),
+            ));
+        }
+        if let Some(r) = find(rows, &format!("{role} CPU")) {
+            if let (Some(d), Some(b)) = (r.values[1], best_peer(r)) {
+                out.push((
+                    format!("{role} sidecar CPU s/10k < better peer's"),
+                    d < b,
+                    format!("docmesh {d:.3} s, better peer {b:.3} s"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Everything as JSON: settings, raw per-set-up figures, the table rows and the targets.
+pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
+    let setups: Vec<Value> = all
+        .iter()
+        .map(|s| {
+            json!({
+                "setup": s.kind.name(),
+                "throughput_rps_median": s.rps(),
+                "throughput_rps_rounds": s.rps_rounds,
+                "throughput_requests": s.throughput_requests,
+                "throughput_errors": s.throughput_errors,
+                "wrk_cpu_s": s.wrk_cpu_s,
+                "latency_us": {
+                    "p50": s.percentile(0.5), "p90": s.percentile(0.9),
+                    "p99": s.percentile(0.99), "p99.9": s.percentile(0.999),
+                    "max": s.percentile(1.0), "samples": s.latencies_us.len(),
+                },
+                "latency_requests": s.latency_requests,
+                "latency_errors": s.latency_errors,
+                "latency_connections_opened": s.latency_connections,
+                "churn_connections_per_s_median": s.churn(),
+                "churn_rounds": s.churn_rounds,
+                "churn_connections": s.churn_connections,
+                "churn_errors": s.churn_errors,
+                "backend_cpu_s": s.backend_cpu_s,
+                "processes": s.procs.iter().map(|p| json!({
+                    "role": p.role, "threads": p.threads,
+                    "idle_rss_mib": p.idle_rss_mib,
+                    "peak_rss_throughput_mib": p.peak_rss_throughput_mib,
+                    "peak_rss_all_mib": p.peak_rss_all_mib,
+                    "cpu_throughput_s": p.cpu_throughput_s,
+                    "cpu_latency_s": p.cpu_latency_s,
+                    "cpu_churn_s": p.cpu_churn_s,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let table: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let [n, h, d] = r.ratios();
+            json!({
+                "figure": r.metric.trim(),
+                "direct": r.values[0], "docmesh": r.values[1],
+                "nginx": r.values[2], "haproxy": r.values[3],
+                "docmesh_over_nginx": n, "docmesh_over_haproxy": h, "docmesh_over_direct": d,
+            })
+        })
+        .collect();
+    let targets: Vec<Value> = targets(rows)
+        .into_iter()
+        .map(|(t, met, detail)| json!({"target": t, "met": met, "detail": detail}))
+        .collect();
+    json!({"settings": settings, "setups": setups, "table": table, "targets": targets})
+}

@@ -1,0 +1,257 @@
+//! The four set-ups: direct (no proxy), and the docmesh, nginx and HAProxy pairs, each pair
+//! as two real processes (client side and server side) on 127.0.0.1, started from the
+//! configs in [`super::configs`], stopped (SIGTERM, then SIGKILL) when dropped.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use super::configs::{self, PairPorts};
+use super::pki::Pki;
+use super::tools::Tools;
+
+/// Which set-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Load generator straight to the backend.
+    Direct,
+    /// docmesh sidecar pair.
+    Docmesh,
+    /// nginx pair.
+    Nginx,
+    /// HAProxy pair.
+    Haproxy,
+}
+
+impl Kind {
+    /// All set-ups in the order of a round.
+    pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Docmesh, Kind::Nginx, Kind::Haproxy];
+
+    /// Short name for tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Docmesh => "docmesh",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// One proxy process of a pair.
+pub struct Proc {
+    /// `outbound` (client side) or `inbound` (server side).
+    pub role: &'static str,
+    /// The process.
+    pub child: Child,
+    /// Its stdout+stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+/// A running set-up.
+pub struct Setup {
+    /// Which one.
+    pub kind: Kind,
+    /// Where the load generator sends plaintext HTTP/1.1.
+    pub entry: SocketAddr,
+    /// The server side's mTLS port (pairs only), for the connection-churn test.
+    pub mtls: Option<SocketAddr>,
+    /// Proxy processes (empty for direct), client side first.
+    pub procs: Vec<Proc>,
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (nginx and HAProxy need fixed ports).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(role: &'static str, dir: &Path, tag: &str, cmd: &mut Command) -> anyhow::Result<Proc> {
+    let log = dir.join(format!("{tag}-{role}.log"));
+    let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    Ok(Proc { role, child, log })
+}
+
+fn write(path: PathBuf, text: &str) -> anyhow::Result<PathBuf> {
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n    ")
+}
+
+impl Setup {
+    /// Starts `kind` in front of the backend at `backend` and waits until its ports accept
+    /// connections (at most 20 s), naming the process and its log on failure.
+    pub fn start(
+        kind: Kind,
+        tools: &Tools,
+        pki: &Pki,
+        dir: &Path,
+        backend: SocketAddr,
+    ) -> anyhow::Result<Setup> {
+        if kind == Kind::Direct {
+            return Ok(Setup {
+                kind,
+                entry: backend,
+                mtls: None,
+                procs: Vec::new(),
+            });
+        }
+        let ports = PairPorts {
+            outbound: free_port()?,
+            inbound: free_port()?,
+            backend: backend.port(),
+        };
+        let tag = kind.name();
+        let mut procs = Vec::new();
+        match kind {
+            Kind::Direct => {}
+            Kind::Docmesh => {
+                for (role, text) in [
+                    ("inbound", configs::docmesh_inbound(pki, ports)),
+                    ("outbound", configs::docmesh_outbound(pki, ports)),
+                ] {
+                    let cfg = write(dir.join(format!("docmesh-{role}.toml")), &text)?;
+                    let mut cmd = Command::new(&tools.docmesh);
+                    cmd.arg("run")
+                        .arg("--config")
+                        .arg(cfg)
+                        // The proxy builds tokio's default multi-thread runtime, which reads
+                        // this variable: one worker thread, like nginx and HAProxy.
+                        .env("TOKIO_WORKER_THREADS", "1");
+                    procs.push(spawn(role, dir, tag, &mut cmd)?);
+                }
+            }
+            Kind::Nginx => {
+                for (role, text) in [
+                    ("inbound", configs::nginx_inbound(dir, pki, ports)),
+                    ("outbound", configs::nginx_outbound(dir, pki, ports)),
+                ] {
+                    let cfg = write(dir.join(format!("nginx-{role}.conf")), &text)?;
+                    let mut cmd = Command::new(&tools.nginx);
+                    cmd.arg("-p")
+                        .arg(dir)
+                        .arg("-e")
+                        .arg(dir.join(format!("nginx-{role}.startup.log")))
+                        .arg("-c")
+                        .arg(cfg);
+                    procs.push(spawn(role, dir, tag, &mut cmd)?);
+                }
+            }
+            Kind::Haproxy => {
+                for (role, text) in [
+                    ("inbound", configs::haproxy_inbound(pki, ports)),
+                    ("outbound", configs::haproxy_outbound(pki, ports)),
+                ] {
+                    let cfg = write(dir.join(format!("haproxy-{role}.cfg")), &text)?;
+                    let mut cmd = Command::new(&tools.haproxy);
+                    cmd.arg("-db").arg("-f").arg(cfg);
+                    procs.push(spawn(role, dir, tag, &mut cmd)?);
+                }
+            }
+        }
+        procs.reverse(); // client side first
+        let mut s = Setup {
+            kind,
+            entry: SocketAddr::from(([127, 0, 0, 1], ports.outbound)),
+            mtls: Some(SocketAddr::from(([127, 0, 0, 1], ports.inbound))),
+            procs,
+        };
+        s.wait_ready(&[ports.outbound, ports.inbound])?;
+        Ok(s)
+    }
+
+    fn wait_ready(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in ports {
+            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+            loop {
+                for p in &mut self.procs {
+                    if let Ok(Some(st)) = p.child.try_wait() {
+                        bail!(
+                            "{} {} exited at start ({st}); its log {}:\n    {}",
+                            self.kind.name(),
+                            p.role,
+                            p.log.display(),
+                            tail(&p.log)
+                        );
+                    }
+                }
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} did not listen on {addr} within 20 s; logs in {}",
+                        self.kind.name(),
+                        self.procs
+                            .first()
+                            .map(|p| p.log.display().to_string())
+                            .unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every proxy process still runs; names the one that died and its log.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                bail!(
+                    "{} {} died ({st}); its log {}:\n    {}",
+                    self.kind.name(),
+                    p.role,
+                    p.log.display(),
+                    tail(&p.log)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        for p in &self.procs {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in &mut self.procs {
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
