@@ -318,7 +318,7 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
     let (mut parts, body) = req.into_parts();
     let (d, _) = az.authorize_http(8000, None, &mut parts, body).await;
     assert!(
-        matches!(d, docmesh_proxy::authz::Decision::Deny { cause: DenyCause::Unauthenticated, ref detail } if detail.contains("not visible ASCII")),
+        matches!(d, docmesh_proxy::authz::Decision::Deny { cause: DenyCause::Unauthenticated, ref detail, .. } if detail.contains("not visible ASCII")),
         "{d:?}"
     );
     // Denied requests never carry identity headers, even client-forged ones.
@@ -606,7 +606,7 @@ async fn a_streamed_oversized_body_is_refused_without_reading_it_all() {
     let (decision, body) = az.authorize_http(8000, None, &mut parts, body).await;
     drop(body);
     match decision {
-        docmesh_proxy::authz::Decision::Deny { cause, detail } => {
+        docmesh_proxy::authz::Decision::Deny { cause, detail, .. } => {
             assert_eq!(cause, DenyCause::PayloadTooLarge);
             assert!(detail.contains("max_body_bytes (4096 bytes)"), "{detail}");
         }

@@ -156,7 +156,7 @@ fn tcp_rules_use_only_route_free_rules() {
         Decision::Allow { client_id: Some(ref c), tenant: None } if *c == docservice
     ));
     match az.authorize_tcp(5432, Some(&converter)) {
-        Decision::Deny { cause: DenyCause::Forbidden, detail } => assert_eq!(
+        Decision::Deny { cause: DenyCause::Forbidden, detail, .. } => assert_eq!(
             detail,
             "SPIFFE ID spiffe://onlyoffice.local/ns/onlyoffice/sa/converter is not allowed for TCP port 5432 by rules [postgres clients]"
         ),
@@ -167,6 +167,7 @@ fn tcp_rules_use_only_route_free_rules() {
         Decision::Deny {
             cause: DenyCause::Forbidden,
             detail,
+            reason: "spiffe-id-not-allowed",
         } => {
             assert!(
                 detail.contains("no rule without methods or path applies to opaque TCP"),
@@ -423,6 +424,7 @@ fn tcp_to_a_jwt_port_is_refused_and_check_reports_authz_problems() {
         Decision::Deny {
             cause: DenyCause::Unauthenticated,
             detail,
+            reason: "jwt-missing",
         } => {
             assert!(
                 detail.contains("port 8000 is in authz.jwt.ports"),

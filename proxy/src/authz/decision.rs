@@ -62,6 +62,9 @@ pub enum Decision {
         cause: DenyCause,
         /// Exactly which check failed, for the operator (never contains secrets).
         detail: String,
+        /// Stable kebab-case name of the failed check, for metric labels
+        /// (see [`AuthzError::reason`]).
+        reason: &'static str,
     },
 }
 
@@ -76,6 +79,15 @@ impl Decision {
         Decision::Deny {
             cause: e.cause(),
             detail: e.to_string(),
+            reason: e.reason(),
+        }
+    }
+
+    /// Stable name for metric labels: `allow`, or the failed check's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { reason, .. } => reason,
         }
     }
 }
@@ -234,6 +246,33 @@ pub enum AuthzError {
 }
 
 impl AuthzError {
+    /// Stable kebab-case name of the failed check (metric label; never peer-controlled).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthzError::SpiffeDenied { .. } => "spiffe-id-not-allowed",
+            AuthzError::Missing { .. } => "jwt-missing",
+            AuthzError::DuplicateHeader { .. } => "jwt-duplicate-header",
+            AuthzError::BadPrefix { .. } => "jwt-bad-prefix",
+            AuthzError::TokenTooLarge { .. } => "jwt-too-large",
+            AuthzError::Malformed { .. } => "jwt-malformed",
+            AuthzError::AlgNone => "jwt-alg-none",
+            AuthzError::AlgNotAccepted { .. } => "jwt-alg-not-accepted",
+            AuthzError::UnknownTenantKey { .. } => "jwt-unknown-tenant-key",
+            AuthzError::BadSignature { .. } => "jwt-bad-signature",
+            AuthzError::Expired { .. } => "jwt-expired",
+            AuthzError::NotYetValid { .. } => "jwt-not-yet-valid",
+            AuthzError::MissingExp => "jwt-missing-exp",
+            AuthzError::WrongIssuer { .. } => "jwt-wrong-issuer",
+            AuthzError::WrongAudience { .. } => "jwt-wrong-audience",
+            AuthzError::MissingTenant { .. } => "tenant-missing",
+            AuthzError::TenantOfAnotherHost { .. } => "tenant-of-another-host",
+            AuthzError::TenantNotPermitted { .. } => "tenant-not-permitted",
+            AuthzError::UnsafePath { .. } => "unsafe-path",
+            AuthzError::BodyTooLarge { .. } => "body-too-large",
+            AuthzError::BodyUnreadable { .. } => "body-unreadable",
+        }
+    }
+
     /// The status class of this refusal.
     pub fn cause(&self) -> DenyCause {
         match self {

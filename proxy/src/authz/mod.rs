@@ -332,7 +332,11 @@ impl Authorizer {
             Decision::Allow { .. } => {
                 self.stats.allowed.fetch_add(1, Ordering::Relaxed);
             }
-            Decision::Deny { cause, detail } => {
+            Decision::Deny {
+                cause,
+                detail,
+                reason,
+            } => {
                 let counter = match cause {
                     DenyCause::Unauthenticated => &self.stats.unauthenticated,
                     DenyCause::Forbidden => &self.stats.forbidden,
@@ -340,7 +344,7 @@ impl Authorizer {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(port, method, path = %jwt::clip(path), cause = cause.as_str(),
-                    detail = %detail, "authz: denied");
+                    reason, detail = %detail, "authz: denied");
             }
         }
     }

@@ -453,7 +453,7 @@ async fn to_app(
     let (decision, body) = authz
         .authorize_http(app.port(), client, &mut parts, body)
         .await;
-    if let Decision::Deny { cause, detail } = decision {
+    if let Decision::Deny { cause, detail, .. } = decision {
         let trace_id = parts
             .headers
             .get("traceparent")

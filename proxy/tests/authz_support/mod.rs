@@ -123,7 +123,9 @@ impl Outcome {
     #[track_caller]
     pub fn denied(&self, cause: DenyCause, needle: &str) {
         match &self.decision {
-            Decision::Deny { cause: c, detail } => {
+            Decision::Deny {
+                cause: c, detail, ..
+            } => {
                 assert_eq!(*c, cause, "detail: {detail}");
                 assert!(
                     detail.contains(needle),
