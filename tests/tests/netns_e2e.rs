@@ -65,7 +65,7 @@ fn write(path: &Path, text: &str) {
 
 /// The proxy configuration of one pod: identity files, dual-stack transparent listeners, and
 /// the services it may call.
-fn proxy_config(dir: &Path, services: &str) -> String {
+fn proxy_config(dir: &Path, extra: &str) -> String {
     let d = dir.display();
     format!(
         r#"
@@ -82,19 +82,13 @@ mode = "strict"
 [outbound]
 listen = "[::]:15001"
 connect_timeout = "{CONNECT_TIMEOUT_MS}ms"
-{services}
+{extra}
 "#
     )
 }
 
 /// Starts a pod's sidecar: rules, certificates, config, the proxy process as UID 1337.
-fn start_sidecar(
-    pod: &Pod,
-    ca: &CertificateAuthority,
-    root: &Path,
-    services: &str,
-    logs: &mut Logs,
-) {
+fn start_sidecar(pod: &Pod, ca: &CertificateAuthority, root: &Path, extra: &str, logs: &mut Logs) {
     let dir = root.join(&pod.name);
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -108,7 +102,7 @@ fn start_sidecar(
     write(&dir.join("svid.key"), &svid.key_pem);
     write(&dir.join("bundle.pem"), ca.root_cert_pem());
     let config = dir.join("proxy.toml");
-    write(&config, &proxy_config(&dir, services));
+    write(&config, &proxy_config(&dir, extra));
     let log = dir.join("proxy.log");
     logs.0.push(log.clone());
 
@@ -150,7 +144,17 @@ fn curl(pod: &Pod, url: &str) -> (u16, String, Duration) {
         .exec_as(
             APP.0,
             APP.1,
-            &["curl", "-sS", "-g", "-i", "--max-time", "10", url],
+            &[
+                "curl",
+                "-sS",
+                "-g",
+                "-i",
+                "--max-time",
+                "10",
+                "-H",
+                &format!("docmesh-client-id: spiffe://{TD}/pod/forged"),
+                url,
+            ],
         )
         .unwrap_or_else(|e| panic!("curl {url}: {e}"));
     let elapsed = start.elapsed();
@@ -183,34 +187,21 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut logs = Logs(Vec::new());
 
-    let mut b_addrs = vec![b.ipv4.to_string()];
+    // One service per (family, port): the resilience layer balances a service's requests over
+    // all of its endpoints, and the IPv6 checks must really travel over IPv6.
+    let mut b_hosts = vec![("v4", b.ipv4.to_string())];
     if let Some(v6) = b.ipv6 {
-        b_addrs.push(format!("[{v6}]"));
+        b_hosts.push(("v6", format!("[{v6}]")));
     }
-    let list = |port: u16| {
-        b_addrs
-            .iter()
-            .map(|h| format!("\"{h}:{port}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let a_services = format!(
-        r#"
-[[outbound.services]]
-name = "b-http"
-addresses = [{}]
-spiffe_id = "{}"
-
-[[outbound.services]]
-name = "b-tcp"
-addresses = [{}]
-spiffe_id = "{}"
-"#,
-        list(8080),
-        id("b"),
-        list(7000),
-        id("b")
-    );
+    let mut a_services = String::new();
+    for (fam, host) in &b_hosts {
+        for (name, port) in [("http", 8080), ("tcp", 7000), ("private", 8081)] {
+            a_services.push_str(&format!(
+                "[[outbound.services]]\nname = \"b-{name}-{fam}\"\naddresses = [\"{host}:{port}\"]\nspiffe_id = \"{}\"\n\n",
+                id("b")
+            ));
+        }
+    }
     // B's apps, unmodified: HTTP echo on 8080, a server-speaks-first service on 7000.
     let mut families = vec![IpAddr::V4(b.ipv4)];
     families.extend(b.ipv6.map(IpAddr::V6));
@@ -226,13 +217,20 @@ spiffe_id = "{}"
     }
 
     start_sidecar(a, &ca, root.path(), &a_services, &mut logs);
-    start_sidecar(b, &ca, root.path(), "", &mut logs);
+    // B's authorization: port 8081 only for an identity nobody has (8080 and 7000 stay open to
+    // every authenticated peer).
+    let b_authz =
+        format!("[[authz.spiffe]]\nport = 8081\nallow = [\"spiffe://{TD}/pod/nobody\"]\n");
+    start_sidecar(b, &ca, root.path(), &b_authz, &mut logs);
 
     for &ip in &families {
         let fam = if ip.is_ipv6() { "IPv6" } else { "IPv4" };
         // HTTP: reaches B's app through both sidecars, as mTLS on the wire, with A's identity.
         let marker = format!("/e2e-plaintext-marker-{}", fam.to_lowercase());
-        let cap = topo.capture(b, "tcp port 8080").unwrap();
+        let proto = if ip.is_ipv6() { "ip6" } else { "ip" };
+        let cap = topo
+            .capture(b, &format!("{proto} and tcp port 8080"))
+            .unwrap();
         let (status, text, _) = curl(a, &url(ip, 8080, &marker));
         let wire = cap.finish().unwrap();
         assert_eq!(status, 200, "{fam}: {text}");
@@ -240,6 +238,17 @@ spiffe_id = "{}"
         assert!(
             lower.contains(&format!("get {marker} http/1.1")),
             "{fam}: {text}"
+        );
+        // B's app was called by B's sidecar over loopback, not by A directly, and learned A's
+        // verified SPIFFE ID (the forged copy the client sent was replaced).
+        assert!(lower.contains("peer: 127.0.0.1:"), "{fam}: {text}");
+        assert!(
+            lower.contains(&format!("docmesh-client-id: {}\r\n", id("a"))),
+            "{fam}: B's app did not learn A's SPIFFE ID:\n{text}"
+        );
+        assert!(
+            !lower.contains("pod/forged"),
+            "{fam}: forged identity reached the app:\n{text}"
         );
         assert!(
             capture::has_tls_handshake(&wire),
@@ -253,7 +262,9 @@ spiffe_id = "{}"
 
         // Opaque TCP, server speaks first: B's app answers, and sees B's sidecar (loopback)
         // as its peer, not A.
-        let cap = topo.capture(b, "tcp port 7000").unwrap();
+        let cap = topo
+            .capture(b, &format!("{proto} and tcp port 7000"))
+            .unwrap();
         let got = ask(a, Some(APP), SocketAddr::new(ip, 7000))
             .unwrap_or_else(|e| panic!("{fam}: opaque TCP: {e}"));
         let wire = cap.finish().unwrap();
@@ -265,6 +276,17 @@ spiffe_id = "{}"
         assert!(
             capture::has_tls_handshake(&wire),
             "{fam}: no TLS on the opaque hop"
+        );
+    }
+
+    // Authorization with real identities: B's sidecar refuses A on 8081 with 403 forbidden.
+    for &ip in &families {
+        let (status, text, _) = curl(a, &url(ip, 8081, "/private"));
+        assert_eq!(status, 403, "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("docmesh-error: forbidden"),
+            "{text}"
         );
     }
 
