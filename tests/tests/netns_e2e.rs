@@ -63,8 +63,8 @@ fn write(path: &Path, text: &str) {
     std::os::unix::fs::chown(path, Some(PROXY.0), Some(PROXY.1)).unwrap();
 }
 
-/// The proxy configuration of one pod: identity files, dual-stack transparent listeners, and
-/// the services it may call.
+/// The proxy configuration of one pod: identity files, the default transparent listeners
+/// (with their IPv6 twins), and what `extra` adds (services, authorization).
 fn proxy_config(dir: &Path, extra: &str) -> String {
     let d = dir.display();
     format!(
@@ -76,11 +76,9 @@ key = "{d}/svid.key"
 bundle = "{d}/bundle.pem"
 
 [inbound]
-listen = "[::]:15006"
 mode = "strict"
 
 [outbound]
-listen = "[::]:15001"
 connect_timeout = "{CONNECT_TIMEOUT_MS}ms"
 {extra}
 "#
