@@ -326,3 +326,68 @@ async fn an_app_that_is_down_is_reported_by_the_inbound_hop() {
     assert_eq!(v["hop"], "inbound", "{body}");
     assert!(v["detail"].as_str().unwrap().contains("the app"), "{body}");
 }
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_stops_accepting() {
+    use futures::SinkExt;
+    use http_body_util::BodyExt;
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let pair = Pair::start(app, healthy_mtls(&ca)).await;
+
+    // A request whose body the test is still sending when the drain starts.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    >(4);
+    let body = http_body_util::StreamBody::new(rx).boxed();
+    let mut c = h1_client(pair.outbound).await;
+    let req = http::Request::post("/echo")
+        .header("host", "documentserver")
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn(async move {
+        let resp = c.send_request(req).await.unwrap();
+        text(resp).await
+    });
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(
+        b"first half, ",
+    ))))
+    .await
+    .unwrap();
+    // Wait until the request is in flight on both sidecars (one tracked connection each).
+    bounded(async {
+        while pair.lifecycle.in_flight() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    pair.lifecycle.start_drain_because("test");
+    let drained = tokio::spawn({
+        let l = pair.lifecycle.clone();
+        async move { l.drain_with_grace(WAIT).await }
+    });
+    // New connections are no longer accepted.
+    bounded(async {
+        while TcpStream::connect(pair.outbound).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        !drained.is_finished(),
+        "drain must wait for the in-flight request"
+    );
+
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(
+        b"second half",
+    ))))
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(bounded(pending).await.unwrap(), "first half, second half");
+    assert_eq!(
+        bounded(drained).await.unwrap(),
+        docmesh_proxy::lifecycle::DrainOutcome::Clean
+    );
+}

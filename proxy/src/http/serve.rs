@@ -3,18 +3,51 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 
 use super::pool::HttpVersion;
 use super::ProxyBody;
 use crate::lifecycle::Lifecycle;
 
-/// Serves `io` with `handler` until the peer closes the connection; when the drain starts,
-/// idle keep-alive connections close and busy ones finish their current requests first.
+/// How long a connection that has not sent its first request yet may take to do so once the
+/// drain has started: a peer that just connected has a request on its way, and closing the
+/// connection under it would fail that request (it cannot know whether it was processed).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Set by the first request of a connection.
+#[derive(Default)]
+struct FirstRequest {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    fn mark(&self) {
+        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves once the first request arrived, or after [`FIRST_REQUEST_GRACE`].
+    async fn wait(&self) {
+        if self.seen.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(FIRST_REQUEST_GRACE, self.notify.notified()).await;
+    }
+}
+
+/// Serves `io` with `handler` until the peer closes the connection. When the drain starts,
+/// idle keep-alive connections close (HTTP/2: GOAWAY) and busy ones finish their current
+/// requests first; a connection that has not sent its first request yet gets a moment for it.
 pub async fn serve_connection<Io, H, Fut>(
     io: Io,
     version: HttpVersion,
@@ -26,7 +59,10 @@ pub async fn serve_connection<Io, H, Fut>(
     Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     let io = TokioIo::new(io);
+    let first = Arc::new(FirstRequest::default());
+    let seen = Arc::clone(&first);
     let svc = service_fn(move |req| {
+        seen.mark();
         let fut = handler(req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
@@ -42,8 +78,13 @@ pub async fn serve_connection<Io, H, Fut>(
             tokio::select! {
                 r = conn.as_mut() => r,
                 _ = &mut drain => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = first.wait() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
             }
         }
@@ -55,8 +96,13 @@ pub async fn serve_connection<Io, H, Fut>(
             tokio::select! {
                 r = conn.as_mut() => r,
                 _ = &mut drain => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = first.wait() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
             }
         }
