@@ -133,7 +133,8 @@ async fn untrusted_chain() {
     let r = diagnose(&target(port, CONVERTER), Some(&c), &Timeouts::default()).await;
     assert_eq!(cause(&r), "tls-untrusted-peer", "{}", r.to_text());
     assert_eq!(step(&r, "tls"), StepStatus::Failed);
-    assert!(r.finding.unwrap().summary.contains("chain-to-bundle"));
+    let summary = r.finding.unwrap().summary;
+    assert!(summary.contains("trust bundle"), "{summary}");
 }
 
 #[tokio::test]

@@ -206,9 +206,14 @@ async fn scrape(admin: &str) -> Vec<Sample> {
 }
 
 fn count(samples: &[Sample], labels: &[(&str, &str)]) -> f64 {
+    value(samples, "docmesh_requests_total", labels)
+}
+
+/// The value of the one series of `metric` with `labels` (0 when there is none).
+fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.metric == "docmesh_requests_total")
+        .filter(|s| s.metric == metric)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .collect();
     assert!(
@@ -251,7 +256,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
          [[outbound.services]]\nname = \"broken\"\naddresses = [\"{closed}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
          [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n\
          [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"broken\"\n\
-         [resilience.services.broken.retry]\nmax_attempts = 1\n",
+         [resilience.services.broken.retry]\nmax_attempts = 2\nbackoff_base = \"1ms\"\n",
         identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
     );
     let mut client = start_proxy(
@@ -362,6 +367,10 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
             .contains(&closed.to_string()),
         "{failed}"
     );
+    assert_eq!(
+        failed["attempts"], 2,
+        "a refused connect is retried once: {failed}"
+    );
 
     // Metrics of both proxies, by pair, status class and cause.
     let c = scrape(&client.admin).await;
@@ -387,6 +396,8 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
         ("destination", BROKEN_ID),
     ];
     assert_eq!(count(&c, &with(&broken, "5xx", "connect-refused")), 2.0);
+    assert_eq!(value(&c, "docmesh_retries_total", &broken), 2.0);
+    assert_eq!(value(&c, "docmesh_retries_total", &docs), 0.0);
 
     let s = scrape(&server.admin).await;
     let app_service = format!("app:{}", app.port());
@@ -400,6 +411,9 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     assert_eq!(count(&s, &with(&inb, "2xx", "none")), 3.0);
     assert_eq!(count(&s, &with(&inb, "5xx", "none")), 2.0);
     assert_eq!(count(&s, &with(&inb, "4xx", "none")), 1.0);
+    let mut allowed = inb.to_vec();
+    allowed.push(("decision", "allow"));
+    assert_eq!(value(&s, "docmesh_authz_decisions_total", &allowed), 6.0);
     let tls_ok = s
         .iter()
         .find(|x| {

@@ -4,7 +4,26 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::report::Finding;
-use crate::errors::Cause;
+use crate::errors::{Cause, ProxyError};
+
+/// A failure the data path's classification named: its cause and detail, with what to check.
+pub fn from_error(e: &ProxyError) -> Finding {
+    // Only the checks are taken from the functions below; the summary is the data path's.
+    let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut f = match e.cause {
+        Cause::ConnectRefused => connect_refused(addr, ""),
+        Cause::ConnectTimeout => connect_timeout(addr, Duration::ZERO),
+        Cause::TlsPlaintextPeer => plaintext_peer(addr, ""),
+        Cause::TlsUntrustedPeer => untrusted_peer(""),
+        Cause::TlsRejectedByPeer => rejected_by_peer(""),
+        Cause::IdentityMismatch => identity_mismatch("", ""),
+        Cause::UpstreamReset => upstream_reset(""),
+        _ => tls_failed(""),
+    };
+    f.cause = e.cause.as_str().to_owned();
+    f.summary = e.detail.clone();
+    f
+}
 
 /// The name did not resolve.
 pub fn dns_failure(host: &str, err: &str) -> Finding {
@@ -60,18 +79,6 @@ pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> Finding {
     )
 }
 
-/// The route to the host is missing or was rejected with ICMP.
-pub fn unreachable(addr: SocketAddr, err: &str) -> Finding {
-    Finding::new(
-        "connect-unreachable",
-        format!("{addr} is unreachable: {err}"),
-        &[
-            "routes in this network namespace (`ip route get <peer ip>`)",
-            "firewall rules that REJECT with icmp-host-unreachable / icmp-net-unreachable",
-        ],
-    )
-}
-
 /// The peer answered the ClientHello in plaintext.
 pub fn plaintext_peer(addr: SocketAddr, detail: &str) -> Finding {
     Finding::new(
@@ -101,7 +108,7 @@ pub fn untrusted_peer(detail: &str) -> Finding {
 /// The peer refused our certificate (TLS alert).
 pub fn rejected_by_peer(detail: &str) -> Finding {
     Finding::new(
-        "tls-rejected-by-peer",
+        Cause::TlsRejectedByPeer.as_str(),
         format!("the peer aborted the handshake: {detail}; it does not accept our SVID"),
         &[
             "our SVID on this proxy's admin `/certs`: still valid, and from the trust domain the peer trusts?",

@@ -39,7 +39,7 @@ where
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|e| lost(&e))?;
+            .map_err(|e| lost(&e, host))?;
         let driver = tokio::spawn(conn);
         let mut req = http::Request::builder()
             .method(http::Method::GET)
@@ -49,7 +49,7 @@ where
             .body(Empty::<Bytes>::new())
             .map_err(|e| advice::unexpected_answer(format!("cannot build the request: {e}")))?;
         req.headers_mut().extend(headers);
-        let resp = sender.send_request(req).await.map_err(|e| lost(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| lost(&e, host))?;
         let status = resp.status().as_u16();
         let docmesh_error = resp
             .headers()
@@ -75,8 +75,9 @@ where
 }
 
 /// The connection broke before an answer: a TLS alert from the peer (TLS 1.3 servers check
-/// the client certificate after the client considers the handshake done) or a reset.
-fn lost(e: &hyper::Error) -> Finding {
+/// the client certificate after the client considers the handshake done), else whatever the
+/// data path's classification says.
+fn lost(e: &hyper::Error, upstream: &str) -> Finding {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
@@ -91,7 +92,7 @@ fn lost(e: &hyper::Error) -> Finding {
         }
         source = err.source();
     }
-    advice::upstream_reset(&e.to_string())
+    advice::from_error(&crate::resilience::classify::http_error(e, false, upstream).error)
 }
 
 /// Judges an answer: `Ok(summary)` for a healthy one, else the finding.

@@ -9,11 +9,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use docmesh_certs::tls::svid_error_of;
-use docmesh_certs::SvidError;
-
 use super::advice;
 use super::report::Finding;
+use crate::resilience::classify::{io_connect_error, tls_error};
 
 /// Resolves `host:port`; an IP literal resolves to itself.
 pub async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, Finding> {
@@ -50,18 +48,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(advice::connect_timeout(addr, timeout)),
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(connect_error(&e, addr, timeout)),
-    }
-}
-
-fn connect_error(e: &io::Error, addr: SocketAddr, timeout: Duration) -> Finding {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => advice::connect_refused(addr, &e.to_string()),
-        io::ErrorKind::TimedOut => advice::connect_timeout(addr, timeout),
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-            advice::unreachable(addr, &e.to_string())
-        }
-        _ => advice::unreachable(addr, &e.to_string()),
+        Ok(Err(e)) => Err(advice::from_error(&io_connect_error(&e, &addr.to_string()))),
     }
 }
 
@@ -109,36 +96,12 @@ pub async fn handshake(
     }
 }
 
-/// Names the cause of a failed handshake.
+/// Names the cause of a failed handshake with the data path's own classification.
 fn classify_tls(e: &io::Error, addr: SocketAddr) -> Finding {
-    let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return match e.kind() {
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => advice::tls_failed(
-                &format!("{addr} closed the connection during the handshake ({e}); a plaintext server that hung up, or a peer that rejected us without an alert"),
-            ),
-            _ => advice::tls_failed(&e.to_string()),
-        };
+    let upstream = addr.to_string();
+    let err = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls) => tls_error(tls, &upstream),
+        None => io_connect_error(e, &upstream),
     };
-    match tls {
-        rustls::Error::InvalidMessage(_) => advice::plaintext_peer(addr, &tls.to_string()),
-        rustls::Error::InvalidCertificate(_) if svid_error_of(tls).is_some() => {
-            match svid_error_of(tls) {
-                Some(SvidError::IdentityMismatch { expected, got }) => {
-                    advice::identity_mismatch(&expected.to_string(), &got.to_string())
-                }
-                Some(e) => advice::untrusted_peer(&format!("rule `{}`: {e}", e.rule())),
-                None => advice::untrusted_peer(&tls.to_string()),
-            }
-        }
-        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-            advice::untrusted_peer(&tls.to_string())
-        }
-        rustls::Error::AlertReceived(alert) => {
-            advice::rejected_by_peer(&format!("alert {alert:?}"))
-        }
-        other => advice::tls_failed(&other.to_string()),
-    }
+    advice::from_error(&err)
 }

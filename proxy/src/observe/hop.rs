@@ -11,11 +11,7 @@ use http_body_util::{BodyExt, Either, Full};
 use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext};
 use crate::errors::{Cause, ProxyError, ERROR_HEADER};
 use crate::http::ProxyBody;
-
-/// Upstream attempts made for a request; a retry layer inserts it into the response
-/// extensions so the access log can report it (1 when absent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempts(pub u32);
+use crate::resilience::Attempts;
 
 /// Addresses of one hop, for the access log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -87,7 +83,30 @@ impl Observability {
         e.duration = t0.elapsed();
         e.bytes_received = bytes_received;
         e.bytes_sent = content_length(resp.headers());
-        e.attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
+        e.attempts = resp
+            .extensions()
+            .get::<Attempts>()
+            .map(|a| a.0)
+            .or_else(|| e.detail.as_deref().and_then(attempts_in_detail))
+            .unwrap_or(1);
+        for _ in 1..e.attempts {
+            self.metrics.retry(pair);
+        }
+        if e.detail
+            .as_deref()
+            .is_some_and(|d| d.contains(BUDGET_EXHAUSTED))
+        {
+            self.metrics.retry_budget_exhausted(pair);
+        }
+        if direction(pair) == Direction::Inbound {
+            // Authorization is the only inbound step that answers 401/403 itself.
+            match e.cause {
+                Some(c @ (Cause::Unauthenticated | Cause::Forbidden)) if e.detail.is_some() => {
+                    self.metrics.authz_decision(pair, false, c.as_str())
+                }
+                _ => self.metrics.authz_decision(pair, true, "allowed"),
+            }
+        }
         fill_pair(&mut e, pair, addrs);
         self.finish(pair, e);
         resp
@@ -112,6 +131,16 @@ impl Observability {
         fill_pair(&mut e, pair, addrs);
         self.finish(pair, e);
     }
+}
+
+/// What the retry layer appends to the detail when the budget stopped a retry.
+const BUDGET_EXHAUSTED: &str = "not retried: the retry budget is exhausted";
+
+/// The attempt count the retry layer appends to a failure's detail: `[N attempt(s); ...]`.
+fn attempts_in_detail(detail: &str) -> Option<u32> {
+    let (_, rest) = detail.rsplit_once('[')?;
+    let (n, _) = rest.split_once(" attempt(s)")?;
+    n.parse().ok()
 }
 
 fn direction(pair: &ServicePair) -> Direction {
@@ -188,4 +217,17 @@ async fn stamp_trace_id(
         Some(cause),
         detail,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempts_in_detail;
+
+    #[test]
+    fn attempts_are_read_from_the_retry_layers_detail() {
+        let d = "connection refused [3 attempt(s); not retried: attempts exhausted]";
+        assert_eq!(attempts_in_detail(d), Some(3));
+        assert_eq!(attempts_in_detail("connection refused"), None);
+        assert_eq!(attempts_in_detail("odd [x attempt(s); y]"), None);
+    }
 }

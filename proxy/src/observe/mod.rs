@@ -18,7 +18,7 @@ pub mod trace;
 mod trace_tests;
 
 pub use access_log::{AccessLogEntry, AccessLogger};
-pub use hop::{Attempts, HopAddrs};
+pub use hop::HopAddrs;
 pub use ids::{SpanId, TraceId};
 pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
 pub use trace::{propagate, TraceContext, TraceOrigin, TraceParent};
