@@ -1,7 +1,9 @@
 //! End to end through real sidecars: pods A and B in network namespaces, each with
 //! `docmesh-init` rules and `docmesh-proxy` running as UID 1337, and unmodified apps. A plain
 //! HTTP client in A calls B's IP and port; the call crosses the wire as mTLS (TLS records, no
-//! plaintext, on B's wire) and reaches B's app through B's sidecar. Also: opaque server-speaks-first TCP, connect-refused (502) and a DROP rule
+//! plaintext, on B's wire) and reaches B's app through B's sidecar, which hands it A's SPIFFE
+//! ID; B's authorization refuses A where it must (403). Rerunning docmesh-init changes nothing,
+//! `--cleanup` restores direct traffic. Also: opaque server-speaks-first TCP, connect-refused (502) and a DROP rule
 //! (504 connect-timeout), over IPv4 and IPv6. Needs root; fails saying so otherwise.
 
 use std::net::{IpAddr, SocketAddr};
@@ -276,6 +278,39 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
             "{fam}: no TLS on the opaque hop"
         );
     }
+
+    // Rerunning docmesh-init under running sidecars changes no rule and breaks nothing;
+    // cleanup in both pods restores direct traffic (B's app sees A itself, no identity header);
+    // installing again puts the mesh back.
+    let ip = families[0];
+    let rules = a.rules("iptables-save", Some("nat")).unwrap();
+    init(a, &[]);
+    assert_eq!(a.rules("iptables-save", Some("nat")).unwrap(), rules);
+    let (status, text, _) = curl(a, &url(ip, 8080, "/after-rerun"));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(&id("a")), "{text}");
+    for pod in [a, b] {
+        init(pod, &["--cleanup"]);
+    }
+    let (status, text, _) = curl(a, &url(ip, 8080, "/direct"));
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains(&format!("peer: {}:", a.ipv4)),
+        "not direct:\n{text}"
+    );
+    assert!(
+        !text.contains("docmesh-client-id: spiffe://e2e.docmesh.test/pod/a"),
+        "{text}"
+    );
+    for pod in [a, b] {
+        init(pod, &[]);
+    }
+    let (status, text, _) = curl(a, &url(ip, 8080, "/meshed-again"));
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("peer: 127.0.0.1:") && text.contains(&id("a")),
+        "{text}"
+    );
 
     // Authorization with real identities: B's sidecar refuses A on 8081 with 403 forbidden.
     for &ip in &families {
