@@ -151,6 +151,51 @@ fn shutdown_from_a_non_loopback_peer_is_refused() {
     assert!(l.is_draining());
 }
 
+/// An IPv4 address of this host that is not loopback, if it has one.
+fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        let ip = ifa.address?.as_sockaddr_in()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    })
+}
+
+#[tokio::test]
+async fn shutdown_over_a_real_non_loopback_connection_is_refused() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("no non-loopback IPv4 address on this host; covered by the unit test only");
+        return;
+    };
+    let lifecycle = Lifecycle::new();
+    let s = AdminServer::bind(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        AdminState {
+            lifecycle: lifecycle.clone(),
+            metrics: Metrics::new(),
+            identity: None,
+        },
+    )
+    .await
+    .unwrap();
+    let (st, body) = call(
+        SocketAddr::from((ip, s.local_addr().port())),
+        Method::POST,
+        "/shutdown",
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains(&ip.to_string()), "{body}");
+    assert!(!lifecycle.is_draining());
+    // The same server accepts it over loopback.
+    let (st, _) = call(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, s.local_addr().port())),
+        Method::POST,
+        "/shutdown",
+    )
+    .await;
+    assert_eq!(st, 202);
+    assert!(lifecycle.is_draining());
+}
+
 #[tokio::test]
 async fn unknown_paths_and_methods_are_named() {
     let (s, _, _) = server(None).await;
