@@ -244,7 +244,7 @@ impl Outbound {
     }
 }
 
-async fn handle(shared: Arc<Shared>, mut stream: TcpStream, target: Target) {
+async fn handle(shared: Arc<Shared>, stream: TcpStream, target: Target) {
     let (svc, dst) = match target {
         Target::Service(svc) => (svc, None),
         Target::Transparent(local) => {
@@ -259,12 +259,31 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream, target: Target) {
                 tracing::warn!(%dst, "connection addressed to the outbound listener itself closed (redirect loop?)");
                 return;
             }
-            match shared.services.lookup(dst) {
-                Some(s) => (Arc::clone(s), Some(dst)),
-                None => return unknown_destination(&shared, stream, dst).await,
-            }
+            return redirected(shared, stream, dst).await;
         }
     };
+    mesh(shared, stream, svc, dst).await
+}
+
+/// A connection whose original destination was `dst`: a mesh service, or not.
+async fn redirected(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
+    match shared.services.lookup(dst) {
+        Some(s) => {
+            let svc = Arc::clone(s);
+            mesh(shared, stream, svc, Some(dst)).await
+        }
+        None => unknown_destination(&shared, stream, dst).await,
+    }
+}
+
+/// A connection to the mesh service `svc` (at `dst` in transparent mode): detect or take the
+/// declared protocol, then proxy HTTP or copy opaque TCP.
+async fn mesh(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    svc: Arc<Service>,
+    dst: Option<SocketAddr>,
+) {
     let declared_opaque = dst.is_some_and(|d| shared.opaque_ports.contains(&d.port()));
     let (proto, prefix) = match svc.protocol {
         Protocol::Http1 => (Detected::Http1, bytes::Bytes::new()),
@@ -409,3 +428,6 @@ async fn unknown_destination(shared: &Shared, mut stream: TcpStream, dst: Socket
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
