@@ -3,8 +3,9 @@
 //! HTTP client in A calls B's IP and port; the call crosses the wire as mTLS (TLS records, no
 //! plaintext, on B's wire) and reaches B's app through B's sidecar, which hands it A's SPIFFE
 //! ID; B's authorization refuses A where it must (403). Rerunning docmesh-init changes nothing,
-//! `--cleanup` restores direct traffic. Also: opaque server-speaks-first TCP, connect-refused (502) and a DROP rule
-//! (504 connect-timeout), over IPv4 and IPv6. Needs root; fails saying so otherwise.
+//! `--cleanup` restores direct traffic. Also: opaque server-speaks-first TCP, connect-refused
+//! (502) and a DROP rule (504 connect-timeout), over IPv4 and IPv6. Needs root; fails saying
+//! so otherwise.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
