@@ -125,7 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &metrics,
     )
     .context("invalid outbound configuration")?;
-    outbound.set_resilience(&config.resilience);
+    outbound.set_resilience_observed(
+        &config.resilience,
+        Arc::new(crate::observe::resilience::MeshObserver::new(
+            obs.clone(),
+            &config.outbound.services,
+        )),
+    );
     let inbound = Inbound::new(
         &config.inbound,
         MeshServer::Mtls(tls),

@@ -268,3 +268,53 @@ fn unknown_identities_are_labelled_unknown() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn resilience_events_are_counted_per_outbound_pair() {
+    use docmesh_proxy::config::observability::ObservabilityConfig;
+    use docmesh_proxy::config::outbound::ServiceConfig;
+    use docmesh_proxy::observe::resilience::MeshObserver;
+    use docmesh_proxy::observe::Observability;
+    use docmesh_proxy::resilience::breaker::CircuitState as Breaker;
+    use docmesh_proxy::resilience::observer::Observer;
+
+    let shared = Metrics::new();
+    let obs =
+        Observability::with_log_writer(&ObservabilityConfig::default(), &shared, tokio::io::sink());
+    obs.set_local_id(DOCSERVICE);
+    let svc = ServiceConfig {
+        name: "converter".into(),
+        spiffe_id: CONVERTER.into(),
+        ..ServiceConfig::default()
+    };
+    let o = MeshObserver::new(obs, &[svc]);
+    o.retry("converter");
+    o.retry("converter");
+    o.budget_exhausted("converter");
+    let ep = "10.0.0.5:8000".parse().unwrap();
+    o.circuit("converter", ep, Breaker::Open);
+    o.circuit("converter", ep, Breaker::HalfOpen);
+    o.circuit("converter", ep, Breaker::Closed);
+
+    let s = scrape(&shared);
+    let pair = [
+        ("direction", "outbound"),
+        ("service", "converter"),
+        ("source", DOCSERVICE),
+        ("destination", CONVERTER),
+    ];
+    assert_eq!(value(&s, "docmesh_retries_total", &pair), 2.0);
+    assert_eq!(
+        value(&s, "docmesh_retry_budget_exhausted_total", &pair),
+        1.0
+    );
+    let circuit = |state| [("endpoint", "10.0.0.5:8000"), ("state", state)];
+    assert_eq!(value(&s, "docmesh_circuit_state", &circuit("closed")), 1.0);
+    assert_eq!(value(&s, "docmesh_circuit_state", &circuit("open")), 0.0);
+    for state in ["open", "half-open", "closed"] {
+        assert_eq!(
+            value(&s, "docmesh_circuit_transitions_total", &circuit(state)),
+            1.0
+        );
+    }
+}

@@ -453,20 +453,25 @@ async fn to_app(
     let (decision, body) = authz
         .authorize_http(app.port(), client, &mut parts, body)
         .await;
+    let reason = crate::observe::AuthzReason(decision.reason());
     if let Decision::Deny { cause, detail, .. } = decision {
         let trace_id = parts
             .headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split('-').nth(1));
-        return cause
+        let mut resp = cause
             .to_response(&detail, trace_id)
             .map(http_body_util::Either::Right);
+        resp.extensions_mut().insert(reason);
+        return resp;
     }
     let req = http::Request::from_parts(parts, body);
     let key = PoolKey { app, version };
-    forward(&shared.pool, &key, version, req, Hop::Inbound, || {
+    let mut resp = forward(&shared.pool, &key, version, req, Hop::Inbound, || {
         crate::net::connect(app, shared.connect_timeout, "the app")
     })
-    .await
+    .await;
+    resp.extensions_mut().insert(reason);
+    resp
 }

@@ -89,22 +89,14 @@ impl Observability {
             .map(|a| a.0)
             .or_else(|| e.detail.as_deref().and_then(attempts_in_detail))
             .unwrap_or(1);
-        for _ in 1..e.attempts {
-            self.metrics.retry(pair);
+        if let Some(AuthzReason(reason)) = resp.extensions().get::<AuthzReason>() {
+            self.metrics
+                .authz_decision(pair, *reason == "allow", reason);
         }
-        if e.detail
-            .as_deref()
-            .is_some_and(|d| d.contains(BUDGET_EXHAUSTED))
-        {
-            self.metrics.retry_budget_exhausted(pair);
-        }
-        if direction(pair) == Direction::Inbound {
-            // Authorization is the only inbound step that answers 401/403 itself.
-            match e.cause {
-                Some(c @ (Cause::Unauthenticated | Cause::Forbidden)) if e.detail.is_some() => {
-                    self.metrics.authz_decision(pair, false, c.as_str())
-                }
-                _ => self.metrics.authz_decision(pair, true, "allowed"),
+        if direction(pair) == Direction::Outbound {
+            if let Some(reason) = e.cause.and_then(tls_reason) {
+                self.metrics
+                    .tls_handshake(Direction::Outbound, &pair.service, Err(reason));
             }
         }
         fill_pair(&mut e, pair, addrs);
@@ -133,8 +125,23 @@ impl Observability {
     }
 }
 
-/// What the retry layer appends to the detail when the budget stopped a retry.
-const BUDGET_EXHAUSTED: &str = "not retried: the retry budget is exhausted";
+/// The authorization decision of an inbound request (`allow`, or the failed check's reason);
+/// the authorization spot inserts it into the response extensions for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthzReason(pub &'static str);
+
+/// The handshake-failure reason of a TLS cause (outbound handshakes are counted when they
+/// fail a request).
+fn tls_reason(cause: Cause) -> Option<&'static str> {
+    matches!(
+        cause,
+        Cause::TlsPlaintextPeer
+            | Cause::TlsUntrustedPeer
+            | Cause::TlsRejectedByPeer
+            | Cause::IdentityMismatch
+    )
+    .then(|| cause.as_str())
+}
 
 /// The attempt count the retry layer appends to a failure's detail: `[N attempt(s); ...]`.
 fn attempts_in_detail(detail: &str) -> Option<u32> {

@@ -12,13 +12,14 @@ pub mod b3;
 pub mod hop;
 pub mod ids;
 pub mod metrics;
+pub mod resilience;
 pub mod trace;
 
 #[cfg(test)]
 mod trace_tests;
 
 pub use access_log::{AccessLogEntry, AccessLogger};
-pub use hop::HopAddrs;
+pub use hop::{AuthzReason, HopAddrs};
 pub use ids::{SpanId, TraceId};
 pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
 pub use trace::{propagate, TraceContext, TraceOrigin, TraceParent};
