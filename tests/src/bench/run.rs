@@ -41,6 +41,8 @@ pub struct Settings {
     pub out_dir: PathBuf,
     /// A docmesh-proxy binary to use instead of building one.
     pub docmesh: Option<PathBuf>,
+    /// Run only these set-ups (`--only`, for profiling); empty means all four.
+    pub only: Vec<Kind>,
 }
 
 impl Settings {
@@ -63,6 +65,7 @@ impl Settings {
             churn: Duration::from_secs_f64(churn),
             out_dir,
             docmesh,
+            only: Vec::new(),
         }
     }
 }
@@ -123,6 +126,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
 
     let mut setups = Vec::new();
     for kind in Kind::ALL {
+        if !settings.only.is_empty() && !settings.only.contains(&kind) {
+            continue;
+        }
         let s = Setup::start(kind, &tools, &pki, dir.path(), be.addr)
             .with_context(|| format!("cannot start the {} set-up", kind.name()))?;
         check_with_retries(&s)?;

@@ -1,52 +1,65 @@
-//! `docmesh-bench [--quick] [--out DIR] [--proxy PATH]`: docmesh against nginx, HAProxy and
-//! no proxy at all (issue 9). See docs/benchmark.md.
+//! `docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N]`:
+//! docmesh against nginx, HAProxy and no proxy at all (issue 9). See docs/benchmark.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use docmesh_tests::bench::run::{run, Settings};
+use docmesh_tests::bench::setups::Kind;
 
-const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH]
+const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N]
   --quick       a few seconds per set-up (smoke run; noisy figures)
   --out DIR     where docmesh-bench.{json,png,txt} go (default target/docmesh-bench)
-  --proxy PATH  use this docmesh-proxy binary instead of building the release one";
+  --proxy PATH  use this docmesh-proxy binary instead of building the release one
+  --only NAME   run only this set-up (direct, docmesh, nginx, haproxy; repeatable),
+                e.g. to profile one proxy with perf
+  --throughput-seconds N   length of each throughput run";
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("docmesh-bench: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}
 
 fn main() -> ExitCode {
     let mut quick = false;
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/docmesh-bench");
     let mut proxy = None;
-    let mut args = std::env::args_os().skip(1);
+    let mut only = Vec::new();
+    let mut tput_s = None;
+    let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        match a.to_str() {
-            Some("--quick") => quick = true,
-            Some("--out") | Some("--proxy") => {
-                let Some(v) = args.next() else {
-                    eprintln!(
-                        "docmesh-bench: {} needs a value\n{USAGE}",
-                        a.to_string_lossy()
-                    );
-                    return ExitCode::from(2);
-                };
-                if a == "--out" {
-                    out = PathBuf::from(v);
-                } else {
-                    proxy = Some(PathBuf::from(v));
-                }
-            }
-            Some("-h") | Some("--help") => {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            _ => {
-                eprintln!(
-                    "docmesh-bench: unknown argument {}\n{USAGE}",
-                    a.to_string_lossy()
-                );
-                return ExitCode::from(2);
+            flag @ ("--out" | "--proxy" | "--only" | "--throughput-seconds") => {
+                let Some(v) = args.next() else {
+                    return usage_error(&format!("{flag} needs a value"));
+                };
+                match flag {
+                    "--out" => out = PathBuf::from(v),
+                    "--proxy" => proxy = Some(PathBuf::from(v)),
+                    "--only" => match Kind::ALL.iter().find(|k| v == k.name()) {
+                        Some(k) => only.push(*k),
+                        None => return usage_error(&format!("unknown set-up {v:?}")),
+                    },
+                    _ => match v.parse::<u32>() {
+                        Ok(n) if n > 0 => tput_s = Some(n),
+                        _ => return usage_error("--throughput-seconds needs a positive number"),
+                    },
+                }
             }
+            other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
-    match run(&Settings::new(quick, out, proxy)) {
+    let mut settings = Settings::new(quick, out, proxy);
+    settings.only = only;
+    if let Some(n) = tput_s {
+        settings.throughput_s = n;
+    }
+    match run(&settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("docmesh-bench: {e:#}");
