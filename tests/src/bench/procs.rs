@@ -111,3 +111,25 @@ pub fn threads(pid: i32) -> usize {
         .map(|d| d.count())
         .sum()
 }
+
+/// Context switches (voluntary + involuntary) so far, over every thread of the process tree:
+/// a proxy that hands work between threads or sleeps per request shows many per request.
+pub fn context_switches(pid: i32) -> u64 {
+    let mut n = 0;
+    for p in tree(pid) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+                continue;
+            };
+            n += s
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    n
+}

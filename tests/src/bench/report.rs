@@ -24,6 +24,8 @@ pub struct ProcFigures {
     pub cpu_latency_s: f64,
     /// CPU seconds during the churn runs.
     pub cpu_churn_s: f64,
+    /// Context switches during the throughput runs.
+    pub ctx_switches_throughput: u64,
 }
 
 /// Everything measured for one set-up, over all rounds.
@@ -222,6 +224,17 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
         });
     }
     rows.push(Row {
+        metric: "proxy ctx switches/req (pair, tput)".into(),
+        values: by_kind(all, |s| {
+            if s.procs.is_empty() || s.throughput_requests == 0 {
+                return None;
+            }
+            let n: u64 = s.procs.iter().map(|p| p.ctx_switches_throughput).sum();
+            Some(n as f64 / s.throughput_requests as f64)
+        }),
+        better: Better::Lower,
+    });
+    rows.push(Row {
         metric: "proxy CPU s/10k req (pair, 1000/s)".into(),
         values: by_kind(all, |s| {
             if s.procs.is_empty() {
@@ -406,6 +419,7 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
                     "cpu_throughput_s": p.cpu_throughput_s,
                     "cpu_latency_s": p.cpu_latency_s,
                     "cpu_churn_s": p.cpu_churn_s,
+                    "context_switches_throughput": p.ctx_switches_throughput,
                 })).collect::<Vec<_>>(),
             })
         })

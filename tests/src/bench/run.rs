@@ -186,6 +186,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
                 procs::reset_peak(p.pid());
             }
             let cpu0 = cpu_now(s);
+            let cs0: Vec<u64> = s
+                .procs
+                .iter()
+                .map(|p| procs::context_switches(p.pid()))
+                .collect();
             let be0 = procs::thread_cpu_seconds(be.tid);
             let t = load::wrk(
                 &tools.wrk,
@@ -197,8 +202,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             f.backend_cpu_s += procs::thread_cpu_seconds(be.tid) - be0;
             for ((pf, p), d) in f.procs.iter_mut().zip(&s.procs).zip(cpu_delta(s, &cpu0)) {
                 pf.cpu_throughput_s += d;
+
                 pf.peak_rss_throughput_mib =
                     pf.peak_rss_throughput_mib.max(procs::peak_rss_mib(p.pid()));
+            }
+            for ((pf, p), c0) in f.procs.iter_mut().zip(&s.procs).zip(cs0) {
+                pf.ctx_switches_throughput += procs::context_switches(p.pid()).saturating_sub(c0);
             }
             f.rps_rounds.push(t.rps);
             f.throughput_requests += t.requests;
