@@ -166,6 +166,7 @@ impl Config {
 
     /// Semantic validation of a deserialized configuration.
     pub fn validate(&self, p: &mut Problems) {
+        self.identity.validate(p);
         self.inbound.validate(p);
         self.outbound.validate(p);
         self.resilience.validate_into(&self.outbound, p);
