@@ -50,6 +50,9 @@ pub mod annotations {
     /// ConfigMap holding `proxy.toml` (default `--config-map`, else
     /// `docmesh-<serviceAccountName>`).
     pub const CONFIG_MAP: &str = "docmesh.io/config-map";
+    /// Secret with the JWT secret the proxy verifies: `name` or `name/key` (default key
+    /// `JWT_SECRET`, as in OnlyOffice's `jwt` Secret); mounted as `/etc/docmesh/jwt/secret`.
+    pub const JWT_SECRET: &str = "docmesh.io/jwt-secret";
     /// Inbound ports to capture (`*`, a list, or empty); replaces `--inbound-ports`.
     pub const INBOUND_PORTS: &str = "docmesh.io/inbound-ports";
     /// Inbound ports never captured; added to `--exclude-inbound-ports` and the admin port.
@@ -389,7 +392,27 @@ fn plan(
             }),
         }
     };
+    let jwt = match ann(annotations::JWT_SECRET).map(str::trim) {
+        None | Some("") => None,
+        Some(v) => {
+            let (secret, key) = v.split_once('/').unwrap_or((v, "JWT_SECRET"));
+            let key_ok = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !is_dns_name(secret) || !key_ok {
+                return Err(InjectError::Annotation {
+                    workload: workload.to_owned(),
+                    annotation: annotations::JWT_SECRET,
+                    value: v.to_owned(),
+                    reason: "expected `secret-name` or `secret-name/key`".to_owned(),
+                });
+            }
+            Some((secret.to_owned(), key.to_owned()))
+        }
+    };
     let plan = sidecar::PodPlan {
+        jwt,
         proxy_image: args.proxy_image.clone(),
         init_image: args.init_image.clone(),
         pull_policy: args.image_pull_policy.clone(),

@@ -13,6 +13,11 @@ pub const PROXY_NAME: &str = "docmesh-proxy";
 pub const CONFIG_VOLUME: &str = "docmesh-config";
 /// Volume holding the SVID (Secret) or the Workload API socket (CSI driver or hostPath).
 pub const SVID_VOLUME: &str = "docmesh-svid";
+/// Volume holding the JWT secret the proxy verifies (`docmesh.io/jwt-secret`).
+pub const JWT_VOLUME: &str = "docmesh-jwt";
+/// Where the JWT secret is mounted: the file `secret` in it, as the OnlyOffice profile's
+/// `authz.jwt.secret_file` expects.
+pub const JWT_DIR: &str = "/etc/docmesh/jwt";
 /// Where the ConfigMap is mounted in the proxy container.
 pub const CONFIG_DIR: &str = "/etc/docmesh/config";
 /// Where a Secret SVID is mounted (`svid.pem`, `svid.key`, `bundle.pem`, as `docmesh-certs
@@ -50,6 +55,8 @@ pub struct PodPlan {
     pub socket_name: String,
     /// ConfigMap holding `proxy.toml`.
     pub config_map: String,
+    /// Secret name and key of the JWT secret, mounted as `JWT_DIR/secret`.
+    pub jwt: Option<(String, String)>,
 }
 
 fn s(v: &str) -> Value {
@@ -181,6 +188,13 @@ impl PodPlan {
                 ]));
             }
         }
+        if self.jwt.is_some() {
+            mounts.push(map(vec![
+                ("name", s(JWT_VOLUME)),
+                ("mountPath", s(JWT_DIR)),
+                ("readOnly", Value::Bool(true)),
+            ]));
+        }
         let mut security = vec![
             ("runAsUser", n(u64::from(self.proxy_uid))),
             ("runAsNonRoot", Value::Bool(true)),
@@ -278,7 +292,24 @@ impl PodPlan {
                 ),
             ]),
         };
-        vec![config, svid]
+        let mut out = vec![config, svid];
+        if let Some((secret, key)) = &self.jwt {
+            out.push(map(vec![
+                ("name", s(JWT_VOLUME)),
+                (
+                    "secret",
+                    map(vec![
+                        ("secretName", s(secret)),
+                        (
+                            "items",
+                            list(vec![map(vec![("key", s(key)), ("path", s("secret"))])]),
+                        ),
+                        ("defaultMode", n(0o444)),
+                    ]),
+                ),
+            ]));
+        }
+        out
     }
 
     /// Merges the containers and volumes into a Pod spec: docmesh's init containers first (so
@@ -291,7 +322,15 @@ impl PodPlan {
         inits.insert(0, self.init_container());
         spec.insert(s("initContainers"), Value::Sequence(inits));
         let mut volumes = take_list(spec, "volumes");
-        for v in self.volumes() {
+        let new = self.volumes();
+        // A docmesh volume this plan no longer uses (e.g. the JWT secret) goes away.
+        volumes.retain(|v| match name(v) {
+            Some(n @ (CONFIG_VOLUME | SVID_VOLUME | JWT_VOLUME)) => {
+                new.iter().any(|x| name(x) == Some(n))
+            }
+            _ => true,
+        });
+        for v in new {
             let vname = name(&v).map(str::to_owned);
             match volumes.iter_mut().find(|x| name(x) == vname.as_deref()) {
                 Some(slot) => *slot = v,

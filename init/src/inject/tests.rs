@@ -374,3 +374,30 @@ fn kubelet_probes_on_captured_ports_are_warned_about() {
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(report.warnings[0].contains("readinessProbe httpGet on port 8000"));
 }
+
+#[test]
+fn jwt_secret_annotation_mounts_the_key_and_goes_away_with_it() {
+    let with = DEPLOYMENT.replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/jwt-secret: jwt",
+    );
+    let (out, _) = run_inject(&with, &[]).unwrap();
+    let spec = pod_spec(&docs(&out)[0]).clone();
+    let vol = &spec["volumes"][3];
+    assert_eq!(vol["name"], "docmesh-jwt");
+    assert_eq!(vol["secret"]["secretName"], "jwt");
+    assert_eq!(vol["secret"]["items"][0]["key"], "JWT_SECRET");
+    assert_eq!(vol["secret"]["items"][0]["path"], "secret");
+    let mounts = serde_yaml_ng::to_string(&spec["initContainers"][1]["volumeMounts"]).unwrap();
+    assert!(mounts.contains("/etc/docmesh/jwt"), "{mounts}");
+    // Re-injected after the annotation was removed: the volume and the mount are gone.
+    let removed = out.replace("docmesh.io/jwt-secret: jwt", "docmesh.io/other: x");
+    let (again, _) = run_inject(&removed, &[]).unwrap();
+    assert!(!again.contains("docmesh-jwt"), "{again}");
+    let bad = DEPLOYMENT.replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/jwt-secret: jwt/",
+    );
+    let e = run_inject(&bad, &[]).unwrap_err().to_string();
+    assert!(e.contains("docmesh.io/jwt-secret"), "{e}");
+}
