@@ -37,3 +37,19 @@ if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# kubernetes-validate: Kubernetes' OpenAPI schemas, offline, to validate the manifests that
+# `docmesh-init inject` writes (tests/tests/deploy_kubernetes.rs runs `python3 -m
+# kubernetes_validate`).
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "install-deps: installing kubernetes-validate" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      kubernetes-validate >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      kubernetes-validate >/dev/null 2>&1 \
+    || true
+  if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    echo "install-deps: kubernetes-validate could not be installed (python3 -m pip install kubernetes-validate)" >&2
+    exit 1
+  fi
+fi
