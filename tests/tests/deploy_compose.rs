@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use docmesh_proxy::config::Config;
 use serde_yaml_ng::Value;
+
+mod deploy_support;
 
 fn compose_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/compose")
@@ -195,9 +196,7 @@ fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
 
 fn check_configs(configs: &[PathBuf]) {
     for path in configs {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("mounted config {}: {e}", path.display()));
-        if let Err(e) = Config::from_parts(Some(&text), path, std::iter::empty()) {
+        if let Err(e) = deploy_support::check(path) {
             panic!("{} does not pass docmesh-proxy check:\n{e}", path.display());
         }
     }

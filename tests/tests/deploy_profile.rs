@@ -11,6 +11,8 @@ use docmesh_proxy::authz::{Authorizer, Decision, DenyCause};
 use docmesh_proxy::config::Config;
 use http::Method;
 
+mod deploy_support;
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
@@ -32,14 +34,9 @@ fn id(sa: &str) -> SpiffeId {
         .unwrap()
 }
 
-/// `docmesh-proxy check FILE` with an empty environment: the same loader and validation.
-fn check(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Config::from_parts(Some(&text), path, std::iter::empty()).map_err(|e| e.to_string())
-}
-
 fn load(path: &Path) -> Config {
-    check(path).unwrap_or_else(|e| panic!("{} does not pass check:\n{e}", path.display()))
+    deploy_support::check(path)
+        .unwrap_or_else(|e| panic!("{} does not pass check:\n{e}", path.display()))
 }
 
 fn profile(svc: &str) -> Config {
