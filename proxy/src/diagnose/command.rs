@@ -89,11 +89,13 @@ pub fn run(args: &DiagnoseArgs) -> ExitCode {
         ..Timeouts::default()
     };
     let report = rt.block_on(diagnose(&target, tls.as_ref(), &timeouts));
-    if args.json {
-        println!("{}", report.to_json());
+    // A closed stdout (e.g. `| head`) is not an error worth a panic.
+    let text = if args.json {
+        report.to_json() + "\n"
     } else {
-        print!("{}", report.to_text());
-    }
+        report.to_text()
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     if report.ok {
         ExitCode::SUCCESS
     } else {

@@ -130,7 +130,10 @@ impl Report {
     /// The report for a terminal.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = write!(out, "docmesh diagnose {} ({})", self.target, self.url);
+        let _ = write!(out, "docmesh diagnose {}", self.target);
+        if self.url != self.target {
+            let _ = write!(out, " ({})", self.url);
+        }
         if let Some(id) = &self.expected_id {
             let _ = write!(out, ", expecting {id}");
         }
