@@ -224,3 +224,22 @@ fn h2_client() -> hyper_util::client::legacy::Client<
         .http2_only(true)
         .build(hyper_util::client::legacy::connect::HttpConnector::new())
 }
+
+#[tokio::test]
+async fn the_response_says_how_many_attempts_it_took() {
+    let up = Upstream::spawn(Kind::Fail503(1)).await;
+    let s = stack(policy("ds"), &[up.addr]);
+    let req = http::Request::get("/")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = s.call(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let attempts = rsp
+        .extensions()
+        .get::<docmesh_proxy::resilience::Attempts>();
+    assert_eq!(
+        attempts,
+        Some(&docmesh_proxy::resilience::Attempts(2)),
+        "for the access log"
+    );
+}
