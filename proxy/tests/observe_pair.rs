@@ -231,24 +231,27 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dev_ca("example.org");
     let app = start_trace_app().await;
+    let echo = start_tcp_echo().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
 
     let server_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[outbound]\ntransparent = false\n",
+        "{}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[outbound]\ntransparent = false\n",
         identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port()
+        app.port(),
+        echo.port()
     );
     let mut server = start_proxy(
         dir.path(),
         "server",
         &server_cfg,
-        &["inbound.ports[0].listen"],
+        &["inbound.ports[0].listen", "inbound.ports[1].listen"],
     )
     .await;
     let inbound = server.listening["inbound.ports[0].listen"].clone();
+    let inbound_echo = server.listening["inbound.ports[1].listen"].clone();
 
     let client_cfg = format!(
         "{}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n\
@@ -256,6 +259,8 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
          [[outbound.services]]\nname = \"broken\"\naddresses = [\"{closed}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
          [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n\
          [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"broken\"\n\
+         [[outbound.services]]\nname = \"echo\"\naddresses = [\"{inbound_echo}\"]\nspiffe_id = \"{SERVER_ID}\"\nprotocol = \"opaque\"\n\
+         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n\
          [resilience.services.broken.retry]\nmax_attempts = 2\nbackoff_base = \"1ms\"\n",
         identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
     );
@@ -266,6 +271,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
         &[
             "outbound.listeners[0].listen",
             "outbound.listeners[1].listen",
+            "outbound.listeners[2].listen",
         ],
     )
     .await;
@@ -370,6 +376,35 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     assert_eq!(
         failed["attempts"], 2,
         "a refused connect is retried once: {failed}"
+    );
+
+    // 4. Opaque TCP: one access line per connection on each side, with the bytes copied.
+    let to_echo: SocketAddr = client.listening["outbound.listeners[2].listen"]
+        .parse()
+        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(to_echo).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"ping")
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut tcp).await.unwrap();
+    let mut back = Vec::new();
+    bounded(tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, b"ping");
+    drop(tcp);
+    let out = client.access_line(|v| v["protocol"] == "tcp").await;
+    let inb = server.access_line(|v| v["protocol"] == "tcp").await;
+    assert_eq!(out["service"], "echo");
+    assert_eq!(
+        (out["bytes_received"].as_u64(), out["bytes_sent"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(inb["source"], CLIENT_ID);
+    assert_eq!(inb["service"], format!("app:{}", echo.port()));
+    assert_eq!(
+        (inb["bytes_received"].as_u64(), inb["bytes_sent"].as_u64()),
+        (Some(4), Some(4))
     );
 
     // Metrics of both proxies, by pair, status class and cause.
