@@ -144,6 +144,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _key_reloader = authz.spawn_key_reloader();
     inbound.set_authorizer(authz);
+    let limits = crate::limits::Limits::new(&config.limits);
+    limits.register_metrics(&metrics);
+    outbound.set_limits(limits.clone());
+    inbound.set_limits(limits);
     outbound.set_observability(obs.clone());
     inbound.set_observability(obs);
     outbound.start(config.outbound.resolve_interval).await;

@@ -46,11 +46,18 @@ pub enum Cause {
     Unauthenticated,
     /// The SPIFFE ID or tenant is not permitted.
     Forbidden,
+    /// The request head is larger than `limits.max_header_bytes` or has more than
+    /// `limits.max_headers` headers.
+    RequestHeaderTooLarge,
+    /// The request target is longer than `limits.max_uri_bytes`.
+    UriTooLong,
+    /// The request body is larger than the route's `limits.body` limit.
+    PayloadTooLarge,
 }
 
 impl Cause {
     /// Every cause, in documentation order.
-    pub const ALL: [Cause; 14] = [
+    pub const ALL: [Cause; 17] = [
         Cause::DnsFailure,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
@@ -65,6 +72,9 @@ impl Cause {
         Cause::NoHealthyEndpoint,
         Cause::Unauthenticated,
         Cause::Forbidden,
+        Cause::RequestHeaderTooLarge,
+        Cause::UriTooLong,
+        Cause::PayloadTooLarge,
     ];
 
     /// The stable, kebab-case name used in headers, logs and metrics.
@@ -84,6 +94,9 @@ impl Cause {
             Cause::NoHealthyEndpoint => "no-healthy-endpoint",
             Cause::Unauthenticated => "unauthenticated",
             Cause::Forbidden => "forbidden",
+            Cause::RequestHeaderTooLarge => "request-header-too-large",
+            Cause::UriTooLong => "uri-too-long",
+            Cause::PayloadTooLarge => "payload-too-large",
         }
     }
 
@@ -104,6 +117,9 @@ impl Cause {
             }
             Cause::Unauthenticated => S::UNAUTHORIZED,
             Cause::Forbidden => S::FORBIDDEN,
+            Cause::RequestHeaderTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Cause::UriTooLong => S::URI_TOO_LONG,
+            Cause::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
         }
     }
 }

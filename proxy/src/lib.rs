@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod observe;

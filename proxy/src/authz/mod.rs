@@ -192,6 +192,24 @@ impl Authorizer {
         }))
     }
 
+    /// True when JWT checks apply on `port` (`authz.jwt.ports` empty means every HTTP port).
+    /// The inbound uses it to refuse plaintext that is not recognisably HTTP on such a port.
+    pub fn jwt_applies_to_port(&self, port: u16) -> bool {
+        self.jwt
+            .as_ref()
+            .is_some_and(|j| j.ports.is_empty() || j.ports.contains(&port))
+    }
+
+    /// Records (log, counters) the refusal of a connection to `port` that could not carry
+    /// what the port requires (`expected`, e.g. "a JWT: ...").
+    pub fn refuse_tcp(&self, port: u16, expected: &str) -> Decision {
+        let decision = Decision::deny(AuthzError::Missing {
+            expected: expected.to_owned(),
+        });
+        self.record(&decision, port, "tcp", "");
+        decision
+    }
+
     /// Authorizes an opaque TCP connection to the app `port`: SPIFFE rules without a route,
     /// and never a port that `authz.jwt.ports` lists explicitly (opaque bytes carry no
     /// verifiable token).

@@ -14,6 +14,7 @@ pub mod authz;
 mod env;
 pub mod identity;
 pub mod inbound;
+pub mod limits;
 pub mod observability;
 pub mod outbound;
 pub mod resilience;
@@ -44,6 +45,8 @@ pub struct Config {
     pub authz: authz::AuthzConfig,
     /// Timeouts, retries, circuit breaking, limits, balancing and health checks.
     pub resilience: resilience::ResilienceConfig,
+    /// Limits against hostile or broken clients (header sizes, timeouts, connections).
+    pub limits: limits::LimitsConfig,
 }
 
 /// One problem in the configuration, with the exact field path it concerns.
@@ -172,6 +175,7 @@ impl Config {
         self.resilience.validate_into(&self.outbound, p);
         self.observability.validate(p);
         self.authz.validate(p);
+        self.limits.validate(p);
         // No two listeners on the same address (port 0 means "any free port").
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
         let mut listen = |addr: SocketAddr, path: String, p: &mut Problems| {

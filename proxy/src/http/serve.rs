@@ -16,6 +16,10 @@ use tokio::sync::Notify;
 use super::pool::HttpVersion;
 use super::ProxyBody;
 use crate::lifecycle::Lifecycle;
+use crate::limits::ServerLimits;
+
+/// hyper's smallest allowed HTTP/1 read buffer (`max_buf_size` panics below it).
+const H1_MIN_BUF: usize = 8192;
 
 /// How long a connection that has not sent its first request yet may take to do so once the
 /// drain has started: a peer that just connected has a request on its way, and closing the
@@ -58,6 +62,22 @@ pub async fn serve_connection<Io, H, Fut>(
     H: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
+    serve_connection_limited(io, version, handler, lifecycle, ServerLimits::default()).await
+}
+
+/// [`serve_connection`] with the `[limits]` server settings: header read timeout (slowloris),
+/// parser cut-offs for the head, HTTP/2 streams, header list size and reset-flood limits.
+pub async fn serve_connection_limited<Io, H, Fut>(
+    io: Io,
+    version: HttpVersion,
+    handler: H,
+    lifecycle: &Lifecycle,
+    limits: ServerLimits,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
+{
     let io = TokioIo::new(io);
     let first = Arc::new(FirstRequest::default());
     let seen = Arc::clone(&first);
@@ -72,6 +92,11 @@ pub async fn serve_connection<Io, H, Fut>(
         HttpVersion::Http1 => {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_headers(limits.parser_max_headers)
+                .max_header_size(limits.parser_max_header_bytes)
+                // An unfinished head cannot grow the read buffer past the cut-off either.
+                .max_buf_size(limits.parser_max_header_bytes.max(H1_MIN_BUF) + H1_MIN_BUF)
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -91,6 +116,10 @@ pub async fn serve_connection<Io, H, Fut>(
         HttpVersion::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .max_header_list_size(limits.h2_max_header_list_size)
+                .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
                 .serve_connection(io, svc);
             tokio::pin!(conn);
             tokio::select! {

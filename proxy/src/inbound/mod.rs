@@ -20,11 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::authz::{Authorizer, AuthzBody, Decision};
 use crate::config::inbound::{InboundConfig, InboundMode};
 use crate::errors::{Hop, ProxyError};
-use crate::http::forward::forward;
+use crate::http::forward::{error_response, forward};
+use crate::outbound::detect::{self, DetectEnd, Detected};
 use crate::http::pool::{HttpVersion, Pool};
-use crate::http::serve::serve_connection;
+use crate::http::serve::serve_connection_limited;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
+use crate::limits::{GuardedBody, Limits};
 use crate::metrics::Metrics;
 use crate::observe::{Direction, HopAddrs, Observability};
 
@@ -104,7 +106,9 @@ struct Shared {
     handshake_timeout: Duration,
     connect_timeout: Duration,
     mesh: MeshServer,
-    pool: Pool<PoolKey, AuthzBody<Incoming>>,
+    pool: Pool<PoolKey, AuthzBody<GuardedBody<Incoming>>>,
+    /// `[limits]`: connection slots, request head and body checks, HTTP server settings.
+    limits: arc_swap::ArcSwap<Limits>,
     /// Authorization of every connection and request (SPIFFE rules, JWT, tenants).
     authz: arc_swap::ArcSwap<Authorizer>,
     lifecycle: Lifecycle,
@@ -155,6 +159,7 @@ impl Inbound {
                 mesh,
                 pool: Pool::new(cfg.pool_idle_timeout),
                 authz: arc_swap::ArcSwap::from_pointee(Authorizer::allow_all()),
+                limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
                 lifecycle,
                 plaintext_refused,
                 handshake_failures,
@@ -173,6 +178,12 @@ impl Inbound {
     /// trace headers are handled).
     pub fn set_observability(&self, obs: Observability) {
         self.shared.obs.store(Arc::new(obs));
+    }
+
+    /// Installs `[limits]` (until called, the defaults apply); call before serving, since
+    /// each listener takes its connection slots when it starts.
+    pub fn set_limits(&self, limits: Limits) {
+        self.shared.limits.store(Arc::new(limits));
     }
 
     /// Serves the transparent listener (app port = original destination port) until the
@@ -204,6 +215,7 @@ impl Inbound {
     ) {
         let drain = self.shared.lifecycle.draining();
         tokio::pin!(drain);
+        let slots = self.shared.limits.load().listener();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -219,15 +231,19 @@ impl Inbound {
                             continue;
                         }
                     };
+                    let Some(permit) = slots.admit() else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let guard = self.shared.lifecycle.track();
                     let shared = Arc::clone(&self.shared);
                     tokio::spawn(async move {
                         handle(shared, stream, peer, port).await;
-                        drop(guard);
+                        drop((guard, permit));
                     });
                 }
                 Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "inbound accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -242,21 +258,22 @@ const TLS_HANDSHAKE: u8 = 0x16;
 async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, app_port: u16) {
     let app = SocketAddr::new(shared.app_host, app_port);
     let mut first = [0u8; 1];
-    let tls = match tokio::time::timeout(shared.detect_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(0)) => return,
-        Ok(Ok(_)) => first[0] == TLS_HANDSHAKE,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
-            return;
-        }
-        Err(_) => false,
-    };
+    let (tls, silent) =
+        match tokio::time::timeout(shared.detect_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => (first[0] == TLS_HANDSHAKE, false),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
+                return;
+            }
+            Err(_) => (false, true),
+        };
     match (&shared.mesh, tls) {
         (MeshServer::Mtls(server), true) => {
             let config = server.server_config();
             mtls(shared, stream, peer, app, config).await
         }
-        _ => plaintext(&shared, stream, peer, app).await,
+        _ => plaintext(shared, stream, peer, app, silent).await,
     }
 }
 
@@ -325,7 +342,7 @@ async fn mtls(
     let identity = PeerIdentity::new(id, peer);
     tracing::debug!(%peer, client = %identity.spiffe_id(), ?version, "inbound mTLS connection");
     match version {
-        Some(v) => http(shared, tls, identity, app, v).await,
+        Some(v) => http(shared, tls, Some(identity), peer, app, v).await,
         None => {
             if !tcp_allowed(&shared, app.port(), Some(identity.spiffe_id())) {
                 return;
@@ -371,8 +388,17 @@ async fn opaque<S>(
     }
 }
 
-/// A connection that did not start TLS: refused in strict mode, forwarded in permissive mode.
-async fn plaintext(shared: &Shared, stream: TcpStream, peer: SocketAddr, app: SocketAddr) {
+/// A connection that did not start TLS: refused in strict mode. In permissive mode plaintext
+/// HTTP is served as HTTP without a peer identity, so every request still goes through the
+/// HTTP authorization (SPIFFE rules see no ID, JWT checks apply); anything else is opaque TCP,
+/// refused where the port requires a JWT (so skipping TLS never skips authorization).
+async fn plaintext(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    app: SocketAddr,
+    silent: bool,
+) {
     let obs = shared.obs.load_full();
     if shared.mode == InboundMode::Strict {
         shared.plaintext_refused.inc();
@@ -387,11 +413,45 @@ async fn plaintext(shared: &Shared, stream: TcpStream, peer: SocketAddr, app: So
         );
         return;
     }
-    if !tcp_allowed(shared, app.port(), None) {
-        return;
-    }
-    let pair = obs.inbound_pair(app.port(), None);
-    opaque(shared, &obs, &pair, stream, peer, app).await
+    // A peer that stayed silent for detect_timeout already is server-speaks-first.
+    let detected = if silent {
+        Ok((Detected::Opaque, bytes::Bytes::new(), DetectEnd::Timeout))
+    } else {
+        detect::detect(&mut stream, shared.detect_timeout).await
+    };
+    let (proto, prefix) = match detected {
+        Ok((_, _, DetectEnd::Closed)) => return,
+        Ok((d, bytes, _)) => (d, bytes),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "plaintext inbound connection failed during detection");
+            return;
+        }
+    };
+    let version = match proto {
+        Detected::Http1 => HttpVersion::Http1,
+        Detected::Http2 => HttpVersion::Http2,
+        Detected::Opaque => {
+            let authz = shared.authz.load();
+            if authz.jwt_applies_to_port(app.port()) {
+                // The bytes are not recognisably HTTP, yet the app on this port may parse them
+                // as HTTP (a leading CRLF, a method outside the list): without a token check
+                // they must not reach it.
+                authz.refuse_tcp(
+                    app.port(),
+                    "a JWT: plaintext that is not HTTP reached a port where authz.jwt applies",
+                );
+                return;
+            }
+            if !tcp_allowed(&shared, app.port(), None) {
+                return;
+            }
+            let pair = obs.inbound_pair(app.port(), None);
+            let io = crate::net::Prefixed::new(prefix, stream);
+            return opaque(&shared, &obs, &pair, io, peer, app).await;
+        }
+    };
+    let io = crate::net::Prefixed::new(prefix, stream);
+    http(shared, io, None, peer, app, version).await
 }
 
 fn log_failure(e: &ProxyError, peer: SocketAddr) {
@@ -402,7 +462,8 @@ fn log_failure(e: &ProxyError, peer: SocketAddr) {
 async fn http<Io>(
     shared: Arc<Shared>,
     io: Io,
-    peer: PeerIdentity,
+    identity: Option<PeerIdentity>,
+    peer: SocketAddr,
     app: SocketAddr,
     version: HttpVersion,
 ) where
@@ -410,14 +471,18 @@ async fn http<Io>(
 {
     let lifecycle = shared.lifecycle.clone();
     let obs = shared.obs.load_full();
-    let pair = obs.inbound_pair(app.port(), Some(peer.spiffe_id()));
+    let client = identity.as_ref().map(|i| i.spiffe_id() as &dyn std::fmt::Display);
+    let pair = obs.inbound_pair(app.port(), client);
     let _open = obs.metrics.connection_opened(&pair, "http");
     let addrs = HopAddrs {
-        peer: Some(peer.addr()),
+        peer: Some(peer),
         upstream: Some(app),
     };
+    let server_limits = shared.limits.load().server();
     let handler = move |mut req: http::Request<Incoming>| {
-        req.extensions_mut().insert(peer.clone());
+        if let Some(id) = &identity {
+            req.extensions_mut().insert(id.clone());
+        }
         let shared = Arc::clone(&shared);
         let (obs, pair) = (Arc::clone(&obs), pair.clone());
         async move {
@@ -425,7 +490,7 @@ async fn http<Io>(
                 .await
         }
     };
-    serve_connection(io, version, handler, &lifecycle).await;
+    serve_connection_limited(io, version, handler, &lifecycle, server_limits).await;
 }
 
 /// Authorization of an opaque TCP connection (the authorizer logs and counts refusals; the
@@ -447,6 +512,12 @@ async fn to_app(
     // The one authorization spot for HTTP: strips client-sent identity headers, checks the
     // SPIFFE rules, the JWT and the tenant, and sets docmesh-client-id/docmesh-tenant.
     let (mut parts, body) = req.into_parts();
+    let limits = shared.limits.load_full();
+    let body_limit = match limits.check_request(&parts) {
+        Ok(l) => l,
+        Err(e) => return error_response(&e, Hop::Inbound),
+    };
+    let body = GuardedBody::new(body, limits.body_idle_timeout(), body_limit);
     let peer = parts.extensions.get::<PeerIdentity>().cloned();
     let authz = shared.authz.load_full();
     let client = peer.as_ref().map(PeerIdentity::spiffe_id);

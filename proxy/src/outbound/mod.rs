@@ -24,9 +24,10 @@ use crate::config::resilience::ResilienceConfig;
 use crate::errors::{Hop, ProxyError};
 use crate::http::forward::{error_response, relay};
 use crate::http::pool::HttpVersion;
-use crate::http::serve::serve_connection;
+use crate::http::serve::serve_connection_limited;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
 use crate::observe::{HopAddrs, Observability};
@@ -71,6 +72,8 @@ struct Shared {
     detect_timeouts: Counter,
     denied: Counter,
     obs: arc_swap::ArcSwap<Observability>,
+    /// `[limits]`: connection slots, request head checks, HTTP server settings.
+    limits: arc_swap::ArcSwap<Limits>,
 }
 
 /// The outbound side; cheap to clone, shared by all its listeners.
@@ -142,6 +145,7 @@ impl Outbound {
                 detect_timeouts,
                 denied,
                 obs: arc_swap::ArcSwap::from_pointee(Observability::noop()),
+                limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
             }),
         })
     }
@@ -169,6 +173,11 @@ impl Outbound {
     /// trace headers are handled).
     pub fn set_observability(&self, obs: Observability) {
         self.shared.obs.store(Arc::new(obs));
+    }
+
+    /// Installs `[limits]` (until called, the defaults apply); call before serving.
+    pub fn set_limits(&self, limits: Limits) {
+        self.shared.limits.store(Arc::new(limits));
     }
 
     /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
@@ -217,6 +226,7 @@ impl Outbound {
     async fn accept_loop(&self, listener: TcpListener, target: impl Fn() -> Target) {
         let drain = self.shared.lifecycle.draining();
         tokio::pin!(drain);
+        let slots = self.shared.limits.load().listener();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -225,13 +235,16 @@ impl Outbound {
             };
             match accepted {
                 Ok((stream, _peer)) => {
+                    let Some(permit) = slots.admit() else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let guard = self.shared.lifecycle.track();
                     let shared = Arc::clone(&self.shared);
                     let target = target();
                     tokio::spawn(async move {
                         handle(shared, stream, target).await;
-                        drop(guard);
+                        drop((guard, permit));
                     });
                 }
                 Err(e) => {
@@ -368,6 +381,7 @@ async fn http(
     };
     let io = Prefixed::new(prefix, stream);
     let lifecycle = shared.lifecycle.clone();
+    let server_limits = shared.limits.load().server();
     let obs = shared.obs.load_full();
     let pair = obs.outbound_pair(&svc.name, &svc.spiffe_id);
     let _open = obs.metrics.connection_opened(&pair, "http");
@@ -382,7 +396,7 @@ async fn http(
             .await
         }
     };
-    serve_connection(io, version, handler, &lifecycle).await;
+    serve_connection_limited(io, version, handler, &lifecycle, server_limits).await;
 }
 
 /// One HTTP request to a mesh service, through the service's resilience stack (which
@@ -392,11 +406,16 @@ async fn proxy_request(
     svc: &Arc<Service>,
     _dst: Option<SocketAddr>,
     version: HttpVersion,
-    mut req: http::Request<Incoming>,
+    req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
     if let Err(e) = svc.pick() {
         return error_response(&e, Hop::Outbound);
     }
+    let (parts, body) = req.into_parts();
+    if let Err(e) = shared.limits.load().check_request(&parts) {
+        return error_response(&e, Hop::Outbound);
+    }
+    let mut req = http::Request::from_parts(parts, body);
     req.extensions_mut().insert(version);
     let stacks = shared.stacks.load_full();
     relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await

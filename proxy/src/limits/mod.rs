@@ -1,0 +1,277 @@
+//! Limits against hostile or broken clients (`[limits]`): connection slots per listener and in
+//! total, request head checks (431/414), body size per route (413) and body idle timeout, and
+//! the HTTP server settings (header read timeout, HTTP/2 stream and reset limits) that
+//! [`crate::http::serve`] applies.
+
+pub mod body;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::limits::LimitsConfig;
+use crate::errors::{Cause, ProxyError};
+use crate::metrics::Metrics;
+
+pub use body::GuardedBody;
+
+/// HTTP server settings for one connection (hyper's builders); `Copy`, cheap to pass.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// HTTP/1: time for a complete request head.
+    pub header_read_timeout: Duration,
+    /// Hard cut-off of the HTTP/1 parser for the head size (bare 431 past it).
+    pub parser_max_header_bytes: usize,
+    /// Hard cut-off of the HTTP/1 parser for the header count (bare 431 past it).
+    pub parser_max_headers: usize,
+    /// HTTP/2 header list size (SETTINGS_MAX_HEADER_LIST_SIZE; CONTINUATION floods).
+    pub h2_max_header_list_size: u32,
+    /// HTTP/2 concurrent streams.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 rapid-reset protection.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 locally reset streams before GOAWAY.
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits::from_config(&LimitsConfig::default())
+    }
+}
+
+impl ServerLimits {
+    /// The server settings of `cfg`. The parser's own cut-offs sit at twice the configured
+    /// limits, so requests just over a limit get the proxy's 431 with a `docmesh-error` cause.
+    pub fn from_config(cfg: &LimitsConfig) -> Self {
+        ServerLimits {
+            header_read_timeout: cfg.header_read_timeout,
+            parser_max_header_bytes: cfg.max_header_bytes.saturating_mul(2).max(8192),
+            parser_max_headers: cfg.max_headers.saturating_mul(2),
+            h2_max_header_list_size: u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
+            h2_max_concurrent_streams: cfg.h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: cfg.h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: cfg.h2_max_local_error_reset_streams,
+        }
+    }
+}
+
+/// The limits in force, shared by every listener (cheap to clone).
+#[derive(Clone)]
+pub struct Limits {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: LimitsConfig,
+    server: ServerLimits,
+    total: Arc<Semaphore>,
+    refused: Family<Vec<(String, String)>, Counter>,
+    rejected: Family<Vec<(String, String)>, Counter>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(&LimitsConfig::default())
+    }
+}
+
+/// A connection slot; dropping it frees the slot (on the listener and in the total).
+#[derive(Debug)]
+pub struct ConnPermit {
+    _total: OwnedSemaphorePermit,
+    _listener: OwnedSemaphorePermit,
+}
+
+/// The connection slots of one listener.
+#[derive(Clone)]
+pub struct ListenerSlots {
+    limits: Limits,
+    slots: Arc<Semaphore>,
+}
+
+impl ListenerSlots {
+    /// A slot for a just-accepted connection, or `None` (counted and logged) when the
+    /// listener or the whole proxy is at its limit: the caller closes the connection.
+    pub fn admit(&self) -> Option<ConnPermit> {
+        let inner = &self.limits.inner;
+        let listener = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.limits.refuse("listener", inner.cfg.max_connections_per_listener);
+                return None;
+            }
+        };
+        let total = match Arc::clone(&inner.total).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.limits.refuse("total", inner.cfg.max_connections);
+                return None;
+            }
+        };
+        Some(ConnPermit {
+            _total: total,
+            _listener: listener,
+        })
+    }
+}
+
+impl Limits {
+    /// Limits from `[limits]` (counters unregistered until [`Limits::register_metrics`]).
+    pub fn new(cfg: &LimitsConfig) -> Self {
+        Limits {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                server: ServerLimits::from_config(cfg),
+                total: Arc::new(Semaphore::new(cfg.max_connections)),
+                refused: Family::default(),
+                rejected: Family::default(),
+            }),
+        }
+    }
+
+    /// Registers `docmesh_connections_refused_total{reason}` and
+    /// `docmesh_limit_rejections_total{cause}`.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        metrics.register(
+            "connections_refused",
+            "Client connections closed at once because a connection limit was reached ([limits])",
+            self.inner.refused.clone(),
+        );
+        metrics.register(
+            "limit_rejections",
+            "Requests refused by a [limits] check, by cause",
+            self.inner.rejected.clone(),
+        );
+    }
+
+    /// The connection slots of a new listener.
+    pub fn listener(&self) -> ListenerSlots {
+        ListenerSlots {
+            limits: self.clone(),
+            slots: Arc::new(Semaphore::new(self.inner.cfg.max_connections_per_listener)),
+        }
+    }
+
+    /// The HTTP server settings.
+    pub fn server(&self) -> ServerLimits {
+        self.inner.server
+    }
+
+    /// The body idle timeout.
+    pub fn body_idle_timeout(&self) -> Duration {
+        self.inner.cfg.body_idle_timeout
+    }
+
+    fn refuse(&self, reason: &str, limit: usize) {
+        self.inner
+            .refused
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc();
+        tracing::warn!(
+            reason,
+            limit,
+            "connection closed: connection limit reached (raise limits.max_connections / \
+             limits.max_connections_per_listener if this load is legitimate)"
+        );
+    }
+
+    fn reject(&self, e: ProxyError) -> ProxyError {
+        self.inner
+            .rejected
+            .get_or_create(&vec![("cause".into(), e.cause.as_str().into())])
+            .inc();
+        e
+    }
+
+    /// Checks a request head against the header and URI limits, and its declared
+    /// `Content-Length` against the route's body limit. Returns the route's body limit.
+    pub fn check_request(&self, parts: &http::request::Parts) -> Result<Option<u64>, ProxyError> {
+        let cfg = &self.inner.cfg;
+        let uri_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + parts.uri.authority().map_or(0, |a| a.as_str().len());
+        if uri_len > cfg.max_uri_bytes {
+            return Err(self.reject(ProxyError::new(
+                Cause::UriTooLong,
+                format!(
+                    "the request target is longer than {} bytes (limits.max_uri_bytes)",
+                    cfg.max_uri_bytes
+                ),
+            )));
+        }
+        let count = parts.headers.len();
+        if count > cfg.max_headers {
+            return Err(self.reject(ProxyError::new(
+                Cause::RequestHeaderTooLarge,
+                format!(
+                    "the request has {count} headers, more than limits.max_headers ({})",
+                    cfg.max_headers
+                ),
+            )));
+        }
+        let size = head_size(parts);
+        if size > cfg.max_header_bytes {
+            return Err(self.reject(ProxyError::new(
+                Cause::RequestHeaderTooLarge,
+                format!(
+                    "the request head is {size} bytes, more than limits.max_header_bytes ({})",
+                    cfg.max_header_bytes
+                ),
+            )));
+        }
+        let limit = self.body_limit(parts.uri.path());
+        if let Some(max) = limit {
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Err(self.reject(ProxyError::new(
+                    Cause::PayloadTooLarge,
+                    format!(
+                        "the request body is larger than {max} bytes, the limit for this path \
+                         (limits.body)"
+                    ),
+                )));
+            }
+        }
+        Ok(limit)
+    }
+
+    /// The body limit of the longest `limits.body` prefix matching `path`.
+    pub fn body_limit(&self, path: &str) -> Option<u64> {
+        self.inner
+            .cfg
+            .body
+            .iter()
+            .filter(|r| path.starts_with(&r.path_prefix))
+            .max_by_key(|r| r.path_prefix.len())
+            .map(|r| r.max_body_bytes)
+    }
+}
+
+/// Approximate size of the request head as sent: request line and `name: value\r\n` lines.
+fn head_size(parts: &http::request::Parts) -> usize {
+    let line = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    parts
+        .headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+#[cfg(test)]
+mod tests;
