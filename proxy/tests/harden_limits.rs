@@ -45,7 +45,10 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     let many: String = (0..25).map(|i| format!("x-h{i}: v\r\n")).collect();
     let text = raw_exchange(side.addr, &request_with(&many, "/")).await;
     assert_eq!(status_of(&text), 431, "{text}");
-    assert!(text.contains("docmesh-error: request-header-too-large"), "{text}");
+    assert!(
+        text.contains("docmesh-error: request-header-too-large"),
+        "{text}"
+    );
     assert!(text.contains("limits.max_headers"), "{text}");
 
     let big = format!("x-big: {}\r\n", "v".repeat(5000));
@@ -68,7 +71,11 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     assert_eq!(status_of(&text), 413, "{text}");
     assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
 
-    assert!(app.requests().is_empty(), "nothing reaches the app: {:?}", app.requests());
+    assert!(
+        app.requests().is_empty(),
+        "nothing reaches the app: {:?}",
+        app.requests()
+    );
     assert_eq!(
         metric(&side.metrics, "docmesh_limit_rejections_total"),
         4.0,
@@ -171,7 +178,10 @@ async fn connections_over_the_listener_limit_are_closed_and_counted() {
     .await;
     let held1 = TcpStream::connect(side.addr).await.unwrap();
     let mut held2 = TcpStream::connect(side.addr).await.unwrap();
-    held2.write_all(b"GET /held HTTP/1.1\r\nhost: app\r\n\r\n").await.unwrap();
+    held2
+        .write_all(b"GET /held HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 512];
     let n = bounded(held2.read(&mut buf)).await.unwrap();
     assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
@@ -183,7 +193,10 @@ async fn connections_over_the_listener_limit_are_closed_and_counted() {
     let text = read_to_close(&mut third).await;
     assert!(text.is_empty(), "{text}");
     assert_eq!(
-        metric(&side.metrics, "docmesh_connections_refused_total{reason=\"listener\"}"),
+        metric(
+            &side.metrics,
+            "docmesh_connections_refused_total{reason=\"listener\"}"
+        ),
         1.0
     );
     assert_eq!(app.requests().len(), 1);
@@ -227,7 +240,10 @@ async fn a_tls_client_that_never_finishes_the_handshake_is_cut_off() {
     let text = read_to_close(&mut s).await;
     assert!(text.is_empty());
     assert_eq!(
-        metric(&side.metrics, "docmesh_inbound_tls_handshake_failures_total"),
+        metric(
+            &side.metrics,
+            "docmesh_inbound_tls_handshake_failures_total"
+        ),
         1.0
     );
     assert!(app.raw_text().is_empty());
@@ -273,7 +289,9 @@ async fn http2_settings_announce_the_stream_limit_and_rapid_resets_get_goaway() 
                 Ok(c) => c,
                 Err(e) => return Some(e),
             };
-            let req = http::Request::get(format!("http://app/r{i}")).body(()).unwrap();
+            let req = http::Request::get(format!("http://app/r{i}"))
+                .body(())
+                .unwrap();
             match c.send_request(req, false) {
                 Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
                 Err(e) => return Some(e),

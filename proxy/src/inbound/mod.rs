@@ -21,7 +21,6 @@ use crate::authz::{Authorizer, AuthzBody, Decision};
 use crate::config::inbound::{InboundConfig, InboundMode};
 use crate::errors::{Hop, ProxyError};
 use crate::http::forward::{error_response, forward};
-use crate::outbound::detect::{self, DetectEnd, Detected};
 use crate::http::pool::{HttpVersion, Pool};
 use crate::http::serve::serve_connection_limited;
 use crate::http::ProxyBody;
@@ -29,6 +28,7 @@ use crate::lifecycle::Lifecycle;
 use crate::limits::{GuardedBody, Limits};
 use crate::metrics::Metrics;
 use crate::observe::{Direction, HopAddrs, Observability};
+use crate::outbound::detect::{self, DetectEnd, Detected};
 
 /// The SPIFFE ID the calling workload proved with its client SVID; attached to every inbound
 /// HTTP request's extensions (`req.extensions().get::<PeerIdentity>()`) so that authorization
@@ -258,16 +258,17 @@ const TLS_HANDSHAKE: u8 = 0x16;
 async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, app_port: u16) {
     let app = SocketAddr::new(shared.app_host, app_port);
     let mut first = [0u8; 1];
-    let (tls, silent) =
-        match tokio::time::timeout(shared.detect_timeout, stream.peek(&mut first)).await {
-            Ok(Ok(0)) => return,
-            Ok(Ok(_)) => (first[0] == TLS_HANDSHAKE, false),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
-                return;
-            }
-            Err(_) => (false, true),
-        };
+    let (tls, silent) = match tokio::time::timeout(shared.detect_timeout, stream.peek(&mut first))
+        .await
+    {
+        Ok(Ok(0)) => return,
+        Ok(Ok(_)) => (first[0] == TLS_HANDSHAKE, false),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
+            return;
+        }
+        Err(_) => (false, true),
+    };
     match (&shared.mesh, tls) {
         (MeshServer::Mtls(server), true) => {
             let config = server.server_config();
@@ -471,7 +472,9 @@ async fn http<Io>(
 {
     let lifecycle = shared.lifecycle.clone();
     let obs = shared.obs.load_full();
-    let client = identity.as_ref().map(|i| i.spiffe_id() as &dyn std::fmt::Display);
+    let client = identity
+        .as_ref()
+        .map(|i| i.spiffe_id() as &dyn std::fmt::Display);
     let pair = obs.inbound_pair(app.port(), client);
     let _open = obs.metrics.connection_opened(&pair, "http");
     let addrs = HopAddrs {

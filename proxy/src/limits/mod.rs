@@ -109,7 +109,8 @@ impl ListenerSlots {
         let listener = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                self.limits.refuse("listener", inner.cfg.max_connections_per_listener);
+                self.limits
+                    .refuse("listener", inner.cfg.max_connections_per_listener);
                 return None;
             }
         };

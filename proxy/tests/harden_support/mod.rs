@@ -79,32 +79,37 @@ impl RecordingApp {
                 };
                 let seen = a.seen.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes().to_vec());
-                            let body = body.unwrap_or_default();
-                            let len = body.len();
-                            seen.lock().unwrap().push(Seen {
-                                method: parts.method.to_string(),
-                                uri: parts.uri.to_string(),
-                                headers: parts
-                                    .headers
-                                    .iter()
-                                    .map(|(k, v)| {
-                                        (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())
-                                    })
-                                    .collect(),
-                                body,
-                            });
-                            let resp = http::Response::builder()
-                                .header("x-app-body-len", len)
-                                .body(Full::new(Bytes::from_static(b"ok")))
-                                .unwrap();
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await.map(|b| b.to_bytes().to_vec());
+                                let body = body.unwrap_or_default();
+                                let len = body.len();
+                                seen.lock().unwrap().push(Seen {
+                                    method: parts.method.to_string(),
+                                    uri: parts.uri.to_string(),
+                                    headers: parts
+                                        .headers
+                                        .iter()
+                                        .map(|(k, v)| {
+                                            (
+                                                k.to_string(),
+                                                String::from_utf8_lossy(v.as_bytes()).into(),
+                                            )
+                                        })
+                                        .collect(),
+                                    body,
+                                });
+                                let resp = http::Response::builder()
+                                    .header("x-app-body-len", len)
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .unwrap();
+                                Ok::<_, Infallible>(resp)
+                            }
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
@@ -159,10 +164,7 @@ impl AsyncWrite for Recorder {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -267,7 +269,11 @@ pub async fn still_serving(addr: SocketAddr) {
         b"GET /health HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(status_of(&text), 200, "normal traffic must still pass: {text}");
+    assert_eq!(
+        status_of(&text),
+        200,
+        "normal traffic must still pass: {text}"
+    );
 }
 
 /// The value of a Prometheus sample line starting with `prefix` in `metrics` (0 if absent).
