@@ -399,12 +399,14 @@ async fn http(
     serve_connection_limited(io, version, handler, &lifecycle, server_limits).await;
 }
 
-/// One HTTP request to a mesh service, through the service's resilience stack (which
-/// balances over all of the service's endpoints, so `dst` only selected the service).
+/// One HTTP request to a mesh service, through the service's resilience stack. In transparent
+/// mode `dst` (the original destination) is the preferred endpoint: the first attempt goes to
+/// the address the app connected to while that endpoint is usable; retries and ejections fall
+/// back to balancing over the service's other endpoints.
 async fn proxy_request(
     shared: &Shared,
     svc: &Arc<Service>,
-    _dst: Option<SocketAddr>,
+    dst: Option<SocketAddr>,
     version: HttpVersion,
     req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
@@ -417,6 +419,10 @@ async fn proxy_request(
     }
     let mut req = http::Request::from_parts(parts, body);
     req.extensions_mut().insert(version);
+    if let Some(dst) = dst {
+        req.extensions_mut()
+            .insert(crate::resilience::balance::PreferredEndpoint(dst));
+    }
     let stacks = shared.stacks.load_full();
     relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await
 }

@@ -3,6 +3,10 @@
 //! circuit is open or whose health check fails are ejected from the choice and re-admitted when
 //! the breaker's probe or the health check succeeds. With none left: `no-healthy-endpoint`
 //! (or `circuit-open` for a service with a single endpoint whose circuit is open).
+//!
+//! A request may name a [`PreferredEndpoint`] (transparent mode: the original destination the
+//! app connected to). Its first attempt goes there while that endpoint is usable; retries, and
+//! requests whose preferred endpoint is ejected, are balanced as usual.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +31,12 @@ use super::policy::{BalanceStrategy, ServicePolicy};
 use super::retry::Tried;
 use super::timeout::AttemptTimeout;
 use crate::errors::Cause;
+
+/// The endpoint a request should go to first, in its request extensions: in transparent mode
+/// the original destination the app connected to, so that a call to one pod's address reaches
+/// that pod rather than any endpoint of its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreferredEndpoint(pub SocketAddr);
 
 /// Latency assumed for an endpoint without measurements (as linkerd does).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -234,9 +244,22 @@ where
         }
     }
 
-    fn pick(&self, tried: Option<&Tried>) -> Result<Arc<Slot<N::Service>>, AttemptError> {
+    fn pick(
+        &self,
+        tried: Option<&Tried>,
+        preferred: Option<PreferredEndpoint>,
+    ) -> Result<Arc<Slot<N::Service>>, AttemptError> {
         let slots = self.slots();
         let mut usable: Vec<_> = slots.iter().filter(|s| s.usable()).collect();
+        // The endpoint the app itself addressed, unless it already failed this request.
+        if let Some(PreferredEndpoint(addr)) = preferred {
+            let untried = tried.is_none_or(|t| !t.contains(&addr));
+            if let Some(slot) = usable.iter().find(|s| s.endpoint.addr == addr) {
+                if untried {
+                    return Ok((*slot).clone());
+                }
+            }
+        }
         // A retry goes to an endpoint not tried yet, when there is one.
         if let Some(t) = tried {
             let fresh: Vec<_> = usable
@@ -343,7 +366,8 @@ where
 
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
         let tried = req.extensions().get::<Tried>().cloned();
-        let slot = match self.pick(tried.as_ref()) {
+        let preferred = req.extensions().get::<PreferredEndpoint>().copied();
+        let slot = match self.pick(tried.as_ref(), preferred) {
             Ok(s) => s,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
