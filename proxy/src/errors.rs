@@ -53,11 +53,14 @@ pub enum Cause {
     UriTooLong,
     /// The request body is larger than the route's `limits.body` limit.
     PayloadTooLarge,
+    /// The request is ambiguous or not proxied (CONNECT, several `Host` headers, a transfer
+    /// coding other than `chunked`).
+    BadRequest,
 }
 
 impl Cause {
     /// Every cause, in documentation order.
-    pub const ALL: [Cause; 17] = [
+    pub const ALL: [Cause; 18] = [
         Cause::DnsFailure,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
@@ -75,6 +78,7 @@ impl Cause {
         Cause::RequestHeaderTooLarge,
         Cause::UriTooLong,
         Cause::PayloadTooLarge,
+        Cause::BadRequest,
     ];
 
     /// The stable, kebab-case name used in headers, logs and metrics.
@@ -97,6 +101,7 @@ impl Cause {
             Cause::RequestHeaderTooLarge => "request-header-too-large",
             Cause::UriTooLong => "uri-too-long",
             Cause::PayloadTooLarge => "payload-too-large",
+            Cause::BadRequest => "bad-request",
         }
     }
 
@@ -120,6 +125,7 @@ impl Cause {
             Cause::RequestHeaderTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::UriTooLong => S::URI_TOO_LONG,
             Cause::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
+            Cause::BadRequest => S::BAD_REQUEST,
         }
     }
 }

@@ -99,3 +99,222 @@ async fn permissive_plaintext_without_authz_is_still_forwarded() {
     still_serving(side.addr).await;
     assert_eq!(app.requests().len(), 1);
 }
+
+const AFTER: &[u8] = b"GET /after HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
+
+/// Sends `attack` followed by a normal request on one connection; returns the client's view.
+async fn attack(side: &Sidecar, attack: &[u8]) -> String {
+    let mut bytes = attack.to_vec();
+    bytes.extend_from_slice(AFTER);
+    raw_exchange(side.addr, &bytes).await
+}
+
+/// What must hold after any attack: no smuggled request reached the app, and every request the
+/// app saw has one unambiguous framing.
+fn assert_unambiguous(app: &RecordingApp) {
+    for r in app.requests() {
+        assert!(
+            !r.uri.contains("smuggled"),
+            "smuggled request reached the app: {r:?}"
+        );
+        let cl = r.header("content-length").len();
+        let te = r.header("transfer-encoding").len();
+        assert!(
+            cl <= 1 && !(cl == 1 && te > 0),
+            "ambiguous framing reached the app: {r:?}"
+        );
+        assert!(r.header("host").len() <= 1, "{r:?}");
+        assert!(r.uri.starts_with('/'), "origin-form only: {r:?}");
+    }
+    // (A smuggling attempt may still reach the app as body bytes of a well-framed request.)
+}
+
+#[tokio::test]
+async fn smuggling_and_malformed_requests_are_refused_or_normalised() {
+    let app = RecordingApp::start().await;
+    let side = start_inbound(app.addr, InboundOptions::default()).await;
+    let mut chunk_ext =
+        b"POST /ext HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n5;e=".to_vec();
+    chunk_ext.extend(std::iter::repeat_n(b'a', 100_000));
+    chunk_ext.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    // (name, bytes, statuses the client may see first: refused, or served normalised)
+    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("CL.TE", b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n".to_vec(), &[200, 400]),
+        ("TE.CL", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n1c\r\nGPOST /smuggled HTTP/1.1\r\n\r\n\r\n0\r\n\r\n".to_vec(), &[200, 400, 502]),
+        ("conflicting CL", b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".to_vec(), &[400]),
+        ("obfuscated TE", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: xchunked\r\n\r\n".to_vec(), &[400, 501]),
+        ("TE gzip, chunked", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(), &[400]),
+        ("obs-fold", b"GET /a HTTP/1.1\r\nhost: app\r\nx-a: b\r\n c\r\n\r\n".to_vec(), &[400]),
+        ("NUL in value", b"GET /a HTTP/1.1\r\nhost: app\r\nx-a: b\x00c\r\n\r\n".to_vec(), &[400]),
+        ("CR in value", b"GET /a HTTP/1.1\r\nhost: app\r\nx-a: b\rc\r\n\r\n".to_vec(), &[400]),
+        ("space in name", b"GET /a HTTP/1.1\r\nhost: app\r\nx a: b\r\n\r\n".to_vec(), &[400]),
+        ("two Hosts", b"GET /a HTTP/1.1\r\nhost: app\r\nhost: evil\r\n\r\n".to_vec(), &[400]),
+        ("CONNECT", b"CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n".to_vec(), &[400]),
+        ("chunk extension flood", chunk_ext, &[400, 502]),
+    ];
+    for (name, bytes, allowed) in cases {
+        let before = app.requests().len();
+        let text = attack(&side, &bytes).await;
+        let status = status_of(&text);
+        assert!(allowed.contains(&status), "{name}: got {status}: {text}");
+        if status == 400 {
+            let new = &app.requests()[before..];
+            assert!(
+                new.iter().all(|r| r.uri == "/after"),
+                "{name}: refused, yet the app saw {new:?}"
+            );
+        }
+        assert_unambiguous(&app);
+        still_serving(side.addr).await;
+    }
+    // docmesh's own refusals say why.
+    let text = attack(
+        &side,
+        b"CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n",
+    )
+    .await;
+    assert!(text.contains("docmesh-error: bad-request"), "{text}");
+
+    // Absolute-form is served in origin-form with the target's authority as Host.
+    let before = app.requests().len();
+    let text = raw_exchange(
+        side.addr,
+        b"GET http://docs.example/x?y=1 HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    let r = &app.requests()[before];
+    assert_eq!(r.uri, "/x?y=1");
+    assert_eq!(r.header("host"), ["docs.example"]);
+    assert_unambiguous(&app);
+}
+
+const SERVER: &str = "spiffe://example.org/ns/oo/sa/documentserver";
+
+/// Accepts any server certificate (a hostile client does not care who the server is).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Connects with `config`, sends one HTTP/1.1 request and reads until the close; returns
+/// what came back (empty when the server refused the handshake).
+async fn tls_request(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("docmesh").unwrap();
+    let Ok(Ok(mut tls)) = tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    else {
+        return String::new();
+    };
+    let _ = tls
+        .write_all(b"GET /secret HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = bounded(tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn plaintext_no_client_cert_and_foreign_trust_domain_are_refused_and_counted() {
+    let ca = dev_ca("example.org");
+    let other = dev_ca("other.org");
+    let app = RecordingApp::start().await;
+    let side = start_inbound(
+        app.addr,
+        InboundOptions {
+            mode: InboundMode::Strict,
+            mesh: docmesh_proxy::inbound::MeshServer::Mtls(identity_for(&ca, SERVER, &[&ca])),
+            ..InboundOptions::default()
+        },
+    )
+    .await;
+
+    // Plaintext HTTP on the mTLS port.
+    let text = raw_exchange(side.addr, b"GET /secret HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    assert!(text.is_empty(), "{text}");
+    assert_eq!(
+        metric(&side.metrics, "docmesh_inbound_plaintext_refused_total"),
+        1.0
+    );
+
+    // TLS without a client certificate.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut no_cert = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider.clone())))
+        .with_no_client_auth();
+    no_cert.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let text = tls_request(side.addr, Arc::new(no_cert)).await;
+    assert!(!text.contains("200"), "{text}");
+
+    // A valid SVID from another trust domain (that trusts our root, so only we refuse).
+    let foreign = identity_for(
+        &other,
+        "spiffe://other.org/ns/x/sa/intruder",
+        &[&ca, &other],
+    );
+    let config = foreign.client_config(&SERVER.parse().unwrap(), &[b"http/1.1"]);
+    let text = tls_request(side.addr, config).await;
+    assert!(!text.contains("200"), "{text}");
+
+    assert_eq!(
+        metric(
+            &side.metrics,
+            "docmesh_inbound_tls_handshake_failures_total"
+        ),
+        2.0,
+        "{}",
+        side.metrics.encode().unwrap()
+    );
+    assert!(
+        app.raw_text().is_empty(),
+        "nothing forwarded: {}",
+        app.raw_text()
+    );
+
+    // A legitimate peer still gets through.
+    let good = identity_for(&ca, "spiffe://example.org/ns/oo/sa/integrator", &[&ca]);
+    let text = tls_request(
+        side.addr,
+        good.client_config(&SERVER.parse().unwrap(), &[b"http/1.1"]),
+    )
+    .await;
+    assert_eq!(status_of(&text), 200, "{text}");
+}

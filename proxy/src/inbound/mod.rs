@@ -516,7 +516,7 @@ async fn to_app(
     // SPIFFE rules, the JWT and the tenant, and sets docmesh-client-id/docmesh-tenant.
     let (mut parts, body) = req.into_parts();
     let limits = shared.limits.load_full();
-    let body_limit = match limits.check_request(&parts) {
+    let body_limit = match limits.check_request(&mut parts) {
         Ok(l) => l,
         Err(e) => return error_response(&e, Hop::Inbound),
     };

@@ -197,8 +197,13 @@ impl Limits {
     }
 
     /// Checks a request head against the header and URI limits, and its declared
-    /// `Content-Length` against the route's body limit. Returns the route's body limit.
-    pub fn check_request(&self, parts: &http::request::Parts) -> Result<Option<u64>, ProxyError> {
+    /// `Content-Length` against the route's body limit, after normalising it (see
+    /// [`normalize`]). Returns the route's body limit.
+    pub fn check_request(
+        &self,
+        parts: &mut http::request::Parts,
+    ) -> Result<Option<u64>, ProxyError> {
+        normalize(parts).map_err(|e| self.reject(e))?;
         let cfg = &self.inner.cfg;
         let uri_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + parts.uri.authority().map_or(0, |a| a.as_str().len());
@@ -261,6 +266,54 @@ impl Limits {
             .max_by_key(|r| r.path_prefix.len())
             .map(|r| r.max_body_bytes)
     }
+}
+
+/// Makes a request unambiguous before it is forwarded, or refuses it (`400 bad-request`):
+/// - `CONNECT` is refused (the data path proxies requests, not tunnels);
+/// - several `Host` headers are refused (RFC 9112 §3.2);
+/// - a `Transfer-Encoding` other than `chunked` is refused (the coding would be lost when the
+///   body is re-framed towards the upstream);
+/// - HTTP/1 absolute-form (`GET http://host/path`) becomes origin-form with `Host` set to the
+///   target's authority, which is what RFC 9112 §3.2.2 tells a server to use.
+///
+/// `Content-Length` next to `Transfer-Encoding` was already dropped by the HTTP parser (the
+/// body is framed by the chunked coding, and the connection closes after the response).
+pub fn normalize(parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+    use http::header::{HOST, TRANSFER_ENCODING};
+    let bad = |detail: &str| Err(ProxyError::new(Cause::BadRequest, detail));
+    if parts.method == http::Method::CONNECT {
+        return bad("CONNECT is not proxied: the mesh carries requests, not tunnels");
+    }
+    if parts.headers.get_all(HOST).iter().count() > 1 {
+        return bad("the request has several Host headers");
+    }
+    for v in parts.headers.get_all(TRANSFER_ENCODING) {
+        let chunked_only = v
+            .to_str()
+            .map(|s| s.trim().eq_ignore_ascii_case("chunked"))
+            .unwrap_or(false);
+        if !chunked_only {
+            return bad("only `Transfer-Encoding: chunked` is accepted");
+        }
+    }
+    if parts.version <= http::Version::HTTP_11 {
+        if let Some(authority) = parts.uri.authority().cloned() {
+            let origin = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let Ok(uri) = origin.parse::<http::Uri>() else {
+                return bad("the request target cannot be put in origin form");
+            };
+            let Ok(host) = http::HeaderValue::from_str(authority.as_str()) else {
+                return bad("the request target's authority is not a valid Host");
+            };
+            parts.uri = uri;
+            parts.headers.insert(HOST, host);
+        }
+    }
+    Ok(())
 }
 
 /// Approximate size of the request head as sent: request line and `name: value\r\n` lines.

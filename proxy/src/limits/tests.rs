@@ -31,17 +31,17 @@ fn limits() -> Limits {
 #[test]
 fn head_checks_name_the_limit() {
     let l = limits();
-    assert_eq!(l.check_request(&parts("/a", &[])).unwrap(), None);
+    assert_eq!(l.check_request(&mut parts("/a", &[])).unwrap(), None);
     let long = format!("/{}", "a".repeat(100));
-    let e = l.check_request(&parts(&long, &[])).unwrap_err();
+    let e = l.check_request(&mut parts(&long, &[])).unwrap_err();
     assert_eq!(e.cause, Cause::UriTooLong);
     assert!(e.detail.contains("limits.max_uri_bytes"), "{}", e.detail);
     let many: Vec<_> = (0..6).map(|i| ("x-h", i.to_string())).collect();
-    let e = l.check_request(&parts("/a", &many)).unwrap_err();
+    let e = l.check_request(&mut parts("/a", &many)).unwrap_err();
     assert_eq!(e.cause, Cause::RequestHeaderTooLarge);
     assert!(e.detail.contains("limits.max_headers"), "{}", e.detail);
     let big = [("x-big", "v".repeat(1000))];
-    let e = l.check_request(&parts("/a", &big)).unwrap_err();
+    let e = l.check_request(&mut parts("/a", &big)).unwrap_err();
     assert_eq!(e.cause, Cause::RequestHeaderTooLarge);
     assert!(e.detail.contains("limits.max_header_bytes"), "{}", e.detail);
 }
@@ -53,9 +53,9 @@ fn body_limits_use_the_longest_prefix_and_the_declared_length() {
     assert_eq!(l.body_limit("/upload"), Some(10));
     assert_eq!(l.body_limit("/other"), None);
     let ok = [("content-length", "10".to_string())];
-    assert_eq!(l.check_request(&parts("/up", &ok)).unwrap(), Some(10));
+    assert_eq!(l.check_request(&mut parts("/up", &ok)).unwrap(), Some(10));
     let over = [("content-length", "11".to_string())];
-    let e = l.check_request(&parts("/up", &over)).unwrap_err();
+    let e = l.check_request(&mut parts("/up", &over)).unwrap_err();
     assert_eq!(e.cause, Cause::PayloadTooLarge);
     assert_eq!(e.cause.status(), 413);
 }

@@ -413,8 +413,8 @@ async fn proxy_request(
     if let Err(e) = svc.pick() {
         return error_response(&e, Hop::Outbound);
     }
-    let (parts, body) = req.into_parts();
-    if let Err(e) = shared.limits.load().check_request(&parts) {
+    let (mut parts, body) = req.into_parts();
+    if let Err(e) = shared.limits.load().check_request(&mut parts) {
         return error_response(&e, Hop::Outbound);
     }
     let mut req = http::Request::from_parts(parts, body);
