@@ -74,6 +74,10 @@ pub async fn connect(
     }
 }
 
+/// The `what` of [`connect`] for the inbound hop's connection to the local app, whose failures
+/// point the operator at the app rather than at a remote peer.
+pub const APP: &str = "the app";
+
 /// Classifies a failed `connect()`.
 pub fn connect_error(e: &io::Error, addr: SocketAddr, what: &str) -> ProxyError {
     match e.kind() {
@@ -81,13 +85,17 @@ pub fn connect_error(e: &io::Error, addr: SocketAddr, what: &str) -> ProxyError 
             Cause::ConnectTimeout,
             format!("TCP connect to {what} at {addr} timed out ({e})"),
         ),
-        io::ErrorKind::ConnectionRefused => ProxyError::new(
-            Cause::ConnectRefused,
-            format!(
-                "connection to {what} at {addr} refused: nothing listens there (is the peer \
-                 and its sidecar running, and is the port right?)"
-            ),
-        ),
+        io::ErrorKind::ConnectionRefused => {
+            let check = if what == APP {
+                "is the app running, and listening on that port on loopback or all addresses?"
+            } else {
+                "is the peer and its sidecar running, and is the port right?"
+            };
+            ProxyError::new(
+                Cause::ConnectRefused,
+                format!("connection to {what} at {addr} refused: nothing listens there ({check})"),
+            )
+        }
         _ => ProxyError::new(
             Cause::ConnectRefused,
             format!("TCP connect to {what} at {addr} failed: {e}"),
@@ -186,6 +194,17 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.cause, Cause::ConnectRefused, "{e}");
         assert!(e.detail.contains("svc"), "{e}");
+        assert!(e.detail.contains("its sidecar running"), "{e}");
+    }
+
+    #[test]
+    fn refused_local_app_points_at_the_app() {
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let err = connect_error(&e, addr, APP);
+        assert_eq!(err.cause, Cause::ConnectRefused);
+        assert!(err.detail.contains("is the app running"), "{err}");
+        assert!(!err.detail.contains("sidecar"), "{err}");
     }
 
     #[test]

@@ -371,7 +371,7 @@ async fn opaque<S>(
         peer: Some(peer),
         upstream: Some(app),
     };
-    match crate::net::connect(app, shared.connect_timeout, "the app").await {
+    match crate::net::connect(app, shared.connect_timeout, crate::net::APP).await {
         Ok(mut up) => {
             let bytes = match crate::net::copy_bidirectional(&mut down, &mut up).await {
                 Ok(n) => n,
@@ -543,7 +543,7 @@ async fn to_app(
     let req = http::Request::from_parts(parts, body);
     let key = PoolKey { app, version };
     let mut resp = forward(&shared.pool, &key, version, req, Hop::Inbound, || {
-        crate::net::connect(app, shared.connect_timeout, "the app")
+        crate::net::connect(app, shared.connect_timeout, crate::net::APP)
     })
     .await;
     resp.extensions_mut().insert(reason);
