@@ -136,7 +136,7 @@ async fn ca_rotation_under_sustained_traffic_fails_no_request_and_then_refuses_o
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                if worker == 1 && n % 10 == 0 {
+                if worker == 1 && n.is_multiple_of(10) {
                     // A new downstream connection now and then.
                     c = h1_client(outbound).await;
                 }
