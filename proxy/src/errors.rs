@@ -144,6 +144,9 @@ pub struct ProxyError {
     pub cause: Cause,
     /// What failed, where, and what to check; written for the operator.
     pub detail: String,
+    /// How many upstream attempts the request took before this failure, when the retry layer
+    /// ran (for the access log; travels as [`Attempts`] on the synthesized response).
+    pub attempts: Option<u32>,
 }
 
 impl ProxyError {
@@ -152,9 +155,15 @@ impl ProxyError {
         ProxyError {
             cause,
             detail: detail.into(),
+            attempts: None,
         }
     }
 }
+
+/// Number of upstream attempts a response (relayed or synthesized) took; in the response
+/// extensions, for the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(pub u32);
 
 /// Which side of the proxy synthesized a response (the `hop` field of the error body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +198,11 @@ impl ProxyError {
     /// `docmesh-error: <cause>` header and the JSON body
     /// `{"cause","status","hop","detail","trace_id"}`.
     pub fn to_response(&self, hop: Hop, trace_id: Option<&str>) -> http::Response<Full<Bytes>> {
-        error_response(self.cause, &self.detail, hop, trace_id)
+        let mut resp = error_response(self.cause, &self.detail, hop, trace_id);
+        if let Some(n) = self.attempts {
+            resp.extensions_mut().insert(Attempts(n));
+        }
+        resp
     }
 }
 
@@ -264,6 +277,17 @@ mod tests {
         assert!(names
             .iter()
             .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
+    }
+
+    #[test]
+    fn synthesized_response_carries_the_attempt_count() {
+        let mut e = ProxyError::new(Cause::ConnectRefused, "nothing listens");
+        let r = e.to_response(Hop::Outbound, None);
+        assert_eq!(r.extensions().get::<Attempts>(), None);
+        e.attempts = Some(3);
+        let r = e.to_response(Hop::Outbound, None);
+        assert_eq!(r.extensions().get::<Attempts>(), Some(&Attempts(3)));
+        assert_eq!(r.status(), 502);
     }
 
     #[test]

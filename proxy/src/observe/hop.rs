@@ -83,12 +83,7 @@ impl Observability {
         e.duration = t0.elapsed();
         e.bytes_received = bytes_received;
         e.bytes_sent = content_length(resp.headers());
-        e.attempts = resp
-            .extensions()
-            .get::<Attempts>()
-            .map(|a| a.0)
-            .or_else(|| e.detail.as_deref().and_then(attempts_in_detail))
-            .unwrap_or(1);
+        e.attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
         if let Some(AuthzReason(reason)) = resp.extensions().get::<AuthzReason>() {
             self.metrics
                 .authz_decision(pair, *reason == "allow", reason);
@@ -141,13 +136,6 @@ fn tls_reason(cause: Cause) -> Option<&'static str> {
             | Cause::IdentityMismatch
     )
     .then(|| cause.as_str())
-}
-
-/// The attempt count the retry layer appends to a failure's detail: `[N attempt(s); ...]`.
-fn attempts_in_detail(detail: &str) -> Option<u32> {
-    let (_, rest) = detail.rsplit_once('[')?;
-    let (n, _) = rest.split_once(" attempt(s)")?;
-    n.parse().ok()
 }
 
 fn direction(pair: &ServicePair) -> Direction {
@@ -224,17 +212,4 @@ async fn stamp_trace_id(
         Some(cause),
         detail,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::attempts_in_detail;
-
-    #[test]
-    fn attempts_are_read_from_the_retry_layers_detail() {
-        let d = "connection refused [3 attempt(s); not retried: attempts exhausted]";
-        assert_eq!(attempts_in_detail(d), Some(3));
-        assert_eq!(attempts_in_detail("connection refused"), None);
-        assert_eq!(attempts_in_detail("odd [x attempt(s); y]"), None);
-    }
 }

@@ -27,9 +27,7 @@ use super::policy::is_idempotent;
 use super::timeout::route_of;
 use crate::errors::Cause;
 
-/// Number of attempts a response or error took; in the response extensions for access logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempts(pub u32);
+pub use crate::errors::Attempts;
 
 /// Endpoints the attempts of one request went to (shared by its attempts through the request
 /// extensions); the balancer prefers endpoints not tried yet, so a retry goes elsewhere.
@@ -188,6 +186,7 @@ where
                         Ok(rsp)
                     }
                     Err(mut e) => {
+                        e.error.attempts = Some(attempt);
                         if attempt > 1 || (max > 1 && !matches!(why, "fail-fast" | "not retryable"))
                         {
                             e.error.detail = format!(
