@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod diagnose;
 pub mod errors;
+pub mod fuzz;
 pub mod http;
 pub mod identity;
 pub mod inbound;
