@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The docmesh test suite: the one command README.md names and CI runs.
-# Installs what the tests need, checks formatting and lints, then runs every test in the
-# workspace, including the network-namespace end-to-end tests (which need root and fail
-# loudly without it).
+# Installs what the tests need, checks formatting, lints and the static musl build, then runs
+# every test in the workspace, including the network-namespace end-to-end tests (which need
+# root and fail loudly without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The images need static musl binaries: check that they still build and link statically
+# (dev profile: the release build with LTO takes far longer and proves nothing more).
+PROFILE=dev bash tests/scripts/build-musl.sh
 cargo test --workspace --locked -- --test-threads=2

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Checks that the three docmesh binaries build as static musl executables, as the images in
-# examples/docker/Dockerfile need them. Not part of tests/run.sh: a release build of the whole
-# workspace for a second target takes far longer than the rest of the suite on 2 cores (see
-# docs/deployment.md). Run it before changing dependencies or the Dockerfile:
+# examples/docker/Dockerfile need them. tests/run.sh (and so CI) runs it with PROFILE=dev,
+# a link check of about 3 minutes on 2 cores; the release build with LTO, as the Dockerfile
+# does it, takes far longer:
 #
 #     bash tests/scripts/build-musl.sh            # release, like the Dockerfile
-#     PROFILE=dev bash tests/scripts/build-musl.sh  # faster check that it links at all
+#     PROFILE=dev bash tests/scripts/build-musl.sh  # the check CI runs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target=x86_64-unknown-linux-musl
