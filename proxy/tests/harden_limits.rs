@@ -92,7 +92,8 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     let text = raw_exchange(side.addr, &chunked).await;
-    assert_ne!(status_of(&text), 200, "{text}");
+    assert_eq!(status_of(&text), 413, "{text}");
+    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
     assert!(app.requests().iter().all(|r| r.body.len() < 256));
 
     // Under the limits everything passes.

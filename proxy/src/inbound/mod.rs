@@ -521,6 +521,7 @@ async fn to_app(
         Err(e) => return error_response(&e, Hop::Inbound),
     };
     let body = GuardedBody::new(body, limits.body_idle_timeout(), body_limit);
+    let too_large = body.too_large();
     let peer = parts.extensions.get::<PeerIdentity>().cloned();
     let authz = shared.authz.load_full();
     let client = peer.as_ref().map(PeerIdentity::spiffe_id);
@@ -546,6 +547,11 @@ async fn to_app(
         crate::net::connect(app, shared.connect_timeout, crate::net::APP)
     })
     .await;
+    if let (true, Some(max)) = (too_large.tripped(), body_limit) {
+        if resp.headers().contains_key(crate::errors::ERROR_HEADER) {
+            resp = error_response(&limits.body_too_large(max), Hop::Inbound);
+        }
+    }
     resp.extensions_mut().insert(reason);
     resp
 }

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +34,19 @@ pin_project_lite::pin_project! {
         sleep: Pin<Box<Sleep>>,
         max: Option<u64>,
         seen: u64,
+        too_large: Arc<AtomicBool>,
+    }
+}
+
+/// Tells, after the request was forwarded, whether its body was cut off for its size (so the
+/// client gets `413 payload-too-large` instead of the upstream failure the cut caused).
+#[derive(Debug, Clone, Default)]
+pub struct TooLarge(Arc<AtomicBool>);
+
+impl TooLarge {
+    /// True once the guarded body passed its size limit.
+    pub fn tripped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -44,7 +59,13 @@ impl<B> GuardedBody<B> {
             sleep: Box::pin(tokio::time::sleep(idle)),
             max,
             seen: 0,
+            too_large: Arc::default(),
         }
+    }
+
+    /// A handle that reports whether this body was cut off for its size.
+    pub fn too_large(&self) -> TooLarge {
+        TooLarge(Arc::clone(&self.too_large))
     }
 }
 
@@ -67,6 +88,7 @@ where
                     *this.seen += bytes::Buf::remaining(data) as u64;
                     if let Some(max) = *this.max {
                         if *this.seen > max {
+                            this.too_large.store(true, Ordering::Release);
                             return Poll::Ready(Some(Err(BodyLimitError::TooLarge(max))));
                         }
                     }

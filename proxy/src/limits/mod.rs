@@ -16,7 +16,7 @@ use crate::config::limits::LimitsConfig;
 use crate::errors::{Cause, ProxyError};
 use crate::metrics::Metrics;
 
-pub use body::GuardedBody;
+pub use body::{GuardedBody, TooLarge};
 
 /// HTTP server settings for one connection (hyper's builders); `Copy`, cheap to pass.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +186,17 @@ impl Limits {
             "connection closed: connection limit reached (raise limits.max_connections / \
              limits.max_connections_per_listener if this load is legitimate)"
         );
+    }
+
+    /// The `413 payload-too-large` error for a body cut off at `max` bytes (counted).
+    pub fn body_too_large(&self, max: u64) -> ProxyError {
+        self.reject(ProxyError::new(
+            Cause::PayloadTooLarge,
+            format!(
+                "the request body is larger than {max} bytes, the limit for this path \
+                 (limits.body); it was cut off"
+            ),
+        ))
     }
 
     fn reject(&self, e: ProxyError) -> ProxyError {
