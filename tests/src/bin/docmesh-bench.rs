@@ -1,4 +1,4 @@
-//! `docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N]`:
+//! `docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N]`:
 //! docmesh against nginx, HAProxy and no proxy at all (issue 9). See docs/benchmark.md.
 
 use std::path::PathBuf;
@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use docmesh_tests::bench::run::{run, Settings};
 use docmesh_tests::bench::setups::Kind;
 
-const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N]
+const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N]
   --quick       a few seconds per set-up (smoke run; noisy figures)
   --out DIR     where docmesh-bench.{json,png,txt} go (default target/docmesh-bench)
   --proxy PATH  use this docmesh-proxy binary instead of building the release one
   --only NAME   run only this set-up (direct, docmesh, nginx, haproxy; repeatable),
                 e.g. to profile one proxy with perf
-  --throughput-seconds N   length of each throughput run";
+  --throughput-seconds N   length of each throughput run
+  --rounds N    number of interleaved rounds (full run: 3, quick: 1)";
 
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("docmesh-bench: {msg}\n{USAGE}");
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let mut proxy = None;
     let mut only = Vec::new();
     let mut tput_s = None;
+    let mut rounds = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            flag @ ("--out" | "--proxy" | "--only" | "--throughput-seconds") => {
+            flag @ ("--out" | "--proxy" | "--only" | "--throughput-seconds" | "--rounds") => {
                 let Some(v) = args.next() else {
                     return usage_error(&format!("{flag} needs a value"));
                 };
@@ -46,8 +48,9 @@ fn main() -> ExitCode {
                         None => return usage_error(&format!("unknown set-up {v:?}")),
                     },
                     _ => match v.parse::<u32>() {
+                        Ok(n) if n > 0 && flag == "--rounds" => rounds = Some(n),
                         Ok(n) if n > 0 => tput_s = Some(n),
-                        _ => return usage_error("--throughput-seconds needs a positive number"),
+                        _ => return usage_error(&format!("{flag} needs a positive number")),
                     },
                 }
             }
@@ -58,6 +61,9 @@ fn main() -> ExitCode {
     settings.only = only;
     if let Some(n) = tput_s {
         settings.throughput_s = n;
+    }
+    if let Some(n) = rounds {
+        settings.rounds = n;
     }
     match run(&settings) {
         Ok(()) => ExitCode::SUCCESS,
