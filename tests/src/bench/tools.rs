@@ -128,8 +128,14 @@ pub fn docmesh_proxy(
     let exe = std::env::current_exe().map_err(|e| ToolError::Build {
         detail: format!("cannot find our own executable: {e}"),
     })?;
+    // We are <target>/release/docmesh-bench: build the proxy into the same target dir, also
+    // when the benchmark binary is started directly rather than through `cargo run`.
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    eprintln!("docmesh-bench: building docmesh-proxy (release) ...");
+    let target = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    eprintln!(
+        "docmesh-bench: building docmesh-proxy (release) into {} ...",
+        target.display()
+    );
     let st = Command::new(&cargo)
         .args([
             "build",
@@ -139,6 +145,7 @@ pub fn docmesh_proxy(
             "--bin",
             "docmesh-proxy",
         ])
+        .env("CARGO_TARGET_DIR", &target)
         .status()
         .map_err(|e| ToolError::Build {
             detail: format!("cannot run {}: {e}", Path::new(&cargo).display()),
