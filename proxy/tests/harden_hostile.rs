@@ -250,7 +250,7 @@ async fn tls_request(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfi
 }
 
 #[tokio::test]
-async fn plaintext_no_client_cert_and_foreign_trust_domain_are_refused_and_counted() {
+async fn plaintext_no_client_cert_tls12_and_foreign_trust_domain_are_refused_and_counted() {
     let ca = dev_ca("example.org");
     let other = dev_ca("other.org");
     let app = RecordingApp::start().await;
@@ -294,12 +294,31 @@ async fn plaintext_no_client_cert_and_foreign_trust_domain_are_refused_and_count
     let text = tls_request(side.addr, config).await;
     assert!(!text.contains("200"), "{text}");
 
+    // A valid SVID of our own trust domain over TLS 1.2: the mesh hop is TLS 1.3 only.
+    let valid = ca
+        .issue_svid(
+            &"spiffe://example.org/ns/oo/sa/integrator".parse().unwrap(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(valid.key_der.clone().into());
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider.clone())))
+        .with_client_auth_cert(valid.chain.clone(), key)
+        .unwrap();
+    tls12.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let text = tls_request(side.addr, Arc::new(tls12)).await;
+    assert!(!text.contains("200"), "{text}");
+
     assert_eq!(
         metric(
             &side.metrics,
             "docmesh_inbound_tls_handshake_failures_total"
         ),
-        2.0,
+        3.0,
         "{}",
         side.metrics.encode().unwrap()
     );
