@@ -113,3 +113,23 @@ impl LimitsConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod idle_tests {
+    use super::LimitsConfig;
+    use crate::config::outbound::OutboundConfig;
+
+    /// The classic cause of sporadic resets: a pooled connection outliving the upstream's
+    /// keep-alive. A peer docmesh inbound closes idle keep-alive connections after
+    /// `header_read_timeout`; our outbound pool must give them up well before that.
+    #[test]
+    fn outbound_pool_idles_out_before_the_peer_inbound_closes() {
+        let peer_closes_after = LimitsConfig::default().header_read_timeout;
+        let pool_idle = OutboundConfig::default().pool_idle_timeout;
+        assert!(
+            pool_idle * 4 <= peer_closes_after * 3,
+            "outbound.pool_idle_timeout {pool_idle:?} must stay well below the peer's \
+             limits.header_read_timeout {peer_closes_after:?}"
+        );
+    }
+}

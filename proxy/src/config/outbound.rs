@@ -109,7 +109,9 @@ pub struct OutboundConfig {
     /// How often DNS names in service addresses are re-resolved.
     #[serde(with = "humantime_serde")]
     pub resolve_interval: Duration,
-    /// Pooled upstream connections idle longer than this are closed, not reused.
+    /// Pooled mesh connections idle longer than this are closed, not reused. Keep it below the
+    /// peer inbound's `limits.header_read_timeout` (default 30 s), which closes idle keep-alive
+    /// connections: a connection reused just as the peer closes it is a sporadic reset.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// Services in the mesh.
@@ -133,7 +135,7 @@ impl Default for OutboundConfig {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             resolve_interval: Duration::from_secs(30),
-            pool_idle_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(20),
             services: Vec::new(),
             listeners: Vec::new(),
         }
