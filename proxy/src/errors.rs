@@ -160,6 +160,16 @@ impl ProxyError {
     }
 }
 
+/// The cause and detail of a response this proxy synthesized; in the response extensions, so
+/// the access log and metrics read them without parsing the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synthesized {
+    /// Why the proxy answered itself.
+    pub cause: Cause,
+    /// The operator-facing detail (the body's `detail` field).
+    pub detail: String,
+}
+
 /// Number of upstream attempts a response (relayed or synthesized) took; in the response
 /// extensions, for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +206,8 @@ struct ErrorBody<'a> {
 impl ProxyError {
     /// The response the proxy sends for this failure: the cause's status, a
     /// `docmesh-error: <cause>` header and the JSON body
-    /// `{"cause","status","hop","detail","trace_id"}`.
+    /// `{"cause","status","hop","detail","trace_id"}`. `trace_id` is the trace of the request
+    /// at this hop (the body is serialized once, here).
     pub fn to_response(&self, hop: Hop, trace_id: Option<&str>) -> http::Response<Full<Bytes>> {
         let mut resp = error_response(self.cause, &self.detail, hop, trace_id);
         if let Some(n) = self.attempts {
@@ -206,7 +217,9 @@ impl ProxyError {
     }
 }
 
-/// Builds a synthesized error response for `cause` (see [`ProxyError::to_response`]).
+/// Builds a synthesized error response for `cause` (see [`ProxyError::to_response`]); the only
+/// place an error body is serialized. The response carries [`Synthesized`] in its extensions
+/// and an exact `content-length`.
 pub fn error_response(
     cause: Cause,
     detail: &str,
@@ -224,10 +237,16 @@ pub fn error_response(
     // Serializing a struct of strings and integers cannot fail; fall back to an empty body.
     let mut json = serde_json::to_vec(&body).unwrap_or_default();
     json.push(b'\n');
+    let len = json.len();
     let mut resp = http::Response::new(Full::new(Bytes::from(json)));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(Synthesized {
+        cause,
+        detail: detail.to_owned(),
+    });
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, http::HeaderValue::from_static(cause.as_str()));
+    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     h.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -288,6 +307,31 @@ mod tests {
         let r = e.to_response(Hop::Outbound, None);
         assert_eq!(r.extensions().get::<Attempts>(), Some(&Attempts(3)));
         assert_eq!(r.status(), 502);
+    }
+
+    #[tokio::test]
+    async fn synthesized_response_names_its_cause_and_length_without_parsing() {
+        use http_body_util::BodyExt;
+        let e = ProxyError::new(Cause::ConnectRefused, "nothing listens at 10.0.0.5:80");
+        let resp = e.to_response(Hop::Inbound, Some("0af7651916cd43dd8448eb211c80319c"));
+        assert_eq!(
+            resp.extensions().get::<Synthesized>(),
+            Some(&Synthesized {
+                cause: Cause::ConnectRefused,
+                detail: "nothing listens at 10.0.0.5:80".into(),
+            })
+        );
+        let len: usize = resp.headers()[http::header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), len);
+        assert!(body.ends_with(b"}\n"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(v["hop"], "inbound");
     }
 
     #[test]

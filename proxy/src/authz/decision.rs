@@ -314,49 +314,23 @@ pub struct AuthzStats {
     pub payload_too_large: AtomicU64,
 }
 
-#[derive(serde::Serialize)]
-struct DenyBody<'a> {
-    cause: &'static str,
-    status: u16,
-    hop: &'static str,
-    detail: &'a str,
-    trace_id: Option<&'a str>,
-}
-
 impl DenyCause {
     /// The synthesized refusal: the cause's status, `docmesh-error: <cause>` and the JSON body
-    /// `{"cause","status","hop":"inbound","detail","trace_id"}` every proxy error carries.
+    /// `{"cause","status","hop":"inbound","detail","trace_id"}` every proxy error carries
+    /// (built by [`crate::errors::error_response`]), plus `WWW-Authenticate` on 401.
     pub fn to_response(
         self,
         detail: &str,
         trace_id: Option<&str>,
     ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-        let status = self.status();
-        let body = DenyBody {
-            cause: self.as_str(),
-            status: status.as_u16(),
-            hop: "inbound",
-            detail,
-            trace_id,
+        let cause = match self {
+            DenyCause::Unauthenticated => Cause::Unauthenticated,
+            DenyCause::Forbidden => Cause::Forbidden,
+            DenyCause::PayloadTooLarge => Cause::PayloadTooLarge,
         };
-        // A struct of strings and integers always serializes; fall back to an empty body.
-        let mut json = serde_json::to_vec(&body).unwrap_or_default();
-        json.push(b'\n');
-        let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(json)));
-        *resp.status_mut() = status;
+        let mut resp =
+            crate::errors::error_response(cause, detail, crate::errors::Hop::Inbound, trace_id);
         let h = resp.headers_mut();
-        h.insert(
-            crate::errors::ERROR_HEADER,
-            http::HeaderValue::from_static(self.as_str()),
-        );
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-store"),
-        );
         if self == DenyCause::Unauthenticated {
             h.insert(
                 http::header::WWW_AUTHENTICATE,

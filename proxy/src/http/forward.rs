@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::pool::{HttpVersion, Pool};
 use super::{is_upgrade_request, strip_hop_by_hop, ProxyBody};
 use crate::errors::{Hop, ProxyError};
+use crate::observe::{request_trace_id, TraceId};
 
 /// Forwards `req` (any streaming body, e.g. `Incoming` or a body an authorization filter
 /// replays) to the upstream identified by `key` (connecting with `connect` when the pool
@@ -58,6 +59,7 @@ where
     let upgrade = version == HttpVersion::Http1 && is_upgrade_request(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let trace_id = request_trace_id(req.extensions());
     match send(req).await {
         Ok(mut resp) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -71,14 +73,20 @@ where
             }
             resp.map(Either::Left)
         }
-        Err(e) => error_response(&e, hop),
+        Err(e) => error_response(&e, hop, trace_id),
     }
 }
 
-/// The synthesized response for `e`, logged with its cause.
-pub fn error_response(e: &ProxyError, hop: Hop) -> http::Response<ProxyBody> {
+/// The synthesized response for `e`, logged with its cause; its body carries `trace_id` (the
+/// request's, see [`request_trace_id`]).
+pub fn error_response(
+    e: &ProxyError,
+    hop: Hop,
+    trace_id: Option<TraceId>,
+) -> http::Response<ProxyBody> {
     tracing::warn!(cause = e.cause.as_str(), hop = hop.as_str(), detail = %e.detail, "request failed");
-    e.to_response(hop, None).map(Either::Right)
+    let trace_id = trace_id.map(|t| t.to_string());
+    e.to_response(hop, trace_id.as_deref()).map(Either::Right)
 }
 
 /// Joins the two upgraded connections (client side and upstream side) with a byte copy.

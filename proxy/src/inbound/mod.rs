@@ -27,7 +27,7 @@ use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{GuardedBody, Limits};
 use crate::metrics::Metrics;
-use crate::observe::{Direction, HopAddrs, Observability};
+use crate::observe::{request_trace_id, Direction, HopAddrs, Observability};
 use crate::outbound::detect::{self, DetectEnd, Detected};
 
 /// The SPIFFE ID the calling workload proved with its client SVID; attached to every inbound
@@ -515,10 +515,11 @@ async fn to_app(
     // The one authorization spot for HTTP: strips client-sent identity headers, checks the
     // SPIFFE rules, the JWT and the tenant, and sets docmesh-client-id/docmesh-tenant.
     let (mut parts, body) = req.into_parts();
+    let trace_id = request_trace_id(&parts.extensions);
     let limits = shared.limits.load_full();
     let body_limit = match limits.check_request(&mut parts) {
         Ok(l) => l,
-        Err(e) => return error_response(&e, Hop::Inbound),
+        Err(e) => return error_response(&e, Hop::Inbound, trace_id),
     };
     let body = GuardedBody::new(body, limits.body_idle_timeout(), body_limit);
     let too_large = body.too_large();
@@ -530,13 +531,9 @@ async fn to_app(
         .await;
     let reason = crate::observe::AuthzReason(decision.reason());
     if let Decision::Deny { cause, detail, .. } = decision {
-        let trace_id = parts
-            .headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split('-').nth(1));
+        let trace_id = trace_id.map(|t| t.to_string());
         let mut resp = cause
-            .to_response(&detail, trace_id)
+            .to_response(&detail, trace_id.as_deref())
             .map(http_body_util::Either::Right);
         resp.extensions_mut().insert(reason);
         return resp;
@@ -549,7 +546,7 @@ async fn to_app(
     .await;
     if let (true, Some(max)) = (too_large.tripped(), body_limit) {
         if resp.headers().contains_key(crate::errors::ERROR_HEADER) {
-            resp = error_response(&limits.body_too_large(max), Hop::Inbound);
+            resp = error_response(&limits.body_too_large(max), Hop::Inbound, trace_id);
         }
     }
     resp.extensions_mut().insert(reason);

@@ -5,11 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full};
-
-use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext};
-use crate::errors::{Cause, ProxyError, ERROR_HEADER};
+use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext, TraceId};
+use crate::errors::{Cause, ProxyError, Synthesized, ERROR_HEADER};
 use crate::http::ProxyBody;
 use crate::resilience::Attempts;
 
@@ -53,8 +50,9 @@ impl Observability {
     }
 
     /// Runs one HTTP request through `next` with observability: the trace headers are
-    /// continued or started (and the [`TraceContext`] put in the request's extensions),
-    /// synthesized error bodies get the trace id, and the request is logged and counted.
+    /// continued or started (and the [`TraceContext`] put in the request's extensions, from
+    /// where the data path puts the trace id into the error bodies it synthesizes), and the
+    /// request is logged and counted.
     pub async fn http<B, F, Fut>(
         &self,
         pair: &ServicePair,
@@ -74,7 +72,7 @@ impl Observability {
         let bytes_received = content_length(req.headers());
         req.extensions_mut().insert(ctx.clone());
         let resp = next(req).await;
-        let (resp, cause, detail) = stamp_trace_id(resp, &ctx).await;
+        let (cause, detail) = synthesized_cause(&resp);
 
         let mut e = AccessLogEntry::http(started, direction(pair), &ctx, &method, &path);
         e.status = Some(resp.status().as_u16());
@@ -120,6 +118,12 @@ impl Observability {
     }
 }
 
+/// The trace id of a request at this hop, from the [`TraceContext`] that
+/// [`Observability::http`] put into its extensions; what synthesized error bodies carry.
+pub fn request_trace_id(extensions: &http::Extensions) -> Option<TraceId> {
+    extensions.get::<TraceContext>().map(|c| c.trace_id)
+}
+
 /// The authorization decision of an inbound request (`allow`, or the failed check's reason);
 /// the authorization spot inserts it into the response extensions for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,53 +167,17 @@ fn content_length(h: &http::HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-/// The cause of a response a docmesh proxy synthesized (this one, or the peer's), and for a
-/// response synthesized here the same body with `trace_id` filled in and its detail.
-async fn stamp_trace_id(
-    resp: http::Response<ProxyBody>,
-    ctx: &TraceContext,
-) -> (http::Response<ProxyBody>, Option<Cause>, Option<String>) {
+/// The cause of a response a docmesh proxy synthesized, and its detail when this proxy
+/// synthesized it (the [`Synthesized`] extension; the body already carries the trace id). A
+/// relayed response synthesized by the peer sidecar only names its cause in the header.
+fn synthesized_cause(resp: &http::Response<ProxyBody>) -> (Option<Cause>, Option<String>) {
+    if let Some(s) = resp.extensions().get::<Synthesized>() {
+        return (Some(s.cause), Some(s.detail.clone()));
+    }
     let cause = resp
         .headers()
         .get(ERROR_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Cause::ALL.into_iter().find(|c| c.as_str() == v));
-    let Some(cause) = cause else {
-        return (resp, None, None);
-    };
-    let (mut parts, body) = resp.into_parts();
-    let full = match body {
-        Either::Right(full) => full,
-        relayed => {
-            return (
-                http::Response::from_parts(parts, relayed),
-                Some(cause),
-                None,
-            )
-        }
-    };
-    let bytes = full
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let mut detail = None;
-    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(mut v) if v.is_object() => {
-            detail = v.get("detail").and_then(|d| d.as_str()).map(str::to_owned);
-            v["trace_id"] = serde_json::Value::String(ctx.trace_id.to_string());
-            let mut json = serde_json::to_vec(&v).unwrap_or_default();
-            json.push(b'\n');
-            parts
-                .headers
-                .insert(http::header::CONTENT_LENGTH, json.len().into());
-            Bytes::from(json)
-        }
-        _ => bytes,
-    };
-    (
-        http::Response::from_parts(parts, Either::Right(Full::new(body))),
-        Some(cause),
-        detail,
-    )
+    (cause, None)
 }

@@ -30,7 +30,7 @@ use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
-use crate::observe::{HopAddrs, Observability};
+use crate::observe::{request_trace_id, HopAddrs, Observability};
 use crate::resilience::mesh::{mesh_send, MeshStacks, SendFn};
 use crate::resilience::observer::{NoopObserver, Observer};
 use connect::{Connectors, HopTimeouts, Inner, MeshClient};
@@ -411,11 +411,11 @@ async fn proxy_request(
     req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
     if let Err(e) = svc.pick() {
-        return error_response(&e, Hop::Outbound);
+        return error_response(&e, Hop::Outbound, request_trace_id(req.extensions()));
     }
     let (mut parts, body) = req.into_parts();
     if let Err(e) = shared.limits.load().check_request(&mut parts) {
-        return error_response(&e, Hop::Outbound);
+        return error_response(&e, Hop::Outbound, request_trace_id(&parts.extensions));
     }
     let mut req = http::Request::from_parts(parts, body);
     req.extensions_mut().insert(version);
