@@ -129,6 +129,7 @@ struct Inner {
     source: &'static str,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
+    server_sessions: Arc<tls::ServerSessions>,
     clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
     rotations: watch::Sender<u64>,
     task: OnceLock<AbortHandle>,
@@ -167,10 +168,12 @@ impl Identity {
         let provider = provider();
         let svid = Arc::new(ArcSwap::from_pointee(svid));
         let bundles = Arc::new(ArcSwap::from_pointee(bundles));
+        let server_sessions = Arc::new(tls::ServerSessions::new());
         let server = Arc::new(tls::server_config(
             provider.clone(),
             svid.clone(),
             bundles.clone(),
+            server_sessions.clone(),
         )?);
         Ok(Identity {
             inner: Arc::new(Inner {
@@ -179,6 +182,7 @@ impl Identity {
                 source,
                 provider,
                 server,
+                server_sessions,
                 clients: Mutex::new(HashMap::new()),
                 rotations,
                 task: OnceLock::new(),
@@ -286,7 +290,8 @@ impl Identity {
     }
 
     /// The outbound (client) TLS config for a peer that must present `expected`, offering
-    /// `alpn`; cached per (ID, ALPN list) so session resumption works across connections.
+    /// `alpn`; cached per (ID, ALPN list) so session resumption works across connections
+    /// (until the next rotation, which drops the cache).
     pub fn client_config(&self, expected: &SpiffeId, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let key: ClientKey = (expected.clone(), alpn.iter().map(|p| p.to_vec()).collect());
         let mut cache = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,7 +345,9 @@ impl Identity {
     }
 
     /// Installs a new SVID and bundle set (already validated); bundles first, so peers that
-    /// rotated to a new CA are trusted before we present a certificate from it.
+    /// rotated to a new CA are trusted before we present a certificate from it. TLS sessions
+    /// from before are forgotten on both sides (a resumed session is not verified again, so
+    /// it would keep our old SVID, or a peer's SVID from a removed root, in use).
     fn install(&self, svid: Svid, bundles: TrustBundleSet) {
         tracing::info!(
             spiffe_id = %svid.spiffe_id,
@@ -351,6 +358,12 @@ impl Identity {
         );
         self.inner.bundles.store(Arc::new(bundles));
         self.inner.svid.store(Arc::new(svid));
+        self.inner.server_sessions.clear();
+        self.inner
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.inner.rotations.send_modify(|n| *n += 1);
     }
 

@@ -5,6 +5,9 @@
 //! `FetchX509SVID` is server-streaming: every call first gets the current response, then every
 //! response the test publishes. Calls without the `workload.spiffe.io: true` metadata header are
 //! rejected with `InvalidArgument`, as SPIRE does.
+//!
+//! Self-contained (no `super::` imports) because `proxy/tests/harden_rotation.rs` includes
+//! this same file with `#[path]` to drive sidecars through the Workload API source.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
