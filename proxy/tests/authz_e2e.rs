@@ -16,7 +16,9 @@ use docmesh_proxy::config::inbound::{InboundConfig, InboundPortConfig};
 use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::inbound::Inbound;
 use docmesh_proxy::lifecycle::Lifecycle;
+use docmesh_proxy::config::observability::ObservabilityConfig;
 use docmesh_proxy::metrics::Metrics;
+use docmesh_proxy::observe::Observability;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{bounded, full, h1_client, identity, mtls_options, svid, CLIENT_ID, SERVER_ID};
@@ -152,6 +154,11 @@ impl Mesh {
             &metrics,
         );
         inbound.set_authorizer(Arc::new(az));
+        inbound.set_observability(Observability::with_log_writer(
+            &ObservabilityConfig::default(),
+            &metrics,
+            tokio::io::sink(),
+        ));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let port = app.port();
@@ -369,4 +376,29 @@ async fn opaque_tcp_is_admitted_or_closed_by_spiffe_rules() {
         got.is_empty(),
         "a refused TCP peer reached the app: {got:?}"
     );
+
+    // Both decisions are counted once, per inbound pair, in the Prometheus family.
+    let text = mesh.metrics.encode().unwrap();
+    let samples = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap()
+        .samples;
+    let count = |source: &str, decision: &str, reason: &str| -> f64 {
+        let found: Vec<_> = samples
+            .iter()
+            .filter(|s| {
+                s.metric == "docmesh_authz_decisions_total"
+                    && s.labels.get("direction") == Some("inbound")
+                    && s.labels.get("source") == Some(source)
+                    && s.labels.get("decision") == Some(decision)
+                    && s.labels.get("reason") == Some(reason)
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{source} {decision} {reason}: {text}");
+        match found[0].value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("not a counter: {other:?}"),
+        }
+    };
+    assert_eq!(count(CLIENT_ID, "allow", "allow"), 1.0);
+    assert_eq!(count(INTRUDER_ID, "deny", "spiffe-id-not-allowed"), 1.0);
 }

@@ -177,9 +177,8 @@ fn tcp_rules_use_only_route_free_rules() {
         other => panic!("{other:?}"),
     }
     assert!(az.authorize_tcp(6379, None).is_allow());
-    let s = az.stats();
-    assert_eq!(s.forbidden.load(std::sync::atomic::Ordering::Relaxed), 2);
-    assert_eq!(s.allowed.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Decisions are counted per pair by the inbound (docmesh_authz_decisions_total), see
+    // authz_e2e::opaque_tcp_is_admitted_or_closed_by_spiffe_rules.
 }
 
 #[test]

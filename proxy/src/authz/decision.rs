@@ -1,7 +1,6 @@
 //! The typed outcome of authorization and every reason for a refusal.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 
 use super::SpiffeId;
 use crate::errors::Cause;
@@ -299,19 +298,6 @@ pub enum AuthzConfigError {
         /// What is wrong (never the key material).
         reason: String,
     },
-}
-
-/// Counters of decisions, for metrics.
-#[derive(Debug, Default)]
-pub struct AuthzStats {
-    /// Calls allowed.
-    pub allowed: AtomicU64,
-    /// Calls refused with 401.
-    pub unauthenticated: AtomicU64,
-    /// Calls refused with 403.
-    pub forbidden: AtomicU64,
-    /// Calls refused with 413.
-    pub payload_too_large: AtomicU64,
 }
 
 impl DenyCause {

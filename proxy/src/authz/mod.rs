@@ -15,7 +15,6 @@ pub mod tenant;
 pub mod token;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +27,7 @@ use jsonwebtoken::Algorithm;
 use crate::config::authz::AuthzConfig;
 
 pub use body::AuthzBody;
-pub use decision::{AuthzConfigError, AuthzError, AuthzStats, Decision, DenyCause};
+pub use decision::{AuthzConfigError, AuthzError, Decision, DenyCause};
 pub use docmesh_certs::spiffe_id::SpiffeId;
 
 /// Header carrying the verified client SPIFFE ID to the app.
@@ -73,7 +72,6 @@ pub struct Authorizer {
     table: tenant::TenantTable,
     services_by_port: BTreeMap<u16, String>,
     clock: Clock,
-    stats: AuthzStats,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -127,7 +125,6 @@ impl Authorizer {
             table,
             services_by_port: cfg.services.iter().map(|(n, p)| (*p, n.clone())).collect(),
             clock: Arc::new(unix_now),
-            stats: AuthzStats::default(),
         })
     }
 
@@ -144,7 +141,6 @@ impl Authorizer {
             table: tenant::TenantTable::default(),
             services_by_port: BTreeMap::new(),
             clock: Arc::new(unix_now),
-            stats: AuthzStats::default(),
         }
     }
 
@@ -152,11 +148,6 @@ impl Authorizer {
     pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
-    }
-
-    /// Decision counters.
-    pub fn stats(&self) -> &AuthzStats {
-        &self.stats
     }
 
     /// Re-reads the key files now; returns whether the keys changed.
@@ -200,7 +191,7 @@ impl Authorizer {
             .is_some_and(|j| j.ports.is_empty() || j.ports.contains(&port))
     }
 
-    /// Records (log, counters) the refusal of a connection to `port` that could not carry
+    /// Logs the refusal of a connection to `port` that could not carry
     /// what the port requires (`expected`, e.g. "a JWT: ...").
     pub fn refuse_tcp(&self, port: u16, expected: &str) -> Decision {
         let decision = Decision::deny(AuthzError::Missing {
@@ -345,25 +336,17 @@ impl Authorizer {
         Ok(tenant)
     }
 
+    /// Logs a refusal. Decisions are counted by the data path in the per-pair
+    /// `docmesh_authz_decisions_total` family (HTTP and opaque TCP), not here.
     fn record(&self, decision: &Decision, port: u16, method: &str, path: &str) {
-        match decision {
-            Decision::Allow { .. } => {
-                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            }
-            Decision::Deny {
-                cause,
-                detail,
-                reason,
-            } => {
-                let counter = match cause {
-                    DenyCause::Unauthenticated => &self.stats.unauthenticated,
-                    DenyCause::Forbidden => &self.stats.forbidden,
-                    DenyCause::PayloadTooLarge => &self.stats.payload_too_large,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(port, method, path = %jwt::clip(path), cause = cause.as_str(),
-                    reason, detail = %detail, "authz: denied");
-            }
+        if let Decision::Deny {
+            cause,
+            detail,
+            reason,
+        } = decision
+        {
+            tracing::info!(port, method, path = %jwt::clip(path), cause = cause.as_str(),
+                reason, detail = %detail, "authz: denied");
         }
     }
 }

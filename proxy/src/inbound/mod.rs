@@ -345,10 +345,10 @@ async fn mtls(
     match version {
         Some(v) => http(shared, tls, Some(identity), peer, app, v).await,
         None => {
-            if !tcp_allowed(&shared, app.port(), Some(identity.spiffe_id())) {
+            let pair = obs.inbound_pair(app.port(), Some(identity.spiffe_id()));
+            if !tcp_allowed(&shared, &obs, &pair, app.port(), Some(identity.spiffe_id())) {
                 return;
             }
-            let pair = obs.inbound_pair(app.port(), Some(identity.spiffe_id()));
             opaque(&shared, &obs, &pair, tls, peer, app).await
         }
     }
@@ -437,16 +437,18 @@ async fn plaintext(
                 // The bytes are not recognisably HTTP, yet the app on this port may parse them
                 // as HTTP (a leading CRLF, a method outside the list): without a token check
                 // they must not reach it.
-                authz.refuse_tcp(
+                let pair = obs.inbound_pair(app.port(), None);
+                let decision = authz.refuse_tcp(
                     app.port(),
                     "a JWT: plaintext that is not HTTP reached a port where authz.jwt applies",
                 );
-                return;
-            }
-            if !tcp_allowed(&shared, app.port(), None) {
+                obs.metrics.authz_decision(&pair, false, decision.reason());
                 return;
             }
             let pair = obs.inbound_pair(app.port(), None);
+            if !tcp_allowed(&shared, &obs, &pair, app.port(), None) {
+                return;
+            }
             let io = crate::net::Prefixed::new(prefix, stream);
             return opaque(&shared, &obs, &pair, io, peer, app).await;
         }
@@ -496,14 +498,20 @@ async fn http<Io>(
     serve_connection_limited(io, version, handler, &lifecycle, server_limits).await;
 }
 
-/// Authorization of an opaque TCP connection (the authorizer logs and counts refusals; the
-/// connection is then closed).
-fn tcp_allowed(shared: &Shared, app_port: u16, client: Option<&SpiffeId>) -> bool {
-    shared
-        .authz
-        .load()
-        .authorize_tcp(app_port, client)
-        .is_allow()
+/// Authorization of an opaque TCP connection (the authorizer logs refusals, the decision is
+/// counted for `pair`; a refused connection is then closed).
+fn tcp_allowed(
+    shared: &Shared,
+    obs: &Observability,
+    pair: &crate::observe::ServicePair,
+    app_port: u16,
+    client: Option<&SpiffeId>,
+) -> bool {
+    let decision = shared.authz.load().authorize_tcp(app_port, client);
+    let allowed = decision.is_allow();
+    obs.metrics
+        .authz_decision(pair, allowed, decision.reason());
+    allowed
 }
 
 async fn to_app(
