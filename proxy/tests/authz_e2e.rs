@@ -13,10 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use docmesh_proxy::config::inbound::{InboundConfig, InboundPortConfig};
+use docmesh_proxy::config::observability::ObservabilityConfig;
 use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::inbound::Inbound;
 use docmesh_proxy::lifecycle::Lifecycle;
-use docmesh_proxy::config::observability::ObservabilityConfig;
 use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::observe::Observability;
 use http_body_util::BodyExt;

@@ -509,8 +509,7 @@ fn tcp_allowed(
 ) -> bool {
     let decision = shared.authz.load().authorize_tcp(app_port, client);
     let allowed = decision.is_allow();
-    obs.metrics
-        .authz_decision(pair, allowed, decision.reason());
+    obs.metrics.authz_decision(pair, allowed, decision.reason());
     allowed
 }
 
