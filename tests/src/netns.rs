@@ -19,6 +19,7 @@
 pub mod capture;
 mod pod;
 pub mod probe;
+pub mod sidecar;
 
 pub use pod::Pod;
 

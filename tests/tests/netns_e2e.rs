@@ -9,18 +9,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
-use docmesh_certs::spiffe_id::{SpiffeId, TrustDomain};
-use docmesh_init::host::SystemHost;
+use docmesh_certs::spiffe_id::TrustDomain;
 use docmesh_tests::netns::capture;
 use docmesh_tests::netns::probe::{ask, Responder};
+use docmesh_tests::netns::sidecar::{self, init, url, Logs, Sidecar, APP};
 use docmesh_tests::netns::{Pod, Topology};
 
-const PROXY: (u32, u32) = (1337, 1337);
-const APP: (u32, u32) = (1000, 1000);
 const TD: &str = "e2e.docmesh.test";
 const CONNECT_TIMEOUT_MS: u64 = 500;
 
@@ -28,151 +25,27 @@ fn id(pod: &str) -> String {
     format!("spiffe://{TD}/pod/{pod}")
 }
 
-/// Runs `docmesh-init ARGS` inside the pod.
-fn init(pod: &Pod, args: &[&str]) -> String {
-    let mut argv = vec!["docmesh-init".to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    pod.enter(move || {
-        let mut out = Vec::new();
-        docmesh_init::cli::run(argv, &SystemHost, &mut out)
-            .map(|()| String::from_utf8_lossy(&out).into_owned())
-            .map_err(|e| e.to_string())
-    })
-    .unwrap()
-    .unwrap_or_else(|e| panic!("docmesh-init failed: {e}"))
+/// Starts a pod's sidecar: strict inbound, the default transparent listeners (with their IPv6
+/// twins), and what `extra` adds (services, authorization).
+fn start_sidecar(
+    pod: &Pod,
+    ca: &CertificateAuthority,
+    root: &std::path::Path,
+    extra: &str,
+    logs: &mut Logs,
+) -> Sidecar {
+    let config = format!(
+        "[inbound]\nmode = \"strict\"\n\n[outbound]\nconnect_timeout = \"{CONNECT_TIMEOUT_MS}ms\"\n{extra}"
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
+    Sidecar::start(pod, bin, ca, &id(&pod.name), root, &config, logs)
 }
 
-/// Prints the proxies' logs when the test fails, so the failure explains itself.
-struct Logs(Vec<PathBuf>);
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.0 {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("---- {} (last 40 lines)", p.display());
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    // The proxy runs as UID 1337 and must read its files.
-    std::os::unix::fs::chown(path, Some(PROXY.0), Some(PROXY.1)).unwrap();
-}
-
-/// The proxy configuration of one pod: identity files, the default transparent listeners
-/// (with their IPv6 twins), and what `extra` adds (services, authorization).
-fn proxy_config(dir: &Path, extra: &str) -> String {
-    let d = dir.display();
-    format!(
-        r#"
-[identity]
-source = "files"
-cert = "{d}/svid.pem"
-key = "{d}/svid.key"
-bundle = "{d}/bundle.pem"
-
-[inbound]
-mode = "strict"
-
-[outbound]
-connect_timeout = "{CONNECT_TIMEOUT_MS}ms"
-{extra}
-"#
-    )
-}
-
-/// Starts a pod's sidecar: rules, certificates, config, the proxy process as UID 1337.
-fn start_sidecar(pod: &Pod, ca: &CertificateAuthority, root: &Path, extra: &str, logs: &mut Logs) {
-    let dir = root.join(&pod.name);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let svid = ca
-        .issue_svid(
-            &id(&pod.name).parse::<SpiffeId>().unwrap(),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    write(&dir.join("svid.pem"), &svid.cert_chain_pem);
-    write(&dir.join("svid.key"), &svid.key_pem);
-    write(&dir.join("bundle.pem"), ca.root_cert_pem());
-    let config = dir.join("proxy.toml");
-    write(&config, &proxy_config(&dir, extra));
-    let log = dir.join("proxy.log");
-    logs.0.push(log.clone());
-
-    init(pod, &[]);
-    spawn_proxy(pod, &dir);
-}
-
-/// Starts (or, after `kill_children`, restarts) the pod's proxy process as UID 1337 and waits
-/// for its listeners.
-fn spawn_proxy(pod: &Pod, dir: &Path) {
-    let (config, log) = (dir.join("proxy.toml"), dir.join("proxy.log"));
-    let bin = env!("CARGO_BIN_EXE_docmesh-netns-proxy");
-    pod.spawn_logged(Some(PROXY), &[bin, &config.display().to_string()], &log)
-        .unwrap();
-    // Ready once the SVID is loaded and every listener is bound (admin `/ready`).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ready = [
-        "curl",
-        "-sf",
-        "--max-time",
-        "1",
-        "http://127.0.0.1:15020/ready",
-    ];
-    while let Err(e) = pod.exec(&ready) {
-        assert!(
-            Instant::now() < deadline,
-            "[{}] proxy not ready after 20s ({e}); log: {}",
-            pod.name,
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `curl` inside the pod as the app user: returns (status, headers+body, elapsed).
+/// `curl` inside the pod as the app user, with a forged identity header: (status,
+/// headers+body, elapsed).
 fn curl(pod: &Pod, url: &str) -> (u16, String, Duration) {
-    let start = Instant::now();
-    let out = pod
-        .exec_as(
-            APP.0,
-            APP.1,
-            &[
-                "curl",
-                "-sS",
-                "-g",
-                "-i",
-                "--max-time",
-                "10",
-                "-H",
-                &format!("docmesh-client-id: spiffe://{TD}/pod/forged"),
-                url,
-            ],
-        )
-        .unwrap_or_else(|e| panic!("curl {url}: {e}"));
-    let elapsed = start.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line from {url}: {text:?}"));
-    (status, text, elapsed)
-}
-
-fn url(ip: IpAddr, port: u16, path: &str) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("http://{v4}:{port}{path}"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:{port}{path}"),
-    }
+    let forged = format!("docmesh-client-id: spiffe://{TD}/pod/forged");
+    sidecar::curl(pod, &["-H", &forged, url])
 }
 
 #[test]
@@ -186,7 +59,7 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
             .unwrap();
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut logs = Logs(Vec::new());
+    let mut logs = Logs::default();
 
     // One service per (family, port): the resilience layer balances a service's requests over
     // all of its endpoints, and the IPv6 checks must really travel over IPv6.
@@ -217,7 +90,7 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
         apps.push(Responder::peer(b, SocketAddr::new(any, 7000), "B-TCP").unwrap());
     }
 
-    start_sidecar(a, &ca, root.path(), &a_services, &mut logs);
+    let a_sidecar = start_sidecar(a, &ca, root.path(), &a_services, &mut logs);
     // B's authorization: port 8081 only for an identity nobody has (8080 and 7000 stay open to
     // every authenticated peer).
     let b_authz =
@@ -339,7 +212,7 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
     // B cut off by a DROP rule. A fresh A sidecar first, so no pooled connection to B exists
     // and the request needs a new TCP connection.
     a.kill_children();
-    spawn_proxy(a, &root.path().join("a"));
+    a_sidecar.spawn(a);
     // B cut off by a DROP rule: 504 connect-timeout, within the configured connect timeout
     // (plus retries' share; bounded generously, the point is that it does not hang).
     b.exec(&[

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ enum Mode {
     HttpEcho,
 }
 
-/// Reads one request head and answers it with 200 and the head as the body.
-fn http_echo(mut conn: TcpStream) {
+/// Reads one request head, records it in `heads` and answers it with 200 and the head as the
+/// body.
+fn http_echo(mut conn: TcpStream, heads: &Mutex<Vec<String>>) {
     let _ = conn.set_read_timeout(Some(PROBE_TIMEOUT));
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -39,6 +41,10 @@ fn http_echo(mut conn: TcpStream) {
     let peer = conn
         .peer_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    heads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(String::from_utf8_lossy(&head[..end]).into_owned());
     let mut body = head[..end].to_vec();
     body.extend_from_slice(format!("peer: {peer}\n").as_bytes());
     let reply = format!(
@@ -56,6 +62,7 @@ fn http_echo(mut conn: TcpStream) {
 pub struct Responder {
     /// The address it listens on.
     pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
     control: TcpListener,
     thread: Option<JoinHandle<()>>,
 }
@@ -77,6 +84,12 @@ impl Responder {
     /// peer it saw) as the body, then closes.
     pub fn http_echo(pod: &Pod, addr: SocketAddr) -> Result<Responder, NetnsError> {
         Self::start(pod, addr, String::new(), Mode::HttpEcho)
+    }
+
+    /// The request heads an [`Responder::http_echo`] app received so far (request line and
+    /// headers, as text).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Listens on `addr` inside `pod` (a REDIRECT target such as 15001) and answers
@@ -105,6 +118,8 @@ impl Responder {
             what: "clone listener".into(),
             source,
         })?;
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = heads.clone();
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { break };
@@ -122,7 +137,8 @@ impl Responder {
                         }
                     }
                     Mode::HttpEcho => {
-                        std::thread::spawn(move || http_echo(conn));
+                        let seen = seen.clone();
+                        std::thread::spawn(move || http_echo(conn, &seen));
                         continue;
                     }
                 };
@@ -132,6 +148,7 @@ impl Responder {
         });
         Ok(Responder {
             addr,
+            heads,
             control,
             thread: Some(thread),
         })
