@@ -4,13 +4,83 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
 
 use common::{certs, fails, ok, openssl};
 
 const ID: &str = "spiffe://onlyoffice.local/ns/onlyoffice/sa/docservice";
+const TD: &str = "onlyoffice.local";
+/// `openssl req -newkey` arguments for a P-256 key.
+const P256: &[&str] = &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
 
-fn mode(p: &std::path::Path) -> u32 {
+fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `docmesh-certs init --trust-domain onlyoffice.local --out ca` plus `extra`; must succeed.
+fn init_ca(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["init", "--trust-domain", TD, "--out", "ca"];
+    args.extend_from_slice(extra);
+    ok(certs(dir, &args))
+}
+
+/// The arguments of `docmesh-certs issue --ca ca --spiffe-id id --out out` plus `extra`.
+fn issue_args<'a>(id: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["issue", "--ca", "ca", "--spiffe-id", id, "--out", out];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `docmesh-certs issue` (see [`issue_args`]); must succeed.
+fn issue(dir: &Path, id: &str, out: &str, extra: &[&str]) -> String {
+    ok(certs(dir, &issue_args(id, out, extra)))
+}
+
+/// The arguments of `docmesh-certs issue --ca ca --from list --out out` plus `extra`.
+fn issue_from_args<'a>(list: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["issue", "--ca", "ca", "--from", list, "--out", out];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The arguments of `docmesh-certs verify --bundle bundle <extra> svid`.
+fn verify_args<'a>(bundle: &'a str, extra: &[&'a str], svid: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["verify", "--bundle", bundle];
+    args.extend_from_slice(extra);
+    args.push(svid);
+    args
+}
+
+/// Runs `docmesh-certs verify` (see [`verify_args`]).
+fn verify(dir: &Path, bundle: &str, extra: &[&str], svid: &str) -> Output {
+    certs(dir, &verify_args(bundle, extra, svid))
+}
+
+/// `openssl req -x509 -newkey <newkey> -nodes -keyout key -out pem -days days -subj subj`
+/// with one `-addext` per entry of `exts`; must succeed.
+fn openssl_self_signed(
+    dir: &Path,
+    newkey: &[&str],
+    (key, pem): (&str, &str),
+    days: &str,
+    subj: &str,
+    exts: &[&str],
+) -> String {
+    let mut args = vec!["req", "-x509", "-newkey"];
+    args.extend_from_slice(newkey);
+    args.extend([
+        "-nodes", "-keyout", key, "-out", pem, "-days", days, "-subj", subj,
+    ]);
+    for e in exts {
+        args.extend(["-addext", e]);
+    }
+    ok(openssl(dir, &args))
+}
+
+/// `openssl x509 -in pem -noout <what>`; must succeed.
+fn openssl_x509(dir: &Path, pem: &str, what: &str) -> String {
+    ok(openssl(dir, &["x509", "-in", pem, "-noout", what]))
 }
 
 #[test]
@@ -23,34 +93,13 @@ fn issued_certs_pass_openssl_for_every_algorithm() {
     ] {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        let mut args = vec![
-            "init",
-            "--trust-domain",
-            "onlyoffice.local",
-            "--out",
-            "ca",
-            "--algorithm",
-            alg,
-        ];
+        let mut extra = vec!["--algorithm", alg];
         if intermediate {
-            args.push("--intermediate");
+            extra.push("--intermediate");
         }
-        ok(certs(dir, &args));
+        init_ca(dir, &extra);
         assert_eq!(mode(&dir.join("ca/root.key")), 0o600);
-        ok(certs(
-            dir,
-            &[
-                "issue",
-                "--ca",
-                "ca",
-                "--spiffe-id",
-                ID,
-                "--ttl",
-                "24h",
-                "--out",
-                "svid",
-            ],
-        ));
+        issue(dir, ID, "svid", &["--ttl", "24h"]);
         assert_eq!(mode(&dir.join("svid/svid.key")), 0o600);
         let mut v = vec!["verify", "-CAfile", "ca/root.pem"];
         if intermediate {
@@ -66,16 +115,10 @@ fn issued_certs_pass_openssl_for_every_algorithm() {
             p.insert(1, "-purpose");
             ok(openssl(dir, &p));
         }
-        let x = ok(openssl(
-            dir,
-            &["x509", "-in", "svid/svid.pem", "-noout", "-text"],
-        ));
+        let x = openssl_x509(dir, "svid/svid.pem", "-text");
         assert!(x.contains(&format!("URI:{ID}")), "{x}");
         assert!(x.contains("CA:FALSE"), "{x}");
-        let ca = ok(openssl(
-            dir,
-            &["x509", "-in", "ca/root.pem", "-noout", "-text"],
-        ));
+        let ca = openssl_x509(dir, "ca/root.pem", "-text");
         assert!(
             ca.contains("URI:spiffe://onlyoffice.local") && ca.contains("CA:TRUE"),
             "{ca}"
@@ -83,24 +126,14 @@ fn issued_certs_pass_openssl_for_every_algorithm() {
         assert!(ca.contains("Certificate Sign, CRL Sign"), "{ca}");
         // The key matches according to openssl as well.
         let k = ok(openssl(dir, &["pkey", "-in", "svid/svid.key", "-pubout"]));
-        let c = ok(openssl(
-            dir,
-            &["x509", "-in", "svid/svid.pem", "-noout", "-pubkey"],
-        ));
+        let c = openssl_x509(dir, "svid/svid.pem", "-pubkey");
         assert_eq!(k, c, "{alg}");
         // And our own tools agree.
-        let out = ok(certs(
+        let out = ok(verify(
             dir,
-            &[
-                "verify",
-                "--bundle",
-                "svid/bundle.pem",
-                "--expect-id",
-                ID,
-                "--key",
-                "svid/svid.key",
-                "svid/svid.pem",
-            ],
+            "svid/bundle.pem",
+            &["--expect-id", ID, "--key", "svid/svid.key"],
+            "svid/svid.pem",
         ));
         assert!(out.contains(ID), "{out}");
         let out = ok(certs(
@@ -118,74 +151,27 @@ fn issued_certs_pass_openssl_for_every_algorithm() {
 fn init_refuses_to_overwrite_without_force() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    ok(certs(
-        dir,
-        &["init", "--trust-domain", "onlyoffice.local", "--out", "ca"],
-    ));
+    init_ca(dir, &[]);
     let before = std::fs::read(dir.join("ca/root.pem")).unwrap();
     let t = fails(
-        certs(
-            dir,
-            &["init", "--trust-domain", "onlyoffice.local", "--out", "ca"],
-        ),
+        certs(dir, &["init", "--trust-domain", TD, "--out", "ca"]),
         2,
     );
     assert!(t.contains("--force") && t.contains("root.pem"), "{t}");
     assert_eq!(std::fs::read(dir.join("ca/root.pem")).unwrap(), before);
-    ok(certs(
-        dir,
-        &[
-            "init",
-            "--trust-domain",
-            "onlyoffice.local",
-            "--out",
-            "ca",
-            "--force",
-        ],
-    ));
+    init_ca(dir, &["--force"]);
     assert_ne!(std::fs::read(dir.join("ca/root.pem")).unwrap(), before);
-    ok(certs(
-        dir,
-        &["issue", "--ca", "ca", "--spiffe-id", ID, "--out", "s"],
-    ));
-    let t = fails(
-        certs(
-            dir,
-            &["issue", "--ca", "ca", "--spiffe-id", ID, "--out", "s"],
-        ),
-        2,
-    );
+    issue(dir, ID, "s", &[]);
+    let t = fails(certs(dir, &issue_args(ID, "s", &[])), 2);
     assert!(t.contains("--force"), "{t}");
-    ok(certs(
-        dir,
-        &[
-            "issue",
-            "--ca",
-            "ca",
-            "--spiffe-id",
-            ID,
-            "--out",
-            "s",
-            "--force",
-        ],
-    ));
+    issue(dir, ID, "s", &["--force"]);
 }
 
 #[test]
 fn issue_from_list_file() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    ok(certs(
-        dir,
-        &[
-            "init",
-            "--trust-domain",
-            "onlyoffice.local",
-            "--out",
-            "ca",
-            "--intermediate",
-        ],
-    ));
+    init_ca(dir, &["--intermediate"]);
     std::fs::write(
         dir.join("svids.txt"),
         "# the demo deployment\n\
@@ -197,17 +183,7 @@ fn issue_from_list_file() {
     .unwrap();
     let out = ok(certs(
         dir,
-        &[
-            "issue",
-            "--ca",
-            "ca",
-            "--from",
-            "svids.txt",
-            "--ttl",
-            "12h",
-            "--out",
-            "out",
-        ],
+        &issue_from_args("svids.txt", "out", &["--ttl", "12h"]),
     ));
     for (sub, id) in [
         (
@@ -225,18 +201,12 @@ fn issue_from_list_file() {
     ] {
         assert!(out.contains(id), "{out}");
         let svid = format!("out/{sub}/svid.pem");
-        ok(certs(
+        let key = format!("out/{sub}/svid.key");
+        ok(verify(
             dir,
-            &[
-                "verify",
-                "--bundle",
-                &format!("out/{sub}/bundle.pem"),
-                "--expect-id",
-                id,
-                "--key",
-                &format!("out/{sub}/svid.key"),
-                &svid,
-            ],
+            &format!("out/{sub}/bundle.pem"),
+            &["--expect-id", id, "--key", &key],
+            &svid,
         ));
         ok(openssl(
             dir,
@@ -251,57 +221,30 @@ fn issue_from_list_file() {
         ));
     }
     // Bad lines are reported with their line number, and nothing is written.
-    std::fs::write(
-        dir.join("bad.txt"),
+    let bad_list = |name: &str, text: &str, out: &str| -> String {
+        std::fs::write(dir.join(name), text).unwrap();
+        fails(certs(dir, &issue_from_args(name, out, &[])), 2)
+    };
+    let t = bad_list(
+        "bad.txt",
         "spiffe://onlyoffice.local/a\nspiffe://onlyoffice.local/b/ x\n",
-    )
-    .unwrap();
-    let t = fails(
-        certs(
-            dir,
-            &["issue", "--ca", "ca", "--from", "bad.txt", "--out", "bad"],
-        ),
-        2,
+        "bad",
     );
     assert!(
         t.contains("bad.txt:2") && t.contains("must not end with `/`"),
         "{t}"
     );
     assert!(!dir.join("bad").exists());
-    std::fs::write(
-        dir.join("dup.txt"),
+    let t = bad_list(
+        "dup.txt",
         "spiffe://onlyoffice.local/a/x\nspiffe://onlyoffice.local/b/x\n",
-    )
-    .unwrap();
-    let t = fails(
-        certs(
-            dir,
-            &["issue", "--ca", "ca", "--from", "dup.txt", "--out", "dup"],
-        ),
-        2,
+        "dup",
     );
     assert!(t.contains("dup.txt:2") && t.contains("used twice"), "{t}");
-    std::fs::write(
-        dir.join("esc.txt"),
-        "spiffe://onlyoffice.local/a ../escape\n",
-    )
-    .unwrap();
-    let t = fails(
-        certs(
-            dir,
-            &["issue", "--ca", "ca", "--from", "esc.txt", "--out", "esc"],
-        ),
-        2,
-    );
+    let t = bad_list("esc.txt", "spiffe://onlyoffice.local/a ../escape\n", "esc");
     assert!(t.contains("esc.txt:1"), "{t}");
     // Re-issuing into existing output needs --force, and checks before writing anything.
-    let t = fails(
-        certs(
-            dir,
-            &["issue", "--ca", "ca", "--from", "svids.txt", "--out", "out"],
-        ),
-        2,
-    );
+    let t = fails(certs(dir, &issue_from_args("svids.txt", "out", &[])), 2);
     assert!(t.contains("--force"), "{t}");
 }
 
@@ -311,48 +254,29 @@ fn openssl_made_certificates_are_accepted() {
     let dir = d.path();
     // A CA and a leaf made entirely by openssl; the CA has no SPIFFE URI SAN, so the bundle's
     // trust domain comes from --trust-domain (or the SVID's own).
-    ok(openssl(
+    openssl_self_signed(
         dir,
+        P256,
+        ("ca.key", "ca.pem"),
+        "2",
+        "/CN=openssl CA",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=openssl CA",
-            "-addext",
             "basicConstraints=critical,CA:TRUE",
-            "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
-    ));
-    ok(openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=docservice",
-        ],
-    ));
+    );
+    let mut csr = vec!["req", "-new", "-newkey"];
+    csr.extend_from_slice(P256);
+    csr.extend([
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=docservice",
+    ]);
+    ok(openssl(dir, &csr));
     std::fs::write(
         dir.join("leaf.ext"),
         format!("subjectAltName=URI:{ID}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"),
@@ -385,107 +309,52 @@ fn openssl_made_certificates_are_accepted() {
     );
     let out = ok(certs(dir, &["inspect", "--bundle", "ca.pem", "leaf.pem"]));
     assert!(out.contains("verifies to"), "{out}");
-    ok(certs(
+    ok(verify(
         dir,
-        &[
-            "verify",
-            "--bundle",
-            "ca.pem",
-            "--expect-id",
-            ID,
-            "--key",
-            "leaf.key",
-            "leaf.pem",
-        ],
+        "ca.pem",
+        &["--expect-id", ID, "--key", "leaf.key"],
+        "leaf.pem",
     ));
-    ok(certs(
-        dir,
-        &[
-            "verify",
-            "--bundle",
-            "ca.pem",
-            "--trust-domain",
-            "onlyoffice.local",
-            "leaf.pem",
-        ],
-    ));
+    ok(verify(dir, "ca.pem", &["--trust-domain", TD], "leaf.pem"));
     // Declaring the openssl CA as another trust domain's root must not let it vouch for ours.
     let t = fails(
-        certs(
+        verify(
             dir,
-            &[
-                "verify",
-                "--bundle",
-                "ca.pem",
-                "--trust-domain",
-                "other.local",
-                "leaf.pem",
-            ],
+            "ca.pem",
+            &["--trust-domain", "other.local"],
+            "leaf.pem",
         ),
         1,
     );
     assert!(t.contains("own-trust-domain"), "{t}");
 
     // A self-signed openssl SVID (`req -x509 -addext subjectAltName=URI:...`), its own bundle.
-    ok(openssl(
+    let san = format!("subjectAltName=URI:{ID}");
+    openssl_self_signed(
         dir,
+        &["ed25519"],
+        ("self.key", "self.pem"),
+        "1",
+        "/CN=self",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ed25519",
-            "-nodes",
-            "-keyout",
-            "self.key",
-            "-out",
-            "self.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=self",
-            "-addext",
-            &format!("subjectAltName=URI:{ID}"),
-            "-addext",
+            &san,
             "basicConstraints=critical,CA:FALSE",
-            "-addext",
             "keyUsage=critical,digitalSignature",
-            "-addext",
             "extendedKeyUsage=serverAuth,clientAuth",
         ],
-    ));
+    );
     let out = ok(certs(dir, &["inspect", "self.pem"]));
     assert!(out.contains("valid X.509-SVID"), "{out}");
-    ok(certs(
-        dir,
-        &[
-            "verify", "--bundle", "self.pem", "--key", "self.key", "self.pem",
-        ],
-    ));
+    ok(verify(dir, "self.pem", &["--key", "self.key"], "self.pem"));
     // A plain `openssl req -x509` leaf gets CA:TRUE from the default config: named as such.
-    ok(openssl(
+    openssl_self_signed(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "plain.key",
-            "-out",
-            "plain.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=plain",
-            "-addext",
-            &format!("subjectAltName=URI:{ID}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-        ],
-    ));
+        P256,
+        ("plain.key", "plain.pem"),
+        "1",
+        "/CN=plain",
+        &[&san, "basicConstraints=critical,CA:TRUE"],
+    );
     let t = fails(certs(dir, &["inspect", "plain.pem"]), 1);
     assert!(
         t.contains("leaf-not-ca") && t.contains("key-usage-present"),
@@ -497,46 +366,9 @@ fn openssl_made_certificates_are_accepted() {
 fn clear_errors_for_bad_input() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    ok(certs(
-        dir,
-        &[
-            "init",
-            "--trust-domain",
-            "onlyoffice.local",
-            "--out",
-            "ca",
-            "--validity",
-            "2h",
-        ],
-    ));
-    ok(certs(
-        dir,
-        &[
-            "issue",
-            "--ca",
-            "ca",
-            "--spiffe-id",
-            ID,
-            "--ttl",
-            "1h",
-            "--out",
-            "a",
-        ],
-    ));
-    ok(certs(
-        dir,
-        &[
-            "issue",
-            "--ca",
-            "ca",
-            "--spiffe-id",
-            "spiffe://onlyoffice.local/b",
-            "--ttl",
-            "1h",
-            "--out",
-            "b",
-        ],
-    ));
+    init_ca(dir, &["--validity", "2h"]);
+    issue(dir, ID, "a", &["--ttl", "1h"]);
+    issue(dir, "spiffe://onlyoffice.local/b", "b", &["--ttl", "1h"]);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["inspect", "missing.pem"], "cannot read missing.pem"),
         (
@@ -544,71 +376,26 @@ fn clear_errors_for_bad_input() {
             "contains no CERTIFICATE PEM block (found: PRIVATE KEY)",
         ),
         (
-            vec!["verify", "--bundle", "a/svid.key", "a/svid.pem"],
+            verify_args("a/svid.key", &[], "a/svid.pem"),
             "contains no CERTIFICATE PEM block",
         ),
         (
-            vec![
-                "verify",
-                "--bundle",
-                "ca/bundle.pem",
-                "--key",
-                "b/svid.key",
-                "a/svid.pem",
-            ],
+            verify_args("ca/bundle.pem", &["--key", "b/svid.key"], "a/svid.pem"),
             "does not match the certificate",
         ),
         (
-            vec![
-                "verify",
-                "--bundle",
-                "ca/bundle.pem",
-                "--key",
-                "a/svid.pem",
-                "a/svid.pem",
-            ],
+            verify_args("ca/bundle.pem", &["--key", "a/svid.pem"], "a/svid.pem"),
             "contains no PRIVATE KEY",
         ),
         (
-            vec![
-                "issue",
-                "--ca",
-                "ca",
-                "--spiffe-id",
-                ID,
-                "--ttl",
-                "3h",
-                "--out",
-                "c",
-            ],
+            issue_args(ID, "c", &["--ttl", "3h"]),
             "after the CA's own validity",
         ),
         (
-            vec![
-                "issue",
-                "--ca",
-                "ca",
-                "--spiffe-id",
-                "spiffe://onlyoffice.local:8443/x",
-                "--out",
-                "c",
-            ],
+            issue_args("spiffe://onlyoffice.local:8443/x", "c", &[]),
             "must not contain a port",
         ),
-        (
-            vec![
-                "issue",
-                "--ca",
-                "ca",
-                "--spiffe-id",
-                ID,
-                "--ttl",
-                "soon",
-                "--out",
-                "c",
-            ],
-            "invalid duration",
-        ),
+        (issue_args(ID, "c", &["--ttl", "soon"]), "invalid duration"),
         (
             vec!["issue", "--ca", "nope", "--spiffe-id", ID, "--out", "c"],
             "cannot read nope/root.pem",
@@ -630,14 +417,11 @@ fn clear_errors_for_bad_input() {
             "unknown key algorithm",
         ),
         (
-            vec![
-                "verify",
-                "--bundle",
+            verify_args(
                 "ca/bundle.pem",
-                "--expect-id",
-                "spiffe://x/y?z",
+                &["--expect-id", "spiffe://x/y?z"],
                 "a/svid.pem",
-            ],
+            ),
             "must not contain a query",
         ),
     ];
@@ -648,16 +432,11 @@ fn clear_errors_for_bad_input() {
     assert!(!dir.join("c").exists() && !dir.join("x").exists());
     // Not a valid SVID (as opposed to a usage error) exits 1.
     let t = fails(
-        certs(
+        verify(
             dir,
-            &[
-                "verify",
-                "--bundle",
-                "ca/bundle.pem",
-                "--expect-id",
-                "spiffe://onlyoffice.local/b",
-                "a/svid.pem",
-            ],
+            "ca/bundle.pem",
+            &["--expect-id", "spiffe://onlyoffice.local/b"],
+            "a/svid.pem",
         ),
         1,
     );
@@ -669,14 +448,8 @@ fn verify_accepts_a_spiffe_json_bundle() {
     use base64::Engine;
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    ok(certs(
-        dir,
-        &["init", "--trust-domain", "onlyoffice.local", "--out", "ca"],
-    ));
-    ok(certs(
-        dir,
-        &["issue", "--ca", "ca", "--spiffe-id", ID, "--out", "s"],
-    ));
+    init_ca(dir, &[]);
+    issue(dir, ID, "s", &[]);
     let pem = std::fs::read(dir.join("ca/root.pem")).unwrap();
     let der = docmesh_certs::pem::certs(&pem, "root").unwrap().remove(0);
     let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
@@ -685,37 +458,24 @@ fn verify_accepts_a_spiffe_json_bundle() {
         format!(r#"{{"spiffe_sequence": 3, "keys": [{{"use": "x509-svid", "kty": "EC", "x5c": ["{b64}"]}}]}}"#),
     )
     .unwrap();
-    ok(certs(
+    ok(verify(
         dir,
-        &[
-            "verify",
-            "--bundle",
-            "bundle.json",
-            "--expect-id",
-            ID,
-            "s/svid.pem",
-        ],
+        "bundle.json",
+        &["--expect-id", ID],
+        "s/svid.pem",
     ));
     // Declared for another trust domain, the same roots do not vouch for ours.
     let t = fails(
-        certs(
+        verify(
             dir,
-            &[
-                "verify",
-                "--bundle",
-                "bundle.json",
-                "--trust-domain",
-                "other.local",
-                "s/svid.pem",
-            ],
+            "bundle.json",
+            &["--trust-domain", "other.local"],
+            "s/svid.pem",
         ),
         1,
     );
     assert!(t.contains("own-trust-domain"), "{t}");
     std::fs::write(dir.join("empty.json"), r#"{"keys": []}"#).unwrap();
-    let t = fails(
-        certs(dir, &["verify", "--bundle", "empty.json", "s/svid.pem"]),
-        2,
-    );
+    let t = fails(verify(dir, "empty.json", &[], "s/svid.pem"), 2);
     assert!(t.contains("x509-svid"), "{t}");
 }
