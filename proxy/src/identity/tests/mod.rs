@@ -213,6 +213,52 @@ async fn client_configs_are_cached_per_id_and_alpn_and_resume_sessions() {
     assert_eq!(peer_id(s.get_ref().1.peer_certificates()), sid(A));
 }
 
+/// Installs a new SVID for `id` from `ca` (the current bundles stay), as a source does.
+fn rotate(identity: &Identity, ca: &CertificateAuthority, id: &str) -> IssuedSvid {
+    let s = issue(ca, id);
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(s.key_der.clone().into());
+    let bundles = (*identity.bundles()).clone();
+    let svid = material::Svid::build(s.chain.clone(), key, &bundles, &provider(), "test").unwrap();
+    identity.install(svid, bundles);
+    s
+}
+
+/// One connection from `a` to `b` with a byte each way (so the client takes its session
+/// tickets): how it was established, and the leaf the server knows the client by.
+async fn session(a: &Identity, b: &Identity) -> (rustls::HandshakeKind, Vec<u8>) {
+    let (c, s) = handshake(b.server_config(), a.client_config(&sid(B), &[ALPN_H2])).await;
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    ping(&mut c, &mut s).await;
+    let leaf = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (c.get_ref().1.handshake_kind().unwrap(), leaf)
+}
+
+#[tokio::test]
+async fn rotations_forget_tls_sessions_so_new_connections_are_verified_again() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let ca = ca("mesh.test");
+    let a = identity(&ca, A);
+    let b = identity(&ca, B);
+    let (kind, _) = session(&a, &b).await;
+    assert_eq!(kind, Full);
+    assert_eq!(
+        session(&a, &b).await.0,
+        Resumed,
+        "sessions resume between rotations"
+    );
+
+    // The client rotates: a resumed session would carry its old leaf (resumption skips
+    // certificates); its next connection is a full handshake with the new one.
+    let new_a = rotate(&a, &ca, A);
+    assert_eq!(session(&a, &b).await, (Full, new_a.chain[0].to_vec()));
+    assert_eq!(session(&a, &b).await.0, Resumed);
+
+    // The server rotates: the client still offers its session, the server no longer
+    // accepts it (a session from before a root was removed must not let a peer in).
+    rotate(&b, &ca, B);
+    assert_eq!(session(&a, &b).await.0, Full);
+}
+
 #[test]
 fn from_pem_rejects_bad_material_with_clear_errors() {
     let ca1 = ca("mesh.test");
