@@ -196,8 +196,8 @@ fn netns_attacks_through_the_transparent_path_are_cut_off_and_normal_traffic_is_
         attack.join().unwrap()
     });
     eprintln!(
-        "slowloris cut off {:?} after the handshake ({} bytes sent)",
-        end.after, end.sent
+        "slowloris cut off {:?} after the handshake ({} bytes sent), answer {:?}",
+        end.after, end.sent, end.answer
     );
     assert!(
         end.after >= HEADER_READ_TIMEOUT.mul_f32(0.8) && end.after < HEADER_READ_TIMEOUT * 5,
