@@ -4,7 +4,7 @@
 mod authz_support;
 
 use authz_support::*;
-use docmesh_proxy::authz::{DenyCause, CLIENT_ID_HEADER, TENANT_HEADER};
+use docmesh_proxy::authz::{Decision, DenyCause, CLIENT_ID_HEADER, TENANT_HEADER};
 use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
 use serde_json::json;
 
@@ -63,17 +63,62 @@ fn claims(tenant: &str) -> serde_json::Value {
     json!({"payload": {"c": "info", "key": "doc-1", "tenant": tenant}, "iat": NOW, "exp": NOW + 300})
 }
 
+/// A POST to `URI` on port 8000 from `CALLER`.
+async fn from_caller(
+    az: &docmesh_proxy::authz::Authorizer,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Outcome {
+    decide(az, 8000, CALLER, "POST", URI, headers, body).await
+}
+
+/// [`from_caller`] with `Host: host`, `Authorization: auth` and the body `{}`.
 async fn send(az: &docmesh_proxy::authz::Authorizer, host: &str, auth: &str) -> Outcome {
-    decide(
-        az,
-        8000,
-        CALLER,
-        "POST",
-        URI,
-        &[("host", host), ("authorization", auth)],
-        b"{}",
-    )
-    .await
+    from_caller(az, &[("host", host), ("authorization", auth)], b"{}").await
+}
+
+/// A POST to `URI` on port 8000 from no client (JWKS and body tests) with `headers` and `body`.
+async fn post(
+    az: &docmesh_proxy::authz::Authorizer,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Outcome {
+    decide(az, 8000, None, "POST", URI, headers, body).await
+}
+
+/// Sends a POST to `URI` from `CALLER` with `headers` and `body` and asserts the decision:
+/// `expect` is `allow`, or `401 <part of the detail>` / `403 <part of the detail>`.
+async fn expect(
+    az: &docmesh_proxy::authz::Authorizer,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    expect: &str,
+) {
+    let out = from_caller(az, headers, body).await;
+    let auth = headers
+        .iter()
+        .find(|(k, _)| *k == "authorization")
+        .map(|(_, v)| v.get(..80).unwrap_or(v));
+    let want = match expect.split_once(' ') {
+        None => {
+            assert_eq!(expect, "allow");
+            return assert!(out.decision.is_allow(), "{auth:?}: {:?}", out.decision);
+        }
+        Some(("401", needle)) => (DenyCause::Unauthenticated, needle),
+        Some(("403", needle)) => (DenyCause::Forbidden, needle),
+        Some(_) => panic!("bad expectation {expect:?}"),
+    };
+    match &out.decision {
+        Decision::Deny { cause, detail, .. } => {
+            assert_eq!(*cause, want.0, "{auth:?}: detail {detail}");
+            assert!(
+                detail.contains(want.1),
+                "{auth:?}: detail {detail:?} lacks {:?}",
+                want.1
+            );
+        }
+        other => panic!("{auth:?}: expected {expect:?}, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -82,16 +127,17 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
     let az = tenant_setup(dir.path(), "");
     let good = hs(HS256, SECRET, &claims("acme"));
     let bearer = |t: &str| format!("Bearer {t}");
-    let unauth = DenyCause::Unauthenticated;
+    let signed = |c: &serde_json::Value| bearer(&hs(HS256, SECRET, c));
+    let with = |claim: &str, v: serde_json::Value| {
+        let mut c = claims("acme");
+        c[claim] = v;
+        signed(&c)
+    };
 
     // The good token passes, for every HS algorithm, and the app sees verified values only.
     for alg in [HS256, HS384, HS512] {
-        let out = decide(
+        let out = from_caller(
             &az,
-            8000,
-            CALLER,
-            "POST",
-            URI,
             &[
                 ("host", HOST),
                 ("authorization", &bearer(&hs(alg, SECRET, &claims("acme")))),
@@ -108,114 +154,12 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
         assert_eq!(out.headers[TENANT_HEADER], "acme");
     }
 
-    // alg: none, in two spellings, with and without a signature part.
-    let payload = b64(claims("acme").to_string().as_bytes());
-    for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"None"}"#] {
-        let h = b64(header.as_bytes());
-        for tok in [
-            format!("{h}.{payload}."),
-            format!("{h}.{payload}.{}", b64(b"sig")),
-        ] {
-            send(&az, HOST, &bearer(&tok))
-                .await
-                .denied(unauth, "unsigned token (alg \"none\")");
-        }
-    }
-    // Wrong secret (another tenant's secret, for this host).
-    let tok = hs(
-        HS256,
-        b"globex-secret-xxxxxxxxxxxxxxxxxxxx",
-        &claims("acme"),
+    let globex_key: &[u8] = b"globex-secret-xxxxxxxxxxxxxxxxxxxx";
+    let initech_key: &[u8] = b"initech-secret-xxxxxxxxxxxxxxxxxxx";
+    let expired = format!(
+        "401 expired token: exp {} is before now {NOW} minus the 60 s",
+        NOW - 61
     );
-    send(&az, HOST, &bearer(&tok))
-        .await
-        .denied(unauth, "bad signature (HS256)");
-    // Expired beyond the 60 s tolerance; within it passes.
-    let mut c = claims("acme");
-    c["exp"] = json!(NOW - 61);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
-        .await
-        .denied(
-            unauth,
-            &format!(
-                "expired token: exp {} is before now {NOW} minus the 60 s",
-                NOW - 61
-            ),
-        );
-    c["exp"] = json!(NOW - 59);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
-        .await
-        .allowed();
-    // Not yet valid beyond the tolerance; within it passes.
-    let mut c = claims("acme");
-    c["nbf"] = json!(NOW + 61);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
-        .await
-        .denied(unauth, "token not yet valid: nbf");
-    c["nbf"] = json!(NOW + 59);
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
-        .await
-        .allowed();
-    // exp that is not a number.
-    let mut c = claims("acme");
-    c["exp"] = json!("tomorrow");
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
-        .await
-        .denied(unauth, "claim \"exp\" must be a NumericDate");
-    // Missing tenant claim.
-    let c = json!({"payload": {"c": "info"}, "exp": NOW + 300});
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &c)))
-        .await
-        .denied(unauth, "missing tenant: the token has no \"tenant\" claim");
-    // Tenant of another host: a token for globex (signed with acme's key, since the key
-    // follows the host) sent to acme's host.
-    send(&az, HOST, &bearer(&hs(HS256, SECRET, &claims("globex"))))
-        .await
-        .denied(
-            unauth,
-            "tenant of another host: token tenant \"globex\", host tenant \"acme\"",
-        );
-    // Tenant not permitted: globex may only GET /healthcheck.
-    let globex = hs(
-        HS256,
-        b"globex-secret-xxxxxxxxxxxxxxxxxxxx",
-        &claims("globex"),
-    );
-    send(&az, "globex.docs.example.com:443", &bearer(&globex)).await.denied(
-        DenyCause::Forbidden,
-        "tenant not permitted: tenant \"globex\" may not call POST /coauthoring/CommandService.ashx on documentserver (port 8000)",
-    );
-    // initech has a key but no row at all.
-    let initech = hs(
-        HS256,
-        b"initech-secret-xxxxxxxxxxxxxxxxxxx",
-        &claims("initech"),
-    );
-    send(&az, "initech.docs.example.com", &bearer(&initech))
-        .await
-        .denied(
-            DenyCause::Forbidden,
-            "tenant not permitted: tenant \"initech\"",
-        );
-    // Unknown tenant key: no secret file for this host's tenant.
-    send(&az, "umbrella.docs.example.com", &bearer(&good))
-        .await
-        .denied(
-            unauth,
-            "unknown tenant key: no secret for tenant \"umbrella\"",
-        );
-    // Bad prefix.
-    for auth in [
-        format!("Token {good}"),
-        format!("Basic {good}"),
-        good.clone(),
-        "Bearer".into(),
-    ] {
-        send(&az, HOST, &auth)
-            .await
-            .denied(unauth, "does not start with the prefix \"Bearer \"");
-    }
-    // Malformed: base64, JSON, part counts, alg, crit.
     let (h, p, s) = {
         let mut it = good.split('.');
         (
@@ -224,45 +168,6 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
             it.next().unwrap().to_string(),
         )
     };
-    let cases = [
-        (format!("{h}$.{p}.{s}"), "header is not base64url"),
-        (format!("{h}.{p}*.{s}"), "payload is not base64url"),
-        (format!("{h}.{p}.{s}!"), "signature is not base64url"),
-        (
-            format!("{}.{p}.{s}", b64(b"{\"alg\":")),
-            "header is not a JSON object",
-        ),
-        (
-            format!("{}.{p}.{s}", b64(b"[1,2]")),
-            "header is not a JSON object",
-        ),
-        (
-            format!("{}.{p}.{s}", b64(b"{\"typ\":\"JWT\"}")),
-            "header has no \"alg\"",
-        ),
-        (
-            format!("{}.{p}.{s}", b64(b"{\"alg\":7}")),
-            "header \"alg\" is not a string",
-        ),
-        (
-            format!("{}.{p}.{s}", b64(b"{\"alg\":\"XS999\"}")),
-            "algorithm XS999 not accepted: unknown",
-        ),
-        (
-            format!("{}.{p}.{s}", b64(br#"{"alg":"HS256","crit":["exp"]}"#)),
-            "\"crit\"",
-        ),
-        (format!("{h}.{p}"), "expected 3 dot-separated parts"),
-        (
-            format!("{h}.{p}.{s}.{s}.{s}"),
-            "(JWS compact form), found 5",
-        ),
-        ("...".to_string(), "malformed token"),
-        ("e30.e30.e30".to_string(), "header has no \"alg\""),
-    ];
-    for (tok, needle) in &cases {
-        send(&az, HOST, &bearer(tok)).await.denied(unauth, needle);
-    }
     // A correctly signed payload that is not JSON.
     let garbage = {
         let h = b64(br#"{"alg":"HS256"}"#);
@@ -275,37 +180,112 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
         .unwrap();
         format!("{h}.{p}.{sig}")
     };
-    send(&az, HOST, &bearer(&garbage))
-        .await
-        .denied(unauth, "payload is not a JSON object");
-    // A 1 MB token is refused by size, before any decoding.
-    let huge = format!("{h}.{}.{s}", "A".repeat(1024 * 1024));
-    send(&az, HOST, &bearer(&huge))
-        .await
-        .denied(unauth, "exceeds authz.jwt.max_token_bytes (65536)");
+    let none_payload = b64(claims("acme").to_string().as_bytes());
+    let none = |header: &str, sig: &str| {
+        bearer(&format!("{}.{none_payload}.{sig}", b64(header.as_bytes())))
+    };
+    let bad_prefix = "401 does not start with the prefix \"Bearer \"";
+    let alg_none = "401 unsigned token (alg \"none\")";
+
+    // (host, Authorization, expected decision)
+    let table: Vec<(&str, String, &str)> = vec![
+        // alg: none, in two spellings, with and without a signature part.
+        (HOST, none(r#"{"alg":"none","typ":"JWT"}"#, ""), alg_none),
+        (HOST, none(r#"{"alg":"none","typ":"JWT"}"#, &b64(b"sig")), alg_none),
+        (HOST, none(r#"{"alg":"None"}"#, ""), alg_none),
+        (HOST, none(r#"{"alg":"None"}"#, &b64(b"sig")), alg_none),
+        // Wrong secret (another tenant's secret, for this host).
+        (HOST, bearer(&hs(HS256, globex_key, &claims("acme"))), "401 bad signature (HS256)"),
+        // Expired or not yet valid beyond the 60 s tolerance; within it passes.
+        (HOST, with("exp", json!(NOW - 61)), &expired),
+        (HOST, with("exp", json!(NOW - 59)), "allow"),
+        (HOST, with("nbf", json!(NOW + 61)), "401 token not yet valid: nbf"),
+        (HOST, with("nbf", json!(NOW + 59)), "allow"),
+        // exp that is not a number.
+        (HOST, with("exp", json!("tomorrow")), "401 claim \"exp\" must be a NumericDate"),
+        // Missing tenant claim.
+        (
+            HOST,
+            signed(&json!({"payload": {"c": "info"}, "exp": NOW + 300})),
+            "401 missing tenant: the token has no \"tenant\" claim",
+        ),
+        // Tenant of another host: a token for globex (signed with acme's key, since the key
+        // follows the host) sent to acme's host.
+        (
+            HOST,
+            signed(&claims("globex")),
+            "401 tenant of another host: token tenant \"globex\", host tenant \"acme\"",
+        ),
+        // Tenant not permitted: globex may only GET /healthcheck.
+        (
+            "globex.docs.example.com:443",
+            bearer(&hs(HS256, globex_key, &claims("globex"))),
+            "403 tenant not permitted: tenant \"globex\" may not call POST /coauthoring/CommandService.ashx on documentserver (port 8000)",
+        ),
+        // initech has a key but no row at all.
+        (
+            "initech.docs.example.com",
+            bearer(&hs(HS256, initech_key, &claims("initech"))),
+            "403 tenant not permitted: tenant \"initech\"",
+        ),
+        // Unknown tenant key: no secret file for this host's tenant.
+        (
+            "umbrella.docs.example.com",
+            bearer(&good),
+            "401 unknown tenant key: no secret for tenant \"umbrella\"",
+        ),
+        // Bad prefix.
+        (HOST, format!("Token {good}"), bad_prefix),
+        (HOST, format!("Basic {good}"), bad_prefix),
+        (HOST, good.clone(), bad_prefix),
+        (HOST, "Bearer".into(), bad_prefix),
+        // Malformed: base64, JSON, part counts, alg, crit.
+        (HOST, bearer(&format!("{h}$.{p}.{s}")), "401 header is not base64url"),
+        (HOST, bearer(&format!("{h}.{p}*.{s}")), "401 payload is not base64url"),
+        (HOST, bearer(&format!("{h}.{p}.{s}!")), "401 signature is not base64url"),
+        (HOST, bearer(&format!("{}.{p}.{s}", b64(b"{\"alg\":"))), "401 header is not a JSON object"),
+        (HOST, bearer(&format!("{}.{p}.{s}", b64(b"[1,2]"))), "401 header is not a JSON object"),
+        (HOST, bearer(&format!("{}.{p}.{s}", b64(b"{\"typ\":\"JWT\"}"))), "401 header has no \"alg\""),
+        (HOST, bearer(&format!("{}.{p}.{s}", b64(b"{\"alg\":7}"))), "401 header \"alg\" is not a string"),
+        (
+            HOST,
+            bearer(&format!("{}.{p}.{s}", b64(b"{\"alg\":\"XS999\"}"))),
+            "401 algorithm XS999 not accepted: unknown",
+        ),
+        (HOST, bearer(&format!("{}.{p}.{s}", b64(br#"{"alg":"HS256","crit":["exp"]}"#))), "401 \"crit\""),
+        (HOST, bearer(&format!("{h}.{p}")), "401 expected 3 dot-separated parts"),
+        (HOST, bearer(&format!("{h}.{p}.{s}.{s}.{s}")), "401 (JWS compact form), found 5"),
+        (HOST, bearer("..."), "401 malformed token"),
+        (HOST, bearer("e30.e30.e30"), "401 header has no \"alg\""),
+        (HOST, bearer(&garbage), "401 payload is not a JSON object"),
+        // A 1 MB token is refused by size, before any decoding.
+        (
+            HOST,
+            bearer(&format!("{h}.{}.{s}", "A".repeat(1024 * 1024))),
+            "401 exceeds authz.jwt.max_token_bytes (65536)",
+        ),
+    ];
+    assert_eq!(table.len(), 34);
+    for (host, auth, want) in &table {
+        expect(&az, &[("host", host), ("authorization", auth)], b"{}", want).await;
+    }
     // A duplicated header, even with two good tokens.
-    decide(
+    let auth = bearer(&good);
+    let twice = [
+        ("host", HOST),
+        ("authorization", &auth),
+        ("authorization", &auth),
+    ];
+    expect(
         &az,
-        8000,
-        CALLER,
-        "POST",
-        URI,
-        &[
-            ("host", HOST),
-            ("authorization", &bearer(&good)),
-            ("authorization", &bearer(&good)),
-        ],
+        &twice,
         b"",
+        "401 duplicated token header Authorization",
     )
-    .await
-    .denied(unauth, "duplicated token header Authorization");
+    .await;
     // No token at all.
-    decide(&az, 8000, CALLER, "POST", URI, &[("host", HOST)], b"")
-        .await
-        .denied(
-            unauth,
-            "missing token: expected header \"Authorization: Bearer <jwt>\"",
-        );
+    let want = "401 missing token: expected header \"Authorization: Bearer <jwt>\"";
+    expect(&az, &[("host", HOST)], b"", want).await;
     // Non-ASCII header bytes.
     let req_auth = http::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap();
     let mut req = http::Request::builder()
@@ -318,16 +298,12 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
     let (mut parts, body) = req.into_parts();
     let (d, _) = az.authorize_http(8000, None, &mut parts, body).await;
     assert!(
-        matches!(d, docmesh_proxy::authz::Decision::Deny { cause: DenyCause::Unauthenticated, ref detail, .. } if detail.contains("not visible ASCII")),
+        matches!(d, Decision::Deny { cause: DenyCause::Unauthenticated, ref detail, .. } if detail.contains("not visible ASCII")),
         "{d:?}"
     );
     // Denied requests never carry identity headers, even client-forged ones.
-    let out = decide(
+    let out = from_caller(
         &az,
-        8000,
-        CALLER,
-        "POST",
-        URI,
         &[
             ("host", HOST),
             (CLIENT_ID_HEADER, "spiffe://x/y"),
@@ -356,22 +332,14 @@ async fn algorithm_confusion_never_passes() {
         authorizer(&format!("[jwt]\nenabled = true\njwks_file = \"{jwks}\"\n")).with_clock(|| NOW);
     let h = headers(&confusion);
     let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    decide(&az, 8000, None, "POST", URI, &h, b"").await.denied(
+    post(&az, &h, b"").await.denied(
         DenyCause::Unauthenticated,
         "algorithm HS256 not accepted: no shared secret is configured",
     );
     // The RS256 token itself is fine.
-    decide(
-        &az,
-        8000,
-        None,
-        "POST",
-        URI,
-        &[("authorization", rs256.as_str())],
-        b"",
-    )
-    .await
-    .allowed();
+    post(&az, &[("authorization", rs256.as_str())], b"")
+        .await
+        .allowed();
 
     // Shared secret and public keys together: the HS token is checked against the secret only.
     let secret = write(dir.path(), "secret", b"the-real-shared-secret-0123456789");
@@ -379,7 +347,7 @@ async fn algorithm_confusion_never_passes() {
         "[jwt]\nenabled = true\njwks_file = \"{jwks}\"\nsecret_file = \"{secret}\"\n"
     ))
     .with_clock(|| NOW);
-    decide(&az, 8000, None, "POST", URI, &h, b"")
+    post(&az, &h, b"")
         .await
         .denied(DenyCause::Unauthenticated, "bad signature (HS256)");
 
@@ -390,27 +358,19 @@ async fn algorithm_confusion_never_passes() {
         "[jwt]\nenabled = true\njwks_file = \"{jwks}\"\nsecret_file = \"{pem_secret}\"\nalgorithms = [\"HS512\"]\n"
     ))
     .with_clock(|| NOW);
-    decide(&az, 8000, None, "POST", URI, &h, b"").await.denied(
+    post(&az, &h, b"").await.denied(
         DenyCause::Unauthenticated,
         "algorithm HS256 not accepted: not listed in authz.jwt.algorithms",
     );
     let mut relabelled: Vec<String> = py.tokens["rs256"].split('.').map(str::to_string).collect();
     relabelled[0] = b64(br#"{"alg":"ES256","kid":"rsa-1"}"#);
     let tok = format!("Bearer {}", relabelled.join("."));
-    decide(
-        &az,
-        8000,
-        None,
-        "POST",
-        URI,
-        &[("authorization", tok.as_str())],
-        b"",
-    )
-    .await
-    .denied(
-        DenyCause::Unauthenticated,
-        "algorithm ES256 not accepted: no JWKS key with kid \"rsa-1\"",
-    );
+    post(&az, &[("authorization", tok.as_str())], b"")
+        .await
+        .denied(
+            DenyCause::Unauthenticated,
+            "algorithm ES256 not accepted: no JWKS key with kid \"rsa-1\"",
+        );
 
     // A JWKS that carries a symmetric key is refused at load time.
     let bad = write(
@@ -426,43 +386,36 @@ async fn algorithm_confusion_never_passes() {
     assert!(err.contains("symmetric (oct) keys are refused"), "{err}");
 }
 
+const BODY_SECRET: &str = "body-secret-body-secret-body-secret";
+
+/// An authorizer that looks for the token in the JSON body too (`BODY_SECRET`), plus `extra`
+/// lines of `[jwt]`.
+fn body_authorizer(extra: &str) -> docmesh_proxy::authz::Authorizer {
+    authorizer(&format!(
+        "[jwt]\nenabled = true\nin_body = true\nsecret = \"{BODY_SECRET}\"\n{extra}\n"
+    ))
+    .with_clock(|| NOW)
+}
+
 #[tokio::test]
 async fn body_tokens_are_bounded_and_oversized_bodies_get_413() {
-    let cfg = r#"
-        [jwt]
-        enabled = true
-        in_body = true
-        max_body_bytes = 4096
-        secret = "body-secret-body-secret-body-secret"
-    "#;
-    let az = authorizer(cfg).with_clock(|| NOW);
+    let az = body_authorizer("max_body_bytes = 4096");
     let tok = hs(
         HS256,
-        b"body-secret-body-secret-body-secret",
+        BODY_SECRET.as_bytes(),
         &json!({"c": "info", "exp": NOW + 60}),
     );
     let body = json!({"c": "info", "token": tok}).to_string();
-    decide(&az, 8000, None, "POST", URI, &[], body.as_bytes())
-        .await
-        .allowed();
+    post(&az, &[], body.as_bytes()).await.allowed();
 
     // A body over the limit (declared or not) is refused with 413 and says why.
     let big = json!({"c": "info", "token": tok, "pad": "x".repeat(8192)}).to_string();
-    let out = decide(&az, 8000, None, "POST", URI, &[], big.as_bytes()).await;
+    let out = post(&az, &[], big.as_bytes()).await;
     out.denied(
         DenyCause::PayloadTooLarge,
         "request body larger than authz.jwt.max_body_bytes (4096 bytes)",
     );
-    let out = decide(
-        &az,
-        8000,
-        None,
-        "POST",
-        URI,
-        &[("content-length", "10485760")],
-        b"{}",
-    )
-    .await;
+    let out = post(&az, &[("content-length", "10485760")], b"{}").await;
     out.denied(
         DenyCause::PayloadTooLarge,
         "while a token is looked for in the body field \"token\"",
@@ -470,18 +423,16 @@ async fn body_tokens_are_bounded_and_oversized_bodies_get_413() {
     assert_eq!(DenyCause::PayloadTooLarge.status(), 413);
 
     // A body token that is not a string, and a body without a token and no header.
-    decide(&az, 8000, None, "POST", URI, &[], br#"{"token": 42}"#)
-        .await
-        .denied(
-            DenyCause::Unauthenticated,
-            "JSON body field \"token\" is not a string",
-        );
-    decide(&az, 8000, None, "POST", URI, &[], b"not json")
+    post(&az, &[], br#"{"token": 42}"#).await.denied(
+        DenyCause::Unauthenticated,
+        "JSON body field \"token\" is not a string",
+    );
+    post(&az, &[], b"not json")
         .await
         .denied(DenyCause::Unauthenticated, "missing token");
     // A 1 MB token in the body is caught by the body limit first.
     let huge = json!({"token": "a".repeat(1024 * 1024)}).to_string();
-    decide(&az, 8000, None, "POST", URI, &[], huge.as_bytes())
+    post(&az, &[], huge.as_bytes())
         .await
         .denied(DenyCause::PayloadTooLarge, "max_body_bytes");
 }
@@ -575,14 +526,7 @@ async fn random_mutations_of_a_good_token_never_panic_or_pass() {
 async fn a_streamed_oversized_body_is_refused_without_reading_it_all() {
     use futures::SinkExt;
     use http_body_util::StreamBody;
-    let cfg = r#"
-        [jwt]
-        enabled = true
-        in_body = true
-        max_body_bytes = 4096
-        secret = "body-secret-body-secret-body-secret"
-    "#;
-    let az = authorizer(cfg).with_clock(|| NOW);
+    let az = body_authorizer("max_body_bytes = 4096");
     let (mut tx, rx) = futures::channel::mpsc::channel::<
         Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
     >(1);
@@ -622,18 +566,8 @@ async fn a_streamed_oversized_body_is_refused_without_reading_it_all() {
 #[tokio::test]
 async fn buffered_bodies_keep_their_trailers() {
     use http_body_util::{BodyExt, StreamBody};
-    let cfg = r#"
-        [jwt]
-        enabled = true
-        in_body = true
-        secret = "body-secret-body-secret-body-secret"
-    "#;
-    let az = authorizer(cfg).with_clock(|| NOW);
-    let tok = hs(
-        HS256,
-        b"body-secret-body-secret-body-secret",
-        &json!({"c": "info"}),
-    );
+    let az = body_authorizer("");
+    let tok = hs(HS256, BODY_SECRET.as_bytes(), &json!({"c": "info"}));
     let body = json!({"c": "info", "token": tok}).to_string();
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().unwrap());
