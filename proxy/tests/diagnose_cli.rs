@@ -1,15 +1,11 @@
 //! The `docmesh-proxy diagnose` command end to end: config file, SVID files, a service name or
 //! a URL, text and JSON output, exit codes.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
-use docmesh_certs::tls::SpiffeClientVerifier;
-use docmesh_certs::{SpiffeId, TrustDomain};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::{dev_ca, start_true_peer, svid, CertificateAuthority};
 
 const CONVERTER: &str = "spiffe://example.org/ns/office/sa/converter";
 const DOCSERVICE: &str = "spiffe://example.org/ns/office/sa/docservice";
@@ -21,17 +17,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let td: TrustDomain = "example.org".parse().unwrap();
-        let ca =
-            CertificateAuthority::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(3600))
-                .unwrap();
+        let ca = dev_ca("example.org");
         let dir = tempfile::tempdir().unwrap();
-        let me = ca
-            .issue_svid(
-                &DOCSERVICE.parse::<SpiffeId>().unwrap(),
-                Duration::from_secs(600),
-            )
-            .unwrap();
+        let me = svid(&ca, DOCSERVICE);
         std::fs::write(dir.path().join("svid.pem"), &me.cert_chain_pem).unwrap();
         std::fs::write(dir.path().join("svid.key"), &me.key_pem).unwrap();
         std::fs::write(dir.path().join("bundle.pem"), ca.root_cert_pem()).unwrap();
@@ -65,37 +53,7 @@ expect_body = "true"
 
     /// A TLS 1.3 peer presenting `id` and answering `200 true`.
     async fn peer(&self, id: &str) -> u16 {
-        let svid = self
-            .ca
-            .issue_svid(&id.parse::<SpiffeId>().unwrap(), Duration::from_secs(600))
-            .unwrap();
-        let bundles = Arc::new(ArcSwap::from_pointee(self.ca.bundle()));
-        let config =
-            rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-                .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(bundles)))
-                .with_single_cert(svid.chain.clone(), svid.private_key())
-                .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = l.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut s) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut buf = [0u8; 4096];
-                    if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ntrue")
-                            .await;
-                        let _ = s.shutdown().await;
-                    }
-                });
-            }
-        });
-        port
+        start_true_peer(&self.ca, &svid(&self.ca, id)).await
     }
 }
 

@@ -2,61 +2,29 @@
 //! (checked by diagnose, and refused by an exact-ID verifier), an untrusted chain, and a peer
 //! that rejects our SVID.
 
+mod support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use docmesh_certs::ca::{CertificateAuthority, IssuedSvid, KeyAlgorithm};
-use docmesh_certs::tls::{ExpectedPeer, SpiffeClientVerifier, SpiffeServerVerifier};
-use docmesh_certs::{SpiffeId, TrustBundleSet, TrustDomain};
+use docmesh_certs::tls::{ExpectedPeer, SpiffeServerVerifier};
 use docmesh_proxy::diagnose::{diagnose, Report, StepStatus, Target, Timeouts, TlsClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::{dev_ca, start_true_peer, svid, CertificateAuthority, IssuedSvid, TrustBundleSet};
 
 const CONVERTER: &str = "spiffe://example.org/ns/office/sa/converter";
 const DOCSERVICE: &str = "spiffe://example.org/ns/office/sa/docservice";
 
 fn ca() -> CertificateAuthority {
-    let td: TrustDomain = "example.org".parse().unwrap();
-    CertificateAuthority::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(3600)).unwrap()
-}
-
-fn svid(ca: &CertificateAuthority, id: &str) -> IssuedSvid {
-    ca.issue_svid(&id.parse::<SpiffeId>().unwrap(), Duration::from_secs(600))
-        .unwrap()
+    dev_ca("example.org")
 }
 
 fn shared(ca: &CertificateAuthority) -> Arc<ArcSwap<TrustBundleSet>> {
     Arc::new(ArcSwap::from_pointee(ca.bundle()))
 }
 
-/// A docmesh-like inbound: TLS 1.3, client SVID required, answers `200 true` to any request.
+/// A docmesh-like inbound presenting `server`, trusting `server_ca`, answering `200 true`.
 async fn peer(server_ca: &CertificateAuthority, server: &IssuedSvid) -> u16 {
-    let config = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(shared(server_ca))))
-        .with_single_cert(server.chain.clone(), server.private_key())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = [0u8; 4096];
-                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ntrue")
-                        .await;
-                    let _ = s.shutdown().await;
-                }
-            });
-        }
-    });
-    port
+    start_true_peer(server_ca, server).await
 }
 
 fn client(ca: &CertificateAuthority, me: &IssuedSvid, expected: ExpectedPeer) -> TlsClient {

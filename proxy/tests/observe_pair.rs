@@ -6,21 +6,15 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::Value as Json;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 const BROKEN_ID: &str = "spiffe://example.org/ns/oo/sa/broken";
 
@@ -66,96 +60,6 @@ async fn start_trace_app() -> SocketAddr {
         }
     });
     addr
-}
-
-struct Proxy {
-    child: Child,
-    listening: HashMap<String, String>,
-    admin: String,
-    access: mpsc::UnboundedReceiver<Json>,
-}
-
-impl Proxy {
-    /// Next access log line matching `pred` (lines before it are dropped).
-    async fn access_line(&mut self, pred: impl Fn(&Json) -> bool) -> Json {
-        bounded(async {
-            loop {
-                let v = self.access.recv().await.expect("proxy stdout closed");
-                if pred(&v) {
-                    return v;
-                }
-            }
-        })
-        .await
-    }
-}
-
-async fn start_proxy(dir: &Path, name: &str, config: &str, want: &[&str]) -> Proxy {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_docmesh-proxy"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("DOCMESH_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut listening = HashMap::new();
-    let mut admin = None;
-    bounded(async {
-        while admin.is_none() || want.iter().any(|w| !listening.contains_key(*w)) {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("proxy exited during startup");
-            let Ok(v) = serde_json::from_str::<Json>(&line) else {
-                continue;
-            };
-            if v["message"] == "listening" {
-                listening.insert(
-                    v["listener"].as_str().unwrap().to_owned(),
-                    v["addr"].as_str().unwrap().to_owned(),
-                );
-            }
-            if v["message"] == "admin server listening" {
-                admin = Some(v["local_addr"].as_str().unwrap().to_owned());
-            }
-        }
-    })
-    .await;
-    let (tx, access) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str::<Json>(&line) {
-                if v["log"] == "access" {
-                    let _ = tx.send(v);
-                }
-            }
-        }
-    });
-    Proxy {
-        child,
-        listening,
-        admin: admin.unwrap(),
-        access,
-    }
-}
-
-fn identity_toml(dir: &Path, name: &str, svid: &IssuedSvid, ca: &CertificateAuthority) -> String {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    let bundle = dir.join("bundle.pem");
-    std::fs::write(&cert, &svid.cert_chain_pem).unwrap();
-    std::fs::write(&key, &svid.key_pem).unwrap();
-    std::fs::write(&bundle, ca.root_cert_pem()).unwrap();
-    format!(
-        "[identity]\nsource = \"files\"\ncert = {cert:?}\nkey = {key:?}\nbundle = {bundle:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-    )
 }
 
 async fn send(
@@ -243,7 +147,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
         app.port(),
         echo.port()
     );
-    let mut server = start_proxy(
+    let mut server = ProxyProcess::start(
         dir.path(),
         "server",
         &server_cfg,
@@ -264,7 +168,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
          [resilience.services.broken.retry]\nmax_attempts = 2\nbackoff_base = \"1ms\"\n",
         identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
     );
-    let mut client = start_proxy(
+    let mut client = ProxyProcess::start(
         dir.path(),
         "client",
         &client_cfg,
@@ -275,12 +179,8 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
         ],
     )
     .await;
-    let to_docs: SocketAddr = client.listening["outbound.listeners[0].listen"]
-        .parse()
-        .unwrap();
-    let to_broken: SocketAddr = client.listening["outbound.listeners[1].listen"]
-        .parse()
-        .unwrap();
+    let to_docs = client.addr("outbound.listeners[0].listen");
+    let to_broken = client.addr("outbound.listeners[1].listen");
 
     // 1. No incoming traceparent: the client proxy starts the trace.
     let (status, _, seen) = send(to_docs, "/started", None).await;
@@ -379,9 +279,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     );
 
     // 4. Opaque TCP: one access line per connection on each side, with the bytes copied.
-    let to_echo: SocketAddr = client.listening["outbound.listeners[2].listen"]
-        .parse()
-        .unwrap();
+    let to_echo = client.addr("outbound.listeners[2].listen");
     let mut tcp = tokio::net::TcpStream::connect(to_echo).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut tcp, b"ping")
         .await
@@ -465,9 +363,6 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     assert_eq!(expiry.labels.get("spiffe_id"), Some(SERVER_ID));
 
     for p in [&mut client, &mut server] {
-        let pid = nix::unistd::Pid::from_raw(p.child.id().unwrap() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = bounded(p.child.wait()).await.unwrap();
-        assert!(status.success(), "{status}");
+        p.terminate().await;
     }
 }

@@ -1,5 +1,7 @@
 //! Shared setup for the data-path integration tests: stand-in apps (HTTP echo with WebSocket,
-//! TCP echo, server-speaks-first banner), sidecar pairs on 127.0.0.1 port 0, and clients.
+//! TCP echo, server-speaks-first banner), sidecar pairs on 127.0.0.1 port 0, clients, dev-CA
+//! fixtures, `docmesh-proxy run` child processes (`process`) and a TLS peer for `diagnose`
+//! (`tls_peer`).
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -19,6 +21,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod process;
+mod tls_peer;
+// Not every test that includes `support` uses these.
+#[allow(unused_imports)]
+pub use process::{identity_toml, ProxyProcess};
+#[allow(unused_imports)]
+pub use tls_peer::start_true_peer;
 
 /// Every wait in a test is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
