@@ -7,10 +7,10 @@ use std::hash::Hash;
 use http::StatusCode;
 use http_body_util::Either;
 use hyper::body::Body;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::pool::{HttpVersion, Pool};
+use super::upgrade::{splice, StreamIdle};
 use super::{is_upgrade_request, strip_hop_by_hop, ProxyBody};
 use crate::errors::{Hop, ProxyError};
 use crate::observe::{request_trace_id, TraceId};
@@ -20,7 +20,8 @@ use crate::observe::{request_trace_id, TraceId};
 /// has no free connection). Upstream failures become a synthesized response with the cause.
 ///
 /// `Host`, `:authority` and `X-Forwarded-*` are forwarded untouched; an HTTP/1.1 upgrade that
-/// the upstream accepts (101) is spliced into a bidirectional byte copy.
+/// the upstream accepts (101) is spliced into a bidirectional byte copy (closed after the
+/// route's `timeouts.stream_idle` without traffic, see [`super::upgrade`]).
 pub async fn forward<K, B, F, Fut, Io>(
     pool: &Pool<K, B>,
     key: &K,
@@ -66,7 +67,8 @@ where
             match (switching, client_upgrade) {
                 (true, Some(client)) => {
                     let upstream = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(splice(client, upstream));
+                    let idle = resp.extensions().get::<StreamIdle>().map(|s| s.0);
+                    tokio::spawn(splice(client, upstream, idle));
                     strip_hop_by_hop(resp.headers_mut(), true);
                 }
                 _ => strip_hop_by_hop(resp.headers_mut(), false),
@@ -87,20 +89,4 @@ pub fn error_response(
     tracing::warn!(cause = e.cause.as_str(), hop = hop.as_str(), detail = %e.detail, "request failed");
     let trace_id = trace_id.map(|t| t.to_string());
     e.to_response(hop, trace_id.as_deref()).map(Either::Right)
-}
-
-/// Joins the two upgraded connections (client side and upstream side) with a byte copy.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "protocol upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = crate::net::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
-    }
 }

@@ -8,6 +8,7 @@
 pub mod forward;
 pub mod pool;
 pub mod serve;
+pub mod upgrade;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

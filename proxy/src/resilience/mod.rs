@@ -131,13 +131,21 @@ where
         B::Error: Into<BoxError>,
     {
         let route = self.policy.route(req.method(), req.uri().path());
+        let stream_idle = route.timeouts.stream_idle;
         let (mut parts, body) = req.into_parts();
         let body = ReplayBody::new(body, route.retry.max_replay_bytes);
         parts.extensions.insert(route);
-        self.svc
+        let mut rsp = self
+            .svc
             .clone()
             .oneshot(Request::from_parts(parts, body))
             .await
-            .map_err(|e| e.error)
+            .map_err(|e| e.error)?;
+        // An upgrade (WebSocket) is spliced after this; the splice enforces the idle limit.
+        if let (http::StatusCode::SWITCHING_PROTOCOLS, Some(idle)) = (rsp.status(), stream_idle) {
+            rsp.extensions_mut()
+                .insert(crate::http::upgrade::StreamIdle(idle));
+        }
+        Ok(rsp)
     }
 }

@@ -352,6 +352,17 @@ pub async fn start_outbound(
     lifecycle: &Lifecycle,
     metrics: &Metrics,
 ) -> SocketAddr {
+    start_outbound_with(addresses, opts, lifecycle, metrics, None).await
+}
+
+/// Like [`start_outbound`], with the `[resilience]` section `resilience` (validated) installed.
+pub async fn start_outbound_with(
+    addresses: Vec<String>,
+    opts: &PairOptions,
+    lifecycle: &Lifecycle,
+    metrics: &Metrics,
+    resilience: Option<&docmesh_proxy::config::resilience::ResilienceConfig>,
+) -> SocketAddr {
     let cfg = OutboundConfig {
         transparent: false,
         detect_timeout: opts.detect_timeout,
@@ -366,6 +377,10 @@ pub async fn start_outbound(
     };
     let outbound =
         Outbound::new(&cfg, opts.outbound_mesh.clone(), lifecycle.clone(), metrics).unwrap();
+    if let Some(res) = resilience {
+        res.validate().unwrap();
+        outbound.set_resilience(res);
+    }
     outbound.start(cfg.resolve_interval).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
