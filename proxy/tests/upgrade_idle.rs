@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use docmesh_proxy::config::resilience::ResilienceConfig;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
@@ -39,27 +38,21 @@ async fn a_silent_websocket_is_closed_after_the_routes_stream_idle() {
     .await;
 
     let mut c = h1_client(outbound).await;
-    let req = http::Request::get("/ws")
-        .header("host", "documentserver")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .body(full(Bytes::new()))
-        .unwrap();
+    let req = ws_request("/ws", "dGhlIHNhbXBsZSBub25jZQ==");
     let mut resp = bounded(c.send_request(req)).await.unwrap();
     assert_eq!(resp.status(), 101);
     let up = bounded(hyper::upgrade::on(&mut resp)).await.unwrap();
     let mut ws = hyper_util::rt::TokioIo::new(up);
     let (op, hello) = bounded(ws_read(&mut ws)).await.unwrap();
     assert_eq!((op, hello.as_slice()), (1, &b"hello"[..]));
+    // Taken before the last exchange: the sidecar's last byte (the echo) comes after it.
+    let last_traffic = Instant::now();
     ws_write(&mut ws, b"one", true).await.unwrap();
     let (_, reply) = bounded(ws_read(&mut ws)).await.unwrap();
     assert_eq!(reply, b"echo: one");
-    let last_traffic = Instant::now();
 
     // Nobody sends anything more: the outbound sidecar closes the connection (an EOF, or a
-    // reset), never before the idle limit has passed since the last byte.
+    // reset), never before the idle limit has passed since the last exchange.
     let mut buf = [0u8; 16];
     let end = bounded(ws.read(&mut buf)).await;
     assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");

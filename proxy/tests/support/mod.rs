@@ -434,6 +434,19 @@ pub async fn text(resp: http::Response<Incoming>) -> String {
     String::from_utf8_lossy(&b).into_owned()
 }
 
+/// A WebSocket handshake (`GET path`, `Connection: Upgrade`, `Upgrade: websocket`, version 13,
+/// `Sec-WebSocket-Key: key`) for `Host: documentserver`.
+pub fn ws_request(path: &str, key: &str) -> http::Request<TestBody> {
+    http::Request::get(path)
+        .header("host", "documentserver")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", key)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
 /// A GET request for `path` with `host`.
 pub fn get(path: &str, host: &str) -> http::Request<TestBody> {
     http::Request::get(path)
