@@ -54,13 +54,16 @@ pub enum Cause {
     /// The request body is larger than the route's `limits.body` limit.
     PayloadTooLarge,
     /// The request is ambiguous or not proxied (CONNECT, several `Host` headers, a transfer
-    /// coding other than `chunked`).
+    /// coding other than `chunked`), or its body could not be read (malformed chunked
+    /// framing, the client closed mid-body).
     BadRequest,
+    /// The client stopped sending its request body for `limits.body_idle_timeout`.
+    RequestBodyTimeout,
 }
 
 impl Cause {
     /// Every cause, in documentation order.
-    pub const ALL: [Cause; 18] = [
+    pub const ALL: [Cause; 19] = [
         Cause::DnsFailure,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
@@ -79,6 +82,7 @@ impl Cause {
         Cause::UriTooLong,
         Cause::PayloadTooLarge,
         Cause::BadRequest,
+        Cause::RequestBodyTimeout,
     ];
 
     /// The stable, kebab-case name used in headers, logs and metrics.
@@ -102,6 +106,7 @@ impl Cause {
             Cause::UriTooLong => "uri-too-long",
             Cause::PayloadTooLarge => "payload-too-large",
             Cause::BadRequest => "bad-request",
+            Cause::RequestBodyTimeout => "request-body-timeout",
         }
     }
 
@@ -126,6 +131,7 @@ impl Cause {
             Cause::UriTooLong => S::URI_TOO_LONG,
             Cause::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Cause::BadRequest => S::BAD_REQUEST,
+            Cause::RequestBodyTimeout => S::REQUEST_TIMEOUT,
         }
     }
 }

@@ -140,7 +140,9 @@ async fn smuggling_and_malformed_requests_are_refused_or_normalised() {
     // (name, bytes, statuses the client may see first: refused, or served normalised)
     let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
         ("CL.TE", b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n".to_vec(), &[200, 400]),
-        ("TE.CL", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n1c\r\nGPOST /smuggled HTTP/1.1\r\n\r\n\r\n0\r\n\r\n".to_vec(), &[200, 400, 502]),
+        ("TE.CL", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n1c\r\nGPOST /smuggled HTTP/1.1\r\n\r\n\r\n0\r\n\r\n".to_vec(), &[200, 400]),
+        // Framed for a CL-trusting hop: not valid chunked, so the body fails at the proxy.
+        ("TE.CL, invalid chunks", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\nGPOST /smuggled HTTP/1.1\r\n\r\n0\r\n\r\n".to_vec(), &[400]),
         ("conflicting CL", b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".to_vec(), &[400]),
         ("obfuscated TE", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: xchunked\r\n\r\n".to_vec(), &[400, 501]),
         ("TE gzip, chunked", b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(), &[400]),
@@ -150,7 +152,7 @@ async fn smuggling_and_malformed_requests_are_refused_or_normalised() {
         ("space in name", b"GET /a HTTP/1.1\r\nhost: app\r\nx a: b\r\n\r\n".to_vec(), &[400]),
         ("two Hosts", b"GET /a HTTP/1.1\r\nhost: app\r\nhost: evil\r\n\r\n".to_vec(), &[400]),
         ("CONNECT", b"CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n".to_vec(), &[400]),
-        ("chunk extension flood", chunk_ext, &[400, 502]),
+        ("chunk extension flood", chunk_ext, &[400]),
     ];
     for (name, bytes, allowed) in cases {
         let before = app.requests().len();
@@ -174,6 +176,7 @@ async fn smuggling_and_malformed_requests_are_refused_or_normalised() {
     )
     .await;
     assert!(text.contains("docmesh-error: bad-request"), "{text}");
+    assert_te_cl_is_a_bad_request(&side, &app).await;
 
     // Absolute-form is served in origin-form with the target's authority as Host.
     let before = app.requests().len();
@@ -187,6 +190,68 @@ async fn smuggling_and_malformed_requests_are_refused_or_normalised() {
     assert_eq!(r.uri, "/x?y=1");
     assert_eq!(r.header("host"), ["docs.example"]);
     assert_unambiguous(&app);
+}
+
+/// TE.CL bodies that are not valid chunked framing (what a CL-trusting hop would forward):
+/// the client's body fails at the proxy, which answers `400 bad-request` naming the framing
+/// error (not a `502` blaming the app); a chunked body cut short by the client's close gets
+/// the same. The app sees at most a request whose chunked body was aborted.
+async fn assert_te_cl_is_a_bad_request(side: &Sidecar, app: &RecordingApp) {
+    use tokio::io::AsyncWriteExt;
+    let head =
+        b"POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n";
+    for (body, why) in [
+        (
+            &b"GPOST /smuggled HTTP/1.1\r\n\r\n0\r\n\r\n"[..],
+            "chunk size",
+        ),
+        (
+            &b"5c\r\nGPOST /smuggled HTTP/1.1\r\n\r\n"[..],
+            "end of file",
+        ),
+    ] {
+        let before = metric(
+            &side.metrics,
+            "docmesh_limit_rejections_total{cause=\"bad-request\"}",
+        );
+        let mut s = tokio::net::TcpStream::connect(side.addr).await.unwrap();
+        s.write_all(head).await.unwrap();
+        s.write_all(body).await.unwrap();
+        s.shutdown().await.unwrap();
+        let text = read_to_close(&mut s).await;
+        assert_eq!(status_of(&text), 400, "{text}");
+        assert!(text.contains("docmesh-error: bad-request"), "{text}");
+        assert!(text.contains("request body could not be read"), "{text}");
+        assert!(text.contains(why), "{text}");
+        assert_eq!(
+            metric(
+                &side.metrics,
+                "docmesh_limit_rejections_total{cause=\"bad-request\"}",
+            ),
+            before + 1.0
+        );
+        assert_unambiguous(app);
+        still_serving(side.addr).await;
+    }
+}
+
+/// The same hostile requests sent by the local app to an outbound listener: refused or
+/// normalised the same way, never a 502.
+#[tokio::test]
+async fn smuggling_through_an_outbound_listener_is_refused_or_normalised() {
+    let app = RecordingApp::start().await;
+    let out = start_outbound(
+        app.addr,
+        docmesh_proxy::config::outbound::Protocol::Http1,
+        Default::default(),
+    )
+    .await;
+    let text = attack(&out, b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    let text = attack(&out, b"GET /a HTTP/1.1\r\nhost: app\r\nhost: evil\r\n\r\n").await;
+    assert_eq!(status_of(&text), 400, "{text}");
+    assert!(text.contains("docmesh-error: bad-request"), "{text}");
+    assert_te_cl_is_a_bad_request(&out, &app).await;
 }
 
 const SERVER: &str = "spiffe://example.org/ns/oo/sa/documentserver";

@@ -8,6 +8,7 @@ mod harden_support;
 use std::time::Duration;
 
 use docmesh_proxy::config::limits::{BodyLimitRoute, LimitsConfig};
+use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::inbound::MeshServer;
 use harden_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,10 +57,16 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     assert_eq!(status_of(&text), 431, "{text}");
     assert!(text.contains("limits.max_header_bytes"), "{text}");
 
-    // Far past the limit the parser itself cuts the head off (bare 431, nothing buffered).
+    // Far past the limit the head guard answers before hyper's parser would (same cause,
+    // counted), having read no more than a bounded part of the head.
     let huge = format!("x-big: {}\r\n", "v".repeat(40_000));
     let text = raw_exchange(side.addr, &request_with(&huge, "/")).await;
     assert_eq!(status_of(&text), 431, "{text}");
+    assert!(
+        text.contains("docmesh-error: request-header-too-large"),
+        "{text}"
+    );
+    assert!(text.contains("limits.max_header_bytes (4096)"), "{text}");
 
     let long = format!("/{}", "a".repeat(300));
     let text = raw_exchange(side.addr, &request_with("", &long)).await;
@@ -78,7 +85,7 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     );
     assert_eq!(
         metric(&side.metrics, "docmesh_limit_rejections_total"),
-        4.0,
+        5.0,
         "{}",
         side.metrics.encode().unwrap()
     );
@@ -106,6 +113,92 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     still_serving(side.addr).await;
 }
 
+/// Sends `head` while reading: a client that keeps writing a head of any size gets the
+/// proxy's answer (the write may fail once the proxy closes).
+async fn send_while_reading(addr: std::net::SocketAddr, head: Vec<u8>) -> String {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&head).await;
+        w
+    });
+    let mut out = Vec::new();
+    let _ = bounded(r.read_to_end(&mut out)).await;
+    drop(writer);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A head of any size, on a fresh connection or after other requests on a keep-alive one,
+/// gets the proxy's own 431 (cause, detail, counted); memory stays bounded (the guard reads
+/// at most its cut-off of a head); the app sees nothing of it.
+#[tokio::test]
+async fn heads_of_any_size_get_the_proxys_431_on_fresh_and_keep_alive_connections() {
+    let app = RecordingApp::start().await;
+    let side = start_inbound(
+        app.addr,
+        InboundOptions {
+            limits: small_limits(),
+            ..InboundOptions::default()
+        },
+    )
+    .await;
+    let mut huge = b"GET / HTTP/1.1\r\nhost: app\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'v', 4 << 20));
+    let text = send_while_reading(side.addr, huge.clone()).await;
+    assert_eq!(status_of(&text), 431, "{text}");
+    assert!(
+        text.contains("docmesh-error: request-header-too-large"),
+        "{text}"
+    );
+    assert!(text.contains("limits.max_header_bytes (4096)"), "{text}");
+
+    // Keep-alive: a request with a body, one without, then the oversized head.
+    let mut seq = b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 5000\r\n\r\n".to_vec();
+    seq.extend(std::iter::repeat_n(b'b', 5000));
+    seq.extend_from_slice(b"GET /b HTTP/1.1\r\nhost: app\r\n\r\n");
+    seq.extend_from_slice(&huge);
+    let text = send_while_reading(side.addr, seq).await;
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "431"], "{text}");
+    assert!(
+        text.contains("docmesh-error: request-header-too-large"),
+        "{text}"
+    );
+    let uris: Vec<String> = app.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(uris, ["/a", "/b"]);
+    assert_eq!(app.requests()[0].body.len(), 5000);
+    assert_eq!(
+        metric(
+            &side.metrics,
+            "docmesh_limit_rejections_total{cause=\"request-header-too-large\"}"
+        ),
+        2.0
+    );
+
+    // Many keep-alive requests with bodies and heads just under the limit pass: the guard
+    // never counts bodies or earlier heads.
+    let header = format!("x-pad: {}\r\n", "p".repeat(3800));
+    let mut seq = Vec::new();
+    for i in 0..20 {
+        seq.extend_from_slice(
+            format!("POST /k{i} HTTP/1.1\r\nhost: app\r\n{header}content-length: 3000\r\n\r\n")
+                .as_bytes(),
+        );
+        seq.extend(std::iter::repeat_n(b'c', 3000));
+        seq.extend_from_slice(
+            format!("GET /g{i} HTTP/1.1\r\nhost: app\r\n{header}\r\n").as_bytes(),
+        );
+    }
+    seq.extend_from_slice(b"GET /last HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    let text = send_while_reading(side.addr, seq).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 41, "{text}");
+    assert!(!text.contains("docmesh-error"), "{text}");
+    still_serving(side.addr).await;
+}
+
 #[tokio::test]
 async fn slowloris_is_cut_off_by_the_header_read_timeout() {
     let app = RecordingApp::start().await;
@@ -120,7 +213,14 @@ async fn slowloris_is_cut_off_by_the_header_read_timeout() {
         },
     )
     .await;
-    let mut s = TcpStream::connect(side.addr).await.unwrap();
+    slowloris(side.addr).await;
+    assert!(app.requests().is_empty());
+    still_serving(side.addr).await;
+}
+
+/// One header byte every 20 ms (8 s for the whole head) is cut off long before.
+async fn slowloris(addr: std::net::SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     // One header byte every 20 ms would take 8 s to finish; the proxy must close first.
     let drip = async {
@@ -134,12 +234,12 @@ async fn slowloris_is_cut_off_by_the_header_read_timeout() {
     };
     let cut_off = bounded(drip).await;
     assert!(cut_off, "the slow client was never cut off");
-    assert!(app.requests().is_empty());
-    still_serving(side.addr).await;
 }
 
+/// A body that goes silent: the request to the app is aborted after `body_idle_timeout` and
+/// the client gets `408 request-body-timeout` (counted with that cause).
 #[tokio::test]
-async fn a_silent_request_body_is_cut_off_by_the_body_idle_timeout() {
+async fn a_silent_request_body_gets_408_request_body_timeout() {
     let app = RecordingApp::start().await;
     let side = start_inbound(
         app.addr,
@@ -152,15 +252,31 @@ async fn a_silent_request_body_is_cut_off_by_the_body_idle_timeout() {
         },
     )
     .await;
-    let mut s = TcpStream::connect(side.addr).await.unwrap();
+    silent_body(side.addr, &side.metrics).await;
+    assert!(app.requests().iter().all(|r| r.body.len() != 100));
+    still_serving(side.addr).await;
+}
+
+async fn silent_body(addr: std::net::SocketAddr, metrics: &docmesh_proxy::metrics::Metrics) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"POST /x HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123456789")
         .await
         .unwrap();
-    // The client never sends the rest: the proxy answers or closes within the deadline.
+    // The client never sends the rest.
     let text = read_to_close(&mut s).await;
-    assert_ne!(status_of(&text), 200, "{text}");
-    assert!(app.requests().iter().all(|r| r.body.len() != 100));
-    still_serving(side.addr).await;
+    assert_eq!(status_of(&text), 408, "{text}");
+    assert!(
+        text.contains("docmesh-error: request-body-timeout"),
+        "{text}"
+    );
+    assert!(text.contains("limits.body_idle_timeout"), "{text}");
+    assert_eq!(
+        metric(
+            metrics,
+            "docmesh_limit_rejections_total{cause=\"request-body-timeout\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -310,4 +426,128 @@ async fn http2_settings_announce_the_stream_limit_and_rapid_resets_get_goaway() 
         "{err:?}"
     );
     still_serving(side.addr).await;
+}
+
+/// Every `[limits]` request check applies on an outbound listener too (the local app is a
+/// client like any other): 431 below and far past the guard's cut-off, 414, 413 for a
+/// declared and for a chunked body, 408 for a silent body, slowloris; each with its cause,
+/// counted on the outbound's metrics, nothing reaching the upstream; normal requests pass.
+#[tokio::test]
+async fn outbound_listeners_apply_every_request_limit() {
+    let app = RecordingApp::start().await;
+    let out = start_outbound(
+        app.addr,
+        Protocol::Http1,
+        LimitsConfig {
+            header_read_timeout: Duration::from_millis(300),
+            body_idle_timeout: Duration::from_millis(300),
+            ..small_limits()
+        },
+    )
+    .await;
+    let ok = raw_exchange(out.addr, &request_with("", "/fine")).await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+
+    let big = format!("x-big: {}\r\n", "v".repeat(5000));
+    let text = raw_exchange(out.addr, &request_with(&big, "/")).await;
+    assert_eq!(status_of(&text), 431, "{text}");
+    assert!(text.contains("limits.max_header_bytes"), "{text}");
+    let mut huge = b"GET / HTTP/1.1\r\nhost: app\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'v', 1 << 20));
+    let text = send_while_reading(out.addr, huge).await;
+    assert_eq!(status_of(&text), 431, "{text}");
+    assert!(text.contains("\"hop\":\"outbound\""), "{text}");
+
+    let long = format!("/{}", "a".repeat(300));
+    let text = raw_exchange(out.addr, &request_with("", &long)).await;
+    assert_eq!(status_of(&text), 414, "{text}");
+
+    let post = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ncontent-length: 200\r\nconnection: close\r\n\r\n";
+    let text = raw_exchange(out.addr, post).await;
+    assert_eq!(status_of(&text), 413, "{text}");
+    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
+
+    let mut chunked = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"40\r\n");
+        chunked.extend_from_slice(&[b'z'; 64]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let text = raw_exchange(out.addr, &chunked).await;
+    assert_eq!(status_of(&text), 413, "{text}");
+    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
+    assert!(app.requests().iter().all(|r| r.body.len() < 256));
+
+    silent_body(out.addr, &out.metrics).await;
+    slowloris(out.addr).await;
+
+    assert_eq!(
+        app.requests()
+            .iter()
+            .filter(|r| r.uri != "/fine" && r.uri != "/upload/doc" && r.uri != "/x")
+            .count(),
+        0,
+        "{:?}",
+        app.requests()
+    );
+    for (cause, n) in [
+        ("request-header-too-large", 2.0),
+        ("uri-too-long", 1.0),
+        ("payload-too-large", 2.0),
+        ("request-body-timeout", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &out.metrics,
+                &format!("docmesh_limit_rejections_total{{cause=\"{cause}\"}}")
+            ),
+            n,
+            "{cause}: {}",
+            out.metrics.encode().unwrap()
+        );
+    }
+    still_serving(out.addr).await;
+}
+
+/// HTTP/2: a header list over `max_header_bytes` (and within the advertised list size, twice
+/// that) gets the proxy's 431 with its cause; past the advertised size the h2 layer answers
+/// 431 itself or refuses the stream; the connection keeps serving either way.
+#[tokio::test]
+async fn http2_header_lists_over_the_limit_get_431() {
+    let app = RecordingApp::start().await;
+    let side = start_inbound(
+        app.addr,
+        InboundOptions {
+            limits: small_limits(),
+            ..InboundOptions::default()
+        },
+    )
+    .await;
+    let tcp = TcpStream::connect(side.addr).await.unwrap();
+    let (client, conn) = bounded(h2::client::handshake(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let send = |value: String| {
+        let client = client.clone();
+        async move {
+            let mut client = bounded(client.ready()).await.unwrap();
+            let req = http::Request::get("http://app/h2")
+                .header("x-big", value)
+                .body(())
+                .unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            bounded(resp).await
+        }
+    };
+    let resp = send("v".repeat(6000)).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["docmesh-error"], "request-header-too-large");
+    match send("v".repeat(9000)).await {
+        Ok(resp) => assert_eq!(resp.status(), 431),
+        Err(e) => assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e:?}"),
+    }
+    let resp = send("small".into()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(app.requests().iter().all(|r| r.uri.ends_with("/h2")));
+    assert_eq!(app.requests().len(), 1);
 }

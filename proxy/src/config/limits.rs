@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::Problems;
 
-/// A body size limit for requests whose path starts with `path_prefix` (inbound).
+/// A body size limit for requests whose path starts with `path_prefix` (every listener).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BodyLimitRoute {
@@ -22,8 +22,9 @@ pub struct BodyLimitRoute {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request head (request line + headers) in bytes: `431
-    /// request-header-too-large`. HTTP/2: the header list size (also bounds CONTINUATION
-    /// floods). Heads over twice this are cut off by the HTTP parser (bare 431).
+    /// request-header-too-large`, for a head of any size (HTTP/1: the head guard answers and
+    /// closes after reading at most this plus 16 KiB). HTTP/2: a header list over it gets the
+    /// same 431; twice this is the advertised header list size (bounds CONTINUATION floods).
     pub max_header_bytes: usize,
     /// Most request headers: `431 request-header-too-large` (bare 431 past twice this).
     pub max_headers: usize,
@@ -33,11 +34,11 @@ pub struct LimitsConfig {
     /// connection is closed after it. Also closes idle HTTP/1.1 keep-alive connections.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Longest silence while a request body is being received (inbound); the request to the
-    /// app is aborted after it.
+    /// Longest silence while a request body is being received (every listener); the request
+    /// to the upstream is aborted and the client gets `408 request-body-timeout`.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
-    /// Body size limits per path prefix (inbound); no limit where none matches.
+    /// Body size limits per path prefix (every listener); no limit where none matches.
     pub body: Vec<BodyLimitRoute>,
     /// HTTP/2: concurrent streams per connection.
     pub h2_max_concurrent_streams: u32,

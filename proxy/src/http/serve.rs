@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::pool::HttpVersion;
 use super::ProxyBody;
 use crate::lifecycle::Lifecycle;
-use crate::limits::ServerLimits;
+use crate::limits::{HeadGuard, HeadWatch, ServerLimits};
 
 /// hyper's smallest allowed HTTP/1 read buffer (`max_buf_size` panics below it).
 const H1_MIN_BUF: usize = 8192;
@@ -66,7 +66,9 @@ pub async fn serve_connection<Io, H, Fut>(
 }
 
 /// [`serve_connection`] with the `[limits]` server settings: header read timeout (slowloris),
-/// parser cut-offs for the head, HTTP/2 streams, header list size and reset-flood limits.
+/// the HTTP/1 head guard (the proxy's own 431 for a head of any size, see
+/// [`crate::limits::head`]), parser cut-offs, HTTP/2 streams, header list size and
+/// reset-flood limits.
 pub async fn serve_connection_limited<Io, H, Fut>(
     io: Io,
     version: HttpVersion,
@@ -78,13 +80,32 @@ pub async fn serve_connection_limited<Io, H, Fut>(
     H: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
-    let io = TokioIo::new(io);
     let first = Arc::new(FirstRequest::default());
     let seen = Arc::clone(&first);
-    let svc = service_fn(move |req| {
+    // HTTP/1: the head guard between the socket and hyper, told by every request where the
+    // request heads are (HTTP/2 bounds its header lists itself).
+    let (io, watch) = match (&limits.guard, version) {
+        (Some((l, hop)), HttpVersion::Http1) => {
+            let watch = Arc::new(HeadWatch::default());
+            let guard = HeadGuard::new(io, Arc::clone(&watch), limits.head, l.clone(), *hop);
+            (tokio_util::either::Either::Left(guard), Some(watch))
+        }
+        _ => (tokio_util::either::Either::Right(io), None),
+    };
+    let io = TokioIo::new(io);
+    let svc = service_fn(move |mut req: http::Request<Incoming>| {
         seen.mark();
+        let upgrade = watch
+            .as_ref()
+            .and_then(|w| w.on_request(&mut req).map(|epoch| (Arc::clone(w), epoch)));
         let fut = handler(req);
-        async move { Ok::<_, Infallible>(fut.await) }
+        async move {
+            let resp = fut.await;
+            if let Some((w, epoch)) = upgrade {
+                w.on_response(epoch, resp.status());
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let drain = lifecycle.draining();
     tokio::pin!(drain);
@@ -94,9 +115,9 @@ pub async fn serve_connection_limited<Io, H, Fut>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_headers(limits.parser_max_headers)
-                .max_header_size(limits.parser_max_header_bytes)
+                .max_header_size(limits.head.parser_max)
                 // An unfinished head cannot grow the read buffer past the cut-off either.
-                .max_buf_size(limits.parser_max_header_bytes.max(H1_MIN_BUF) + H1_MIN_BUF)
+                .max_buf_size(limits.head.parser_max.max(H1_MIN_BUF) + H1_MIN_BUF)
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(conn);

@@ -483,7 +483,7 @@ async fn http<Io>(
         peer: Some(peer),
         upstream: Some(app),
     };
-    let server_limits = shared.limits.load().server();
+    let server_limits = shared.limits.load().server(Hop::Inbound);
     let handler = move |mut req: http::Request<Incoming>| {
         if let Some(id) = &identity {
             req.extensions_mut().insert(id.clone());
@@ -528,8 +528,7 @@ async fn to_app(
         Ok(l) => l,
         Err(e) => return error_response(&e, Hop::Inbound, trace_id),
     };
-    let body = GuardedBody::new(body, limits.body_idle_timeout(), body_limit);
-    let too_large = body.too_large();
+    let (body, body_faults) = limits.guard_body(&mut parts, body, body_limit);
     let peer = parts.extensions.get::<PeerIdentity>().cloned();
     let authz = shared.authz.load_full();
     let client = peer.as_ref().map(PeerIdentity::spiffe_id);
@@ -547,15 +546,12 @@ async fn to_app(
     }
     let req = http::Request::from_parts(parts, body);
     let key = PoolKey { app, version };
-    let mut resp = forward(&shared.pool, &key, version, req, Hop::Inbound, || {
+    let resp = forward(&shared.pool, &key, version, req, Hop::Inbound, || {
         crate::net::connect(app, shared.connect_timeout, crate::net::APP)
     })
     .await;
-    if let (true, Some(max)) = (too_large.tripped(), body_limit) {
-        if resp.headers().contains_key(crate::errors::ERROR_HEADER) {
-            resp = error_response(&limits.body_too_large(max), Hop::Inbound, trace_id);
-        }
-    }
+    // A failure of the client's body (too large, silent, malformed) is the client's answer.
+    let mut resp = body_faults.settle(resp, Hop::Inbound, trace_id);
     resp.extensions_mut().insert(reason);
     resp
 }

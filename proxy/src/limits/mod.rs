@@ -4,6 +4,7 @@
 //! [`crate::http::serve`] applies.
 
 pub mod body;
+pub mod head;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,18 +14,24 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::limits::LimitsConfig;
-use crate::errors::{Cause, ProxyError};
+use crate::errors::{Cause, Hop, ProxyError};
 use crate::metrics::Metrics;
 
-pub use body::{GuardedBody, TooLarge};
+pub use body::{BodyFaults, GuardedBody};
+pub use head::{HeadGuard, HeadParams, HeadWatch};
 
-/// HTTP server settings for one connection (hyper's builders); `Copy`, cheap to pass.
-#[derive(Debug, Clone, Copy)]
+/// HTTP server settings for one connection (hyper's builders), and what the HTTP/1 head
+/// guard ([`head`]) needs; cheap to clone.
+#[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// HTTP/1: time for a complete request head.
     pub header_read_timeout: Duration,
-    /// Hard cut-off of the HTTP/1 parser for the head size (bare 431 past it).
-    pub parser_max_header_bytes: usize,
+    /// The head guard's sizes; hyper's own head cut-off is `head.parser_max`, which the
+    /// guard's 431 always comes before.
+    pub head: HeadParams,
+    /// The limits (for the rejection counter) and the side the HTTP/1 head guard answers
+    /// for; `None`: no guard (hyper's bare 431 past `head.parser_max`).
+    pub guard: Option<(Limits, Hop)>,
     /// Hard cut-off of the HTTP/1 parser for the header count (bare 431 past it).
     pub parser_max_headers: usize,
     /// HTTP/2 header list size (SETTINGS_MAX_HEADER_LIST_SIZE; CONTINUATION floods).
@@ -44,14 +51,18 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
-    /// The server settings of `cfg`. The parser's own cut-offs sit at twice the configured
-    /// limits, so requests just over a limit get the proxy's 431 with a `docmesh-error` cause.
+    /// The server settings of `cfg` (without the head guard). The parser's header count
+    /// cut-off sits at twice `max_headers`, so requests just over it get the proxy's 431 with
+    /// a `docmesh-error` cause; so does the HTTP/2 header list size, at twice
+    /// `max_header_bytes`.
     pub fn from_config(cfg: &LimitsConfig) -> Self {
         ServerLimits {
             header_read_timeout: cfg.header_read_timeout,
-            parser_max_header_bytes: cfg.max_header_bytes.saturating_mul(2).max(8192),
+            head: HeadParams::new(cfg.max_header_bytes),
+            guard: None,
             parser_max_headers: cfg.max_headers.saturating_mul(2),
-            h2_max_header_list_size: u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
+            h2_max_header_list_size: u32::try_from(cfg.max_header_bytes.saturating_mul(2))
+                .unwrap_or(u32::MAX),
             h2_max_concurrent_streams: cfg.h2_max_concurrent_streams,
             h2_max_pending_accept_reset_streams: cfg.h2_max_pending_accept_reset_streams,
             h2_max_local_error_reset_streams: cfg.h2_max_local_error_reset_streams,
@@ -165,9 +176,12 @@ impl Limits {
         }
     }
 
-    /// The HTTP server settings.
-    pub fn server(&self) -> ServerLimits {
-        self.inner.server
+    /// The HTTP server settings for a listener of side `hop` (with the HTTP/1 head guard).
+    pub fn server(&self, hop: Hop) -> ServerLimits {
+        ServerLimits {
+            guard: Some((self.clone(), hop)),
+            ..self.inner.server.clone()
+        }
     }
 
     /// The body idle timeout.
@@ -188,18 +202,22 @@ impl Limits {
         );
     }
 
-    /// The `413 payload-too-large` error for a body cut off at `max` bytes (counted).
-    pub fn body_too_large(&self, max: u64) -> ProxyError {
-        self.reject(ProxyError::new(
-            Cause::PayloadTooLarge,
-            format!(
-                "the request body is larger than {max} bytes, the limit for this path \
-                 (limits.body); it was cut off"
-            ),
-        ))
+    /// Wraps a request body (after [`Limits::check_request`], with the limit it returned):
+    /// idle timeout, size limit, and the record of a failure of the client's body, which
+    /// [`BodyFaults::settle`] turns into the client's answer. Takes the head guard's
+    /// [`head::BodyEnd`] out of `parts`.
+    pub fn guard_body<B: http_body::Body>(
+        &self,
+        parts: &mut http::request::Parts,
+        body: B,
+        max: Option<u64>,
+    ) -> (GuardedBody<B>, BodyFaults) {
+        let end = parts.extensions.remove::<head::BodyEnd>();
+        GuardedBody::new(body, self, max, end)
     }
 
-    fn reject(&self, e: ProxyError) -> ProxyError {
+    /// Counts `e` as a `[limits]` rejection (by cause) and hands it back.
+    pub(crate) fn reject(&self, e: ProxyError) -> ProxyError {
         self.inner
             .rejected
             .get_or_create(&vec![("cause".into(), e.cause.as_str().into())])

@@ -381,7 +381,7 @@ async fn http(
     };
     let io = Prefixed::new(prefix, stream);
     let lifecycle = shared.lifecycle.clone();
-    let server_limits = shared.limits.load().server();
+    let server_limits = shared.limits.load().server(Hop::Outbound);
     let obs = shared.obs.load_full();
     let pair = obs.outbound_pair(&svc.name, &svc.spiffe_id);
     let _open = obs.metrics.connection_opened(&pair, "http");
@@ -414,9 +414,13 @@ async fn proxy_request(
         return error_response(&e, Hop::Outbound, request_trace_id(req.extensions()));
     }
     let (mut parts, body) = req.into_parts();
-    if let Err(e) = shared.limits.load().check_request(&mut parts) {
-        return error_response(&e, Hop::Outbound, request_trace_id(&parts.extensions));
-    }
+    let limits = shared.limits.load();
+    let body_limit = match limits.check_request(&mut parts) {
+        Ok(l) => l,
+        Err(e) => return error_response(&e, Hop::Outbound, request_trace_id(&parts.extensions)),
+    };
+    // The local app is a client too: body idle timeout and route body limits apply.
+    let (body, body_faults) = limits.guard_body(&mut parts, body, body_limit);
     let mut req = http::Request::from_parts(parts, body);
     req.extensions_mut().insert(version);
     if let Some(dst) = dst {
@@ -424,7 +428,9 @@ async fn proxy_request(
             .insert(crate::resilience::balance::PreferredEndpoint(dst));
     }
     let stacks = shared.stacks.load_full();
-    relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await
+    let trace_id = request_trace_id(req.extensions());
+    let resp = relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await;
+    body_faults.settle(resp, Hop::Outbound, trace_id)
 }
 
 async fn unknown_destination(shared: &Shared, mut stream: TcpStream, dst: SocketAddr) {

@@ -141,11 +141,15 @@ impl MeshStacks {
     /// Sends `req` to `svc` through its stack (route policy, limits, timeouts, retries,
     /// balancing, breakers). The response's concurrency slot and in-flight count are released
     /// when its headers are returned (the data path's body type is not boxed).
-    pub async fn call(
+    pub async fn call<B>(
         &self,
         svc: &Service,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, ProxyError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<super::BoxError>,
+    {
         let Some(stack) = self.stack(svc) else {
             return Err(ProxyError::new(
                 crate::errors::Cause::NoHealthyEndpoint,

@@ -314,3 +314,45 @@ pub fn identity_for(
         .unwrap(),
     )
 }
+
+/// An explicit outbound listener (the local app is its client) for one plaintext-mesh service
+/// `svc` at `upstream` (an inbound sidecar or any HTTP server), with `limits`.
+pub async fn start_outbound(
+    upstream: SocketAddr,
+    protocol: docmesh_proxy::config::outbound::Protocol,
+    limits: LimitsConfig,
+) -> Sidecar {
+    use docmesh_proxy::config::outbound::{OutboundConfig, ServiceConfig};
+    let lifecycle = Lifecycle::new();
+    let metrics = Metrics::new();
+    let cfg = OutboundConfig {
+        transparent: false,
+        detect_timeout: Duration::from_millis(200),
+        services: vec![ServiceConfig {
+            name: "svc".into(),
+            addresses: vec![upstream.to_string()],
+            spiffe_id: "spiffe://example.org/app".into(),
+            protocol,
+        }],
+        ..OutboundConfig::default()
+    };
+    let outbound = docmesh_proxy::outbound::Outbound::new(
+        &cfg,
+        docmesh_proxy::outbound::connect::MeshClient::Plaintext,
+        lifecycle.clone(),
+        &metrics,
+    )
+    .unwrap();
+    let limits = Limits::new(&limits);
+    limits.register_metrics(&metrics);
+    outbound.set_limits(limits);
+    outbound.start(cfg.resolve_interval).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { outbound.serve_service(l, "svc").await.unwrap() });
+    Sidecar {
+        addr,
+        metrics,
+        lifecycle,
+    }
+}
