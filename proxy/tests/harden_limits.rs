@@ -551,3 +551,51 @@ async fn http2_header_lists_over_the_limit_get_431() {
     assert!(app.requests().iter().all(|r| r.uri.ends_with("/h2")));
     assert_eq!(app.requests().len(), 1);
 }
+
+/// The head guard over the mesh hop's mTLS (HTTP/1 over TLS 1.3): a huge head from a
+/// verified peer gets the proxy's 431, after a normal request on the same connection.
+#[tokio::test]
+async fn an_oversized_head_over_mtls_gets_the_proxys_431() {
+    const SERVER: &str = "spiffe://example.org/ns/oo/sa/documentserver";
+    let ca = dev_ca("example.org");
+    let app = RecordingApp::start().await;
+    let side = start_inbound(
+        app.addr,
+        InboundOptions {
+            mode: docmesh_proxy::config::inbound::InboundMode::Strict,
+            mesh: MeshServer::Mtls(identity_for(&ca, SERVER, &[&ca])),
+            limits: small_limits(),
+            ..InboundOptions::default()
+        },
+    )
+    .await;
+    let client = identity_for(&ca, "spiffe://example.org/ns/oo/sa/integrator", &[&ca]);
+    let config = client.client_config(&SERVER.parse().unwrap(), &[b"http/1.1"]);
+    let tcp = TcpStream::connect(side.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("docmesh").unwrap();
+    let tls = bounded(tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let mut bytes = b"GET /first HTTP/1.1\r\nhost: app\r\n\r\n".to_vec();
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nhost: app\r\nx-big: ");
+    bytes.extend(std::iter::repeat_n(b'v', 1 << 20));
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&bytes).await;
+        w
+    });
+    let mut out = Vec::new();
+    let _ = bounded(r.read_to_end(&mut out)).await;
+    drop(writer);
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "431"], "{text}");
+    assert!(
+        text.contains("docmesh-error: request-header-too-large"),
+        "{text}"
+    );
+    assert_eq!(app.requests().len(), 1);
+}
