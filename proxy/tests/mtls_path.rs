@@ -256,7 +256,7 @@ async fn upstream_connections_are_pooled_on_both_hops() {
     let (mesh_relay, mesh_conns) = start_counting_relay(inbound).await;
     let outbound = start_outbound(vec![mesh_relay.to_string()], &opts, &lifecycle, &metrics).await;
 
-    // 30 sequential HTTP/1.1 requests from 3 app connections.
+    // 30 sequential HTTP/1.1 requests from 3 app connections ride one HTTP/2 mesh connection.
     for _ in 0..3 {
         let mut c = h1_client(outbound).await;
         for _ in 0..10 {
@@ -266,31 +266,20 @@ async fn upstream_connections_are_pooled_on_both_hops() {
             assert_eq!(text(resp).await, "hello from the app");
         }
     }
-    // Without pooling these would be 30 each; a pooled connection can at most be missed
+    // Without pooling the app side would see 30; a pooled connection can at most be missed
     // while its previous response is still being finished.
     let (mesh, app_side) = (
         mesh_conns.load(Ordering::SeqCst),
         app_conns.load(Ordering::SeqCst),
     );
-    assert!(
-        mesh <= 2 && app_side <= 2,
-        "mesh connections {mesh}, app connections {app_side}"
+    assert_eq!(
+        mesh, 1,
+        "HTTP/1.1 requests share one HTTP/2 mesh connection"
     );
+    assert!(app_side <= 2, "app connections {app_side}");
 
-    // 20 concurrent HTTP/2 streams share one mesh connection.
-    let before = mesh_conns.load(Ordering::SeqCst);
+    // 20 concurrent HTTP/2 streams ride the same mesh connection.
     let h2 = h2_client(outbound).await;
-    let mut first = h2.clone();
-    let resp = bounded(
-        first.send_request(
-            http::Request::get("http://documentserver/")
-                .body(full(Bytes::new()))
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 200);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let mut h2 = h2.clone();
@@ -305,11 +294,109 @@ async fn upstream_connections_are_pooled_on_both_hops() {
     for t in tasks {
         assert_eq!(bounded(t).await.unwrap(), 200);
     }
+    // 20 concurrent HTTP/1.1 requests on 20 app connections: still the one mesh connection.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = h1_client(outbound).await;
+                text(
+                    bounded(c.send_request(get("/", "documentserver")))
+                        .await
+                        .unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(bounded(t).await.unwrap(), "hello from the app");
+    }
     assert_eq!(
-        mesh_conns.load(Ordering::SeqCst) - before,
+        mesh_conns.load(Ordering::SeqCst),
         1,
-        "HTTP/2 requests share one mesh connection"
+        "HTTP/1.1 and HTTP/2 requests share one mesh connection"
     );
+}
+
+#[tokio::test]
+async fn without_mesh_http2_each_protocol_keeps_its_own_pooled_mesh_connections() {
+    use std::sync::atomic::Ordering;
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let opts = PairOptions {
+        mesh_http2: false,
+        ..healthy_mtls(&ca)
+    };
+    let (lifecycle, metrics) = (Lifecycle::new(), Metrics::new());
+    let inbound = start_inbound(app, &opts, &lifecycle, &metrics).await;
+    let (mesh_relay, mesh_conns) = start_counting_relay(inbound).await;
+    let outbound = start_outbound(vec![mesh_relay.to_string()], &opts, &lifecycle, &metrics).await;
+    for _ in 0..3 {
+        let mut c = h1_client(outbound).await;
+        for _ in 0..10 {
+            let resp = bounded(c.send_request(get("/", "documentserver")))
+                .await
+                .unwrap();
+            assert_eq!(resp.headers()["x-seen-version"], "HTTP/1.1");
+            assert_eq!(text(resp).await, "hello from the app");
+        }
+    }
+    let mesh = mesh_conns.load(Ordering::SeqCst);
+    assert!(mesh <= 2, "pooled HTTP/1.1 mesh connections: {mesh}");
+    let mut h2 = h2_client(outbound).await;
+    let req = http::Request::get("http://documentserver/")
+        .body(full(Bytes::new()))
+        .unwrap();
+    assert_eq!(bounded(h2.send_request(req)).await.unwrap().status(), 200);
+    assert_eq!(
+        mesh_conns.load(Ordering::SeqCst) - mesh,
+        1,
+        "HTTP/2 gets its own mesh connection"
+    );
+}
+
+#[tokio::test]
+async fn http1_requests_cross_the_mesh_as_http2_and_reach_the_app_as_they_were_sent() {
+    let ca = dev_ca("example.org");
+    let app = start_http_app().await;
+    let pair = Pair::start(app, healthy_mtls(&ca)).await;
+
+    // HTTP/1.1 with a forged mark: the app sees HTTP/1.1, its Host, and no mark at all.
+    let mut c = h1_client(pair.outbound).await;
+    let mut req = get("/p?q=1", "documentserver:8080");
+    req.headers_mut()
+        .insert("docmesh-orig-proto", "HTTP/1.0".parse().unwrap());
+    let resp = bounded(c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert_eq!(resp.headers()["x-seen-version"], "HTTP/1.1");
+    assert_eq!(resp.headers()["x-seen-host"], "documentserver:8080");
+    assert_eq!(resp.headers()["x-seen-path"], "/p");
+    assert_eq!(resp.headers()["x-seen-orig-proto"], "");
+    assert_eq!(text(resp).await, "hello from the app");
+
+    // A chunked request body streams through and comes back whole.
+    let body = vec![b'z'; 300_000];
+    let req = http::Request::post("/echo")
+        .header("host", "documentserver")
+        .header("transfer-encoding", "chunked")
+        .body(full(body.clone()))
+        .unwrap();
+    let resp = bounded(c.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(text(resp).await.into_bytes(), body);
+
+    // HTTP/1.0 reaches the app as HTTP/1.0.
+    let mut s = TcpStream::connect(pair.outbound).await.unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\nHost: documentserver\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    bounded(s.read_to_end(&mut buf)).await.unwrap();
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(head.contains("x-seen-version: http/1.0"), "{head}");
+    assert!(head.contains("x-seen-orig-proto: \r\n"), "{head}");
 }
 
 #[tokio::test]

@@ -114,6 +114,11 @@ pub struct OutboundConfig {
     /// connections: a connection reused just as the peer closes it is a sporadic reset.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// Carry the app's HTTP/1.x requests to peer sidecars as HTTP/2 streams over one mTLS
+    /// connection per endpoint (the peer inbound speaks HTTP/1.x to its app again). Fewer
+    /// connections, system calls and TLS records per request under load; upgrades (WebSocket)
+    /// keep HTTP/1.1. Turn off only for a peer sidecar too old to understand it.
+    pub mesh_http2: bool,
     /// Services in the mesh.
     pub services: Vec<ServiceConfig>,
     /// Explicit listeners (`127.0.0.1:18000 -> documentserver`).
@@ -136,6 +141,7 @@ impl Default for OutboundConfig {
             handshake_timeout: Duration::from_secs(10),
             resolve_interval: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(20),
+            mesh_http2: true,
             services: Vec::new(),
             listeners: Vec::new(),
         }

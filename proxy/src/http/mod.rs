@@ -5,7 +5,9 @@
 //! Bodies are never buffered: the incoming body is handed to the upstream request as is, and
 //! the upstream response body is handed back as is.
 
+pub mod coalesce;
 pub mod forward;
+pub mod orig_proto;
 pub mod pool;
 pub mod serve;
 pub mod upgrade;

@@ -233,6 +233,7 @@ where
             Ok(Sender::H1(tx))
         }
         HttpVersion::Http2 => {
+            let io = TokioIo::new(super::coalesce::Coalesced::new(io.into_inner()));
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
@@ -245,6 +246,16 @@ where
             Ok(Sender::H2(tx))
         }
     }
+}
+
+/// The alert of a TLS error that reached us as text only: the HTTP/2 connection keeps an
+/// I/O error's kind and message, not the error itself, so rustls' `AlertReceived` arrives as
+/// its display form ("received fatal alert: NAME").
+fn alert_in_text(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let io = e.downcast_ref::<std::io::Error>()?;
+    let text = io.get_ref()?.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    Some(name.to_owned())
 }
 
 fn closed_before_request() -> ProxyError {
@@ -273,7 +284,9 @@ pub fn upstream_error(e: &hyper::Error) -> ProxyError {
                 .and_then(|i| i.downcast_ref::<rustls::Error>())
         });
         if let Some(rustls::Error::AlertReceived(a)) = tls {
-            alert = Some(*a);
+            alert = Some(format!("{a:?}"));
+        } else if alert.is_none() {
+            alert = alert_in_text(s);
         }
         src = s.source();
     }
@@ -281,7 +294,7 @@ pub fn upstream_error(e: &hyper::Error) -> ProxyError {
         return ProxyError::new(
             Cause::TlsRejectedByPeer,
             format!(
-                "the peer rejected our TLS client certificate (alert {a:?}): our SVID may be \
+                "the peer rejected our TLS client certificate (alert {a}): our SVID may be \
                  expired, or the peer's bundle does not trust our trust domain"
             ),
         );

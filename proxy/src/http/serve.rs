@@ -141,7 +141,10 @@ pub async fn serve_connection_limited<Io, H, Fut>(
                 .max_header_list_size(limits.h2_max_header_list_size)
                 .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
                 .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-                .serve_connection(io, svc);
+                .serve_connection(
+                    TokioIo::new(super::coalesce::Coalesced::new(io.into_inner())),
+                    svc,
+                );
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,

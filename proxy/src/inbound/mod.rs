@@ -544,6 +544,15 @@ async fn to_app(
         resp.extensions_mut().insert(reason);
         return resp;
     }
+    // An HTTP/1.x request that a peer outbound carried over HTTP/2 goes to the app as the
+    // HTTP/1.x it was (see `http::orig_proto`).
+    let version = match crate::http::orig_proto::take(&mut parts) {
+        Some(v) if version == HttpVersion::Http2 => {
+            parts.version = v;
+            HttpVersion::Http1
+        }
+        _ => version,
+    };
     let req = http::Request::from_parts(parts, body);
     let key = PoolKey { app, version };
     let resp = forward(&shared.pool, &key, version, req, Hop::Inbound, || {

@@ -422,7 +422,19 @@ async fn proxy_request(
     // The local app is a client too: body idle timeout and route body limits apply.
     let (body, body_faults) = limits.guard_body(&mut parts, body, body_limit);
     let mut req = http::Request::from_parts(parts, body);
-    req.extensions_mut().insert(version);
+    // The protocol of the mesh hop: HTTP/1.x requests ride HTTP/2 streams (see
+    // `http::orig_proto`) unless they switch protocols (WebSocket) or that is turned off.
+    let mesh_version = if version == HttpVersion::Http1
+        && shared.hop_defaults.mesh_http2
+        && !crate::http::is_upgrade_request(&req)
+    {
+        crate::http::orig_proto::mark(&mut req);
+        HttpVersion::Http2
+    } else {
+        crate::http::orig_proto::strip(&mut req);
+        version
+    };
+    req.extensions_mut().insert(mesh_version);
     if let Some(dst) = dst {
         req.extensions_mut()
             .insert(crate::resilience::balance::PreferredEndpoint(dst));

@@ -91,7 +91,8 @@ async fn app_handler(
         .header("x-seen-path", req.uri().path().to_owned())
         .header("x-seen-connection", seen("connection"))
         .header("x-seen-keepalive", seen("keep-alive"))
-        .header("x-seen-custom-hop", seen("x-custom-hop"));
+        .header("x-seen-custom-hop", seen("x-custom-hop"))
+        .header("x-seen-orig-proto", seen("docmesh-orig-proto"));
     if req.uri().path() == "/ws" {
         let key = seen("sec-websocket-key");
         let on = hyper::upgrade::on(&mut req);
@@ -294,6 +295,8 @@ pub struct PairOptions {
     pub inbound_mesh: MeshServer,
     pub detect_timeout: Duration,
     pub spiffe_id: String,
+    /// `outbound.mesh_http2`: HTTP/1.x requests ride HTTP/2 between the sidecars.
+    pub mesh_http2: bool,
 }
 
 impl Default for PairOptions {
@@ -305,6 +308,7 @@ impl Default for PairOptions {
             inbound_mesh: MeshServer::Plaintext,
             detect_timeout: Duration::from_millis(200),
             spiffe_id: "spiffe://example.org/app".into(),
+            mesh_http2: true,
         }
     }
 }
@@ -373,6 +377,7 @@ pub async fn start_outbound_with(
             spiffe_id: opts.spiffe_id.clone(),
             protocol: opts.protocol,
         }],
+        mesh_http2: opts.mesh_http2,
         ..OutboundConfig::default()
     };
     let outbound =
