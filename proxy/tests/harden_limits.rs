@@ -599,3 +599,19 @@ async fn an_oversized_head_over_mtls_gets_the_proxys_431() {
     );
     assert_eq!(app.requests().len(), 1);
 }
+
+/// A request target longer than hyper's own limit (65 534 bytes) on a fresh connection, with
+/// the default limits (where the head itself is still under the guard's cut-off): the
+/// proxy's `414 uri-too-long`, not the parser's bare 414.
+#[tokio::test]
+async fn a_huge_request_target_gets_the_proxys_414() {
+    let app = RecordingApp::start().await;
+    let side = start_inbound(app.addr, InboundOptions::default()).await;
+    let long = format!("/{}", "a".repeat(70_000));
+    let text = send_while_reading(side.addr, request_with("", &long)).await;
+    assert_eq!(status_of(&text), 414, "{text}");
+    assert!(text.contains("docmesh-error: uri-too-long"), "{text}");
+    assert!(text.contains("limits.max_uri_bytes (16384)"), "{text}");
+    assert!(app.requests().is_empty());
+    still_serving(side.addr).await;
+}

@@ -53,6 +53,11 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct HeadParams {
     /// `limits.max_header_bytes`.
     pub limit: usize,
+    /// `limits.max_uri_bytes`.
+    pub max_uri: usize,
+    /// The guard answers 414 once the first request line of a connection passes this many
+    /// bytes (the target, plus room for the method and the version).
+    pub line_cut_off: usize,
     /// Largest single read handed to hyper.
     pub read_cap: usize,
     /// The guard answers 431 once a head passes this many bytes.
@@ -62,12 +67,15 @@ pub struct HeadParams {
 }
 
 impl HeadParams {
-    /// The guard's sizes for a `max_header_bytes` of `limit`.
-    pub fn new(limit: usize) -> Self {
+    /// The guard's sizes for a `max_header_bytes` of `limit` and a `max_uri_bytes` of
+    /// `max_uri`.
+    pub fn new(limit: usize, max_uri: usize) -> Self {
         let read_cap = limit.clamp(4096, 16 * 1024);
         let cut_off = limit.saturating_add(read_cap);
         HeadParams {
             limit,
+            max_uri,
+            line_cut_off: max_uri.saturating_add(64),
             read_cap,
             cut_off,
             parser_max: cut_off.saturating_add(4 * read_cap),
@@ -196,6 +204,11 @@ pub struct HeadGuard<Io> {
     /// The shared word when the count was last (re)started.
     seen: u64,
     count: usize,
+    /// Length so far of the connection's first request line, until it ends. Only there is
+    /// the start of a line certain (later heads may follow a body the guard does not see),
+    /// so only there does the guard answer a request target too long for hyper's parser
+    /// (65 534 bytes) with the proxy's 414; later ones are checked after parsing.
+    first_line: Option<usize>,
     /// No write since the last completed flush (hyper's write buffer is empty).
     clean: bool,
     answer: Answer,
@@ -219,6 +232,7 @@ impl<Io: AsyncRead> HeadGuard<Io> {
             hop,
             seen: HEAD,
             count: 0,
+            first_line: Some(0),
             clean: true,
             answer: Answer::No,
             read_waker: None,
@@ -231,6 +245,8 @@ impl<Io: AsyncRead> HeadGuard<Io> {
         if w != self.seen {
             self.seen = w;
             self.count = 0;
+            // A request was parsed: the first request line is long over.
+            self.first_line = None;
         }
         if w & STATE_MASK != HEAD {
             return false;
@@ -239,15 +255,53 @@ impl<Io: AsyncRead> HeadGuard<Io> {
         self.count > self.params.cut_off
     }
 
-    fn refuse(&mut self) {
-        let e = self.limits.reject(ProxyError::new(
+    /// Follows the connection's first request line through `bytes` (just read); true when
+    /// it passed the line cut-off.
+    fn line_too_long(&mut self, bytes: &[u8]) -> bool {
+        let Some(len) = self.first_line else {
+            return false;
+        };
+        let mut rest = bytes;
+        if len == 0 {
+            // Empty lines before the request line are skipped, as the parser does.
+            let start = rest
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(rest.len());
+            rest = &rest[start..];
+        }
+        let (len, ended) = match rest.iter().position(|&b| b == b'\n') {
+            Some(end) => (len + end, true),
+            None => (len + rest.len(), false),
+        };
+        self.first_line = (!ended).then_some(len);
+        len > self.params.line_cut_off
+    }
+
+    fn head_too_large(&self) -> ProxyError {
+        ProxyError::new(
             Cause::RequestHeaderTooLarge,
             format!(
                 "the request head passed {} bytes before it ended, more than \
                  limits.max_header_bytes ({}); the connection was closed",
                 self.params.cut_off, self.params.limit
             ),
-        ));
+        )
+    }
+
+    fn uri_too_long(&self) -> ProxyError {
+        ProxyError::new(
+            Cause::UriTooLong,
+            format!(
+                "the request line passed {} bytes: the request target is longer than \
+                 limits.max_uri_bytes ({}); the connection was closed",
+                self.params.line_cut_off, self.params.max_uri
+            ),
+        )
+    }
+
+    fn refuse(&mut self, e: ProxyError) {
+        let e = self.limits.reject(e);
         tracing::warn!(
             cause = e.cause.as_str(),
             hop = self.hop.as_str(),
@@ -367,11 +421,21 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<Io> {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             let n = buf.filled().len() - before;
-            if n > 0 && this.over(n) {
-                // hyper never sees this read; the guard answers instead.
-                buf.set_filled(before);
-                this.refuse();
-                return this.poll_answer(cx);
+            if n > 0 {
+                let head_over = this.over(n);
+                let refusal = if this.line_too_long(&buf.filled()[before..]) {
+                    Some(this.uri_too_long())
+                } else if head_over {
+                    Some(this.head_too_large())
+                } else {
+                    None
+                };
+                if let Some(e) = refusal {
+                    // hyper never sees this read; the guard answers instead.
+                    buf.set_filled(before);
+                    this.refuse(e);
+                    return this.poll_answer(cx);
+                }
             }
         }
         r

@@ -58,7 +58,7 @@ impl ServerLimits {
     pub fn from_config(cfg: &LimitsConfig) -> Self {
         ServerLimits {
             header_read_timeout: cfg.header_read_timeout,
-            head: HeadParams::new(cfg.max_header_bytes),
+            head: HeadParams::new(cfg.max_header_bytes, cfg.max_uri_bytes),
             guard: None,
             parser_max_headers: cfg.max_headers.saturating_mul(2),
             h2_max_header_list_size: u32::try_from(cfg.max_header_bytes.saturating_mul(2))

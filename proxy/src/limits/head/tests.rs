@@ -6,6 +6,14 @@ fn guard(
     io: tokio::io::DuplexStream,
     limit: usize,
 ) -> (HeadGuard<tokio::io::DuplexStream>, Arc<HeadWatch>, Limits) {
+    guard_uri(io, limit, 1 << 20)
+}
+
+fn guard_uri(
+    io: tokio::io::DuplexStream,
+    limit: usize,
+    max_uri: usize,
+) -> (HeadGuard<tokio::io::DuplexStream>, Arc<HeadWatch>, Limits) {
     let limits = Limits::new(&LimitsConfig {
         max_header_bytes: limit,
         ..LimitsConfig::default()
@@ -14,7 +22,7 @@ fn guard(
     let g = HeadGuard::new(
         io,
         Arc::clone(&watch),
-        HeadParams::new(limit),
+        HeadParams::new(limit, max_uri),
         limits.clone(),
         Hop::Inbound,
     );
@@ -32,10 +40,20 @@ fn request(body: &'static str, upgrade: bool) -> http::Request<http_body_util::F
     .unwrap()
 }
 
+/// One read that must return data (never end of stream: the guard did not answer).
+async fn read_some(g: &mut HeadGuard<tokio::io::DuplexStream>, buf: &mut [u8]) -> usize {
+    let n = tokio::time::timeout(Duration::from_secs(10), g.read(buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n > 0, "the guard ended the stream");
+    n
+}
+
 #[test]
 fn sizes_keep_the_guard_between_the_limit_and_the_parser() {
     for limit in [1, 4096, 10_000, 65_536, 1 << 24] {
-        let p = HeadParams::new(limit);
+        let p = HeadParams::new(limit, 1024);
         // One read of overcount can never make a head within the limit look too large.
         assert!(p.cut_off >= limit + p.read_cap, "{p:?}");
         // A few reads of undercount can never let hyper's cut-off come first.
@@ -73,7 +91,7 @@ async fn a_head_past_the_cut_off_gets_the_proxys_431_and_is_counted() {
         seen += n;
     }
     assert!(
-        seen <= HeadParams::new(4096).cut_off,
+        seen <= HeadParams::new(4096, 1024).cut_off,
         "hyper saw {seen} bytes"
     );
     let mut answer = String::new();
@@ -113,7 +131,7 @@ async fn bodies_are_not_counted_and_the_next_head_is() {
     client.write_all(&vec![b'b'; 100_000]).await.unwrap();
     let mut body = 0;
     while body < 100_000 {
-        body += g.read(&mut buf).await.unwrap();
+        body += read_some(&mut g, &mut buf).await;
     }
     drop(end);
     // Back in head state: a head past the cut-off is refused.
@@ -140,7 +158,7 @@ async fn requests_without_body_restart_the_count_and_101_turns_the_guard_off() {
         client.write_all(&[b'g'; 3000]).await.unwrap();
         let mut n = 0;
         while n < 3000 {
-            n += g.read(&mut buf).await.unwrap();
+            n += read_some(&mut g, &mut buf).await;
         }
         watch.on_request(&mut request("", false));
     }
@@ -150,14 +168,14 @@ async fn requests_without_body_restart_the_count_and_101_turns_the_guard_off() {
     client.write_all(&vec![b'w'; 100_000]).await.unwrap();
     let mut n = 0;
     while n < 100_000 {
-        n += g.read(&mut buf).await.unwrap();
+        n += read_some(&mut g, &mut buf).await;
     }
     // A later request cannot turn it back on.
     watch.on_request(&mut request("", false));
     client.write_all(&vec![b'w'; 100_000]).await.unwrap();
     let mut n = 0;
     while n < 100_000 {
-        n += g.read(&mut buf).await.unwrap();
+        n += read_some(&mut g, &mut buf).await;
     }
 }
 
@@ -217,4 +235,44 @@ async fn the_answer_waits_until_the_previous_response_is_flushed() {
         answer.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 431 "),
         "{answer}"
     );
+}
+
+#[tokio::test]
+async fn a_first_request_line_past_the_uri_limit_gets_the_proxys_414() {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let (mut g, _, _) = guard_uri(server, 65_536, 1024);
+    // Empty lines first (skipped), then a request line longer than the URI limit (1024).
+    client.write_all(b"\r\n\r\nGET /").await.unwrap();
+    client.write_all(&[b'a'; 1100]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while g.read(&mut buf).await.unwrap() > 0 {}
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 414 "), "{answer}");
+    assert!(answer.contains("docmesh-error: uri-too-long"), "{answer}");
+    assert!(answer.contains("limits.max_uri_bytes (1024)"), "{answer}");
+}
+
+#[tokio::test]
+async fn only_the_first_request_line_is_measured() {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let (mut g, watch, _) = guard_uri(server, 65_536, 1024);
+    // A short request line, then a header line far longer than the URI limit: fine.
+    let mut head = b"GET / HTTP/1.1\r\nx-long: ".to_vec();
+    head.extend(std::iter::repeat_n(b'v', 20_000));
+    client.write_all(&head).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    while n < head.len() {
+        n += read_some(&mut g, &mut buf).await;
+    }
+    // After a parsed request, a later long line is not measured either (its start is not
+    // known for sure); the parser and the limits check answer for it.
+    watch.on_request(&mut request("", false));
+    client.write_all(&[b'u'; 5000]).await.unwrap();
+    let mut n = 0;
+    while n < 5000 {
+        n += read_some(&mut g, &mut buf).await;
+    }
 }
