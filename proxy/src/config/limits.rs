@@ -26,7 +26,8 @@ pub struct LimitsConfig {
     /// closes after reading at most this plus 16 KiB). HTTP/2: a header list over it gets the
     /// same 431; twice this is the advertised header list size (bounds CONTINUATION floods).
     pub max_header_bytes: usize,
-    /// Most request headers: `431 request-header-too-large` (bare 431 past twice this).
+    /// Most request headers: `431 request-header-too-large` (bare 431 from hyper's parser past
+    /// twice this or 100, whichever is lower, but never below this).
     pub max_headers: usize,
     /// Longest request target (path and query) in bytes: `414 uri-too-long`.
     pub max_uri_bytes: usize,
@@ -59,7 +60,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_header_bytes: 64 * 1024,
-            max_headers: 100,
+            max_headers: 64,
             max_uri_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),

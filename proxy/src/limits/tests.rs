@@ -76,3 +76,18 @@ fn connection_slots_per_listener_and_in_total() {
     drop(a1);
     assert!(b.admit().is_some(), "a freed slot is reusable");
 }
+
+#[test]
+fn the_parser_header_cut_off_stays_above_the_limit_and_within_hypers_inline_arrays() {
+    let cut_off = |max_headers| {
+        ServerLimits::from_config(&LimitsConfig {
+            max_headers,
+            ..LimitsConfig::default()
+        })
+        .parser_max_headers
+    };
+    assert_eq!(cut_off(5), 10);
+    assert_eq!(cut_off(LimitsConfig::default().max_headers), 100);
+    assert_eq!(cut_off(100), 100);
+    assert_eq!(cut_off(150), 150, "never below the configured limit");
+}
