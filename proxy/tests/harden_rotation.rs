@@ -186,6 +186,9 @@ impl Load {
 struct StalePeers {
     server: Sidecar,
     client: Arc<Identity>,
+    /// Our outbound (the rotating client identity) with a pooled connection to `server`
+    /// from before the old root was removed.
+    pooled_to_stale: SocketAddr,
 }
 
 impl StalePeers {
@@ -213,12 +216,18 @@ impl StalePeers {
         StalePeers {
             server,
             client: stale,
+            pooled_to_stale: to_stale,
         }
     }
 
     /// Once the old root is gone, new connections (fresh outbound sidecars, same identities,
     /// so earlier session tickets are offered) are refused in both directions.
     async fn assert_refused(&self, client: &Identity, inbound: SocketAddr) {
+        assert_eq!(
+            one_request(self.pooled_to_stale).await,
+            (502, "tls-untrusted-peer".into()),
+            "a mesh connection verified before the old root was removed is not reused"
+        );
         let to_stale =
             outbound_to(self.server.addr, MeshClient::Mtls(Arc::new(client.clone()))).await;
         assert_eq!(

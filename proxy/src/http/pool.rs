@@ -112,9 +112,14 @@ where
                 None => {
                     let io = connect().await?;
                     let s = handshake(version, io).await?;
+                    // The slot exists from the first connection on: a finished HTTP/1.1
+                    // connection only goes back to a slot that still exists (see `retain`).
+                    let mut slots = self.lock();
+                    let slot = slots.entry(key.clone()).or_default();
                     if let Sender::H2(tx) = &s {
-                        self.lock().entry(key.clone()).or_default().h2 = Some(tx.clone());
+                        slot.h2 = Some(tx.clone());
                     }
+                    drop(slots);
                     s
                 }
             };
@@ -193,9 +198,17 @@ where
         }
     }
 
+    /// Keeps only the connections whose key passes `keep`; the others close once their
+    /// requests in flight are done (they never go back to the pool).
+    pub fn retain(&self, keep: impl Fn(&K) -> bool) {
+        self.lock().retain(|k, _| keep(k));
+    }
+
     fn checkin(&self, key: &K, tx: http1::SendRequest<B>) {
         let mut slots = self.lock();
-        let slot = slots.entry(key.clone()).or_default();
+        let Some(slot) = slots.get_mut(key) else {
+            return; // retired while the request was in flight: close it
+        };
         if slot.h1.len() < MAX_IDLE_PER_KEY {
             slot.h1.push_back(Idle {
                 tx,

@@ -277,6 +277,11 @@ impl Identity {
         }
     }
 
+    /// How many rotations (accepted new SVIDs or bundles) happened so far.
+    pub fn generation(&self) -> u64 {
+        *self.inner.rotations.borrow()
+    }
+
     /// Counts rotations; `changed()` wakes on every accepted new SVID or bundle.
     pub fn rotations(&self) -> watch::Receiver<u64> {
         self.inner.rotations.subscribe()

@@ -55,14 +55,27 @@ impl Inner {
 /// `Identity`): TLS 1.3 only, our SVID as client certificate, the server verified against the
 /// bundles and required to present exactly `expected`, offering exactly `alpn`.
 pub trait ClientTls: Send + Sync + 'static {
-    /// A client config for one service and one inner protocol; called once per (service,
-    /// ALPN) at startup, so the config must follow SVID and bundle rotations by itself.
+    /// A client config for one service and one inner protocol, asked for at every new mesh
+    /// connection: after a rotation it must be a config whose session cache does not hold
+    /// sessions from before (a resumed TLS session skips certificate verification).
     fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<rustls::ClientConfig>;
+
+    /// Changes whenever the SVID or the trust bundles change. Pooled mesh connections made
+    /// before a change are not reused after it: a TLS connection is verified once, at its
+    /// handshake, so reusing it would keep a peer on a removed root (or our replaced SVID)
+    /// in use.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 impl ClientTls for crate::identity::Identity {
     fn client_config(&self, expected: &SpiffeId, alpn: &'static [u8]) -> Arc<rustls::ClientConfig> {
         crate::identity::Identity::client_config(self, expected, &[alpn])
+    }
+
+    fn generation(&self) -> u64 {
+        crate::identity::Identity::generation(self)
     }
 }
 
@@ -84,26 +97,27 @@ impl std::fmt::Debug for MeshClient {
     }
 }
 
-/// The connectors of every service, built once: one per (service, inner protocol).
+/// How the outbound opens mesh connections: plain TCP (tests), or TLS with the client
+/// config the identity gives for each new connection (service's SPIFFE ID, inner protocol).
 pub(crate) enum Connectors {
     Plaintext,
-    Mtls(Vec<[TlsConnector; 3]>),
+    Mtls(Arc<dyn ClientTls>),
 }
 
 impl Connectors {
-    /// Builds the connectors of `services` (indexed by `Service::index`).
-    pub(crate) fn new(mesh: &MeshClient, services: &[Arc<Service>]) -> Self {
+    /// The connectors of `mesh`.
+    pub(crate) fn new(mesh: &MeshClient) -> Self {
         match mesh {
             MeshClient::Plaintext => Connectors::Plaintext,
-            MeshClient::Mtls(tls) => Connectors::Mtls(
-                services
-                    .iter()
-                    .map(|s| {
-                        [Inner::Http1, Inner::Http2, Inner::Tcp]
-                            .map(|i| TlsConnector::from(tls.client_config(&s.spiffe_id, i.alpn())))
-                    })
-                    .collect(),
-            ),
+            MeshClient::Mtls(tls) => Connectors::Mtls(Arc::clone(tls)),
+        }
+    }
+
+    /// The identity generation ([`ClientTls::generation`]); always 0 for plaintext.
+    pub(crate) fn generation(&self) -> u64 {
+        match self {
+            Connectors::Plaintext => 0,
+            Connectors::Mtls(tls) => tls.generation(),
         }
     }
 
@@ -116,17 +130,11 @@ impl Connectors {
         timeouts: HopTimeouts,
     ) -> Result<MeshStream, ProxyError> {
         let tcp = crate::net::connect(addr, timeouts.connect, &svc.name).await?;
-        let connectors = match self {
+        let tls = match self {
             Connectors::Plaintext => return Ok(MeshStream::Plain(tcp)),
-            Connectors::Mtls(c) => c,
+            Connectors::Mtls(tls) => tls,
         };
-        let Some(set) = connectors.get(svc.index) else {
-            return Err(ProxyError::new(
-                Cause::UpstreamReset,
-                format!("internal: no TLS settings for service `{}`", svc.name),
-            ));
-        };
-        let connector = &set[inner as usize];
+        let connector = TlsConnector::from(tls.client_config(&svc.spiffe_id, inner.alpn()));
         // The verifier checks the SPIFFE ID, not this name; an IP name also sends no SNI.
         let name = ServerName::IpAddress(addr.ip().into());
         match tokio::time::timeout(timeouts.handshake, connector.connect(name, tcp)).await {

@@ -105,7 +105,7 @@ impl Outbound {
         metrics: &Metrics,
     ) -> Result<Self, OutboundError> {
         let services = Arc::new(Services::new(&cfg.services)?);
-        let connectors = Connectors::new(&mesh, services.all());
+        let connectors = Connectors::new(&mesh);
         let detect_timeouts = Counter::default();
         metrics.register(
             "outbound_detect_timeouts",

@@ -24,12 +24,15 @@ pub type SendFn = EndpointFn<Incoming>;
 /// The stack type of one mesh service.
 pub type MeshStack = ServiceStack<NewFnEndpoint<Incoming>, Incoming>;
 
-/// Key of a pooled mesh connection: endpoint, service (whose SPIFFE ID it verified), protocol.
+/// Key of a pooled mesh connection: endpoint, service (whose SPIFFE ID it verified),
+/// protocol, and the identity generation it was verified under (connections of an older
+/// generation are retired: see [`crate::outbound::connect::ClientTls::generation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PoolKey {
     addr: std::net::SocketAddr,
     service: usize,
     version: HttpVersion,
+    generation: u64,
 }
 
 /// The send function of the outbound data path: one request to one endpoint over a pooled
@@ -42,9 +45,18 @@ pub(crate) fn mesh_send(
     pool_idle: std::time::Duration,
 ) -> SendFn {
     let pool = Arc::new(Pool::<PoolKey, super::ReplayBody>::new(pool_idle));
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(connectors.generation()));
     Arc::new(
         move |ep: super::Endpoint, req: Request<super::ReplayBody>| {
             let (pool, connectors, services) = (pool.clone(), connectors.clone(), services.clone());
+            let current = connectors.generation();
+            if generation.swap(current, std::sync::atomic::Ordering::AcqRel) != current {
+                tracing::info!(
+                    "SVID or trust bundles changed: pooled mesh connections verified before \
+                     are retired (they close once their requests in flight finish)"
+                );
+                pool.retain(|k| k.generation == current);
+            }
             Box::pin(async move {
                 let svc = services.by_name(&ep.service).cloned().ok_or_else(|| {
                     ProxyError::new(
@@ -70,6 +82,7 @@ pub(crate) fn mesh_send(
                     addr: ep.addr,
                     service: svc.index,
                     version,
+                    generation: current,
                 };
                 pool.send(&key, version, req, || {
                     connectors.connect(&svc, ep.addr, inner, timeouts)
