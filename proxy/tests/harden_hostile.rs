@@ -55,13 +55,8 @@ async fn skipping_tls_in_permissive_mode_does_not_skip_the_jwt_check() {
         },
     )
     .await;
-    let text = raw_exchange(
-        side.addr,
-        b"GET /files HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&text), 401, "{text}");
-    assert!(text.contains("docmesh-error: unauthenticated"), "{text}");
+    let files = b"GET /files HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
+    expect_answer(side.addr, files, 401, &["docmesh-error: unauthenticated"]).await;
     // A leading CRLF (which many HTTP servers skip) is not taken for opaque TCP.
     let text = raw_exchange(
         side.addr,
@@ -84,8 +79,7 @@ async fn skipping_tls_in_permissive_mode_does_not_skip_the_jwt_check() {
          docmesh-client-id: spiffe://example.org/ns/oo/sa/admin\r\nconnection: close\r\n\r\n",
         token()
     );
-    let text = raw_exchange(side.addr, req.as_bytes()).await;
-    assert_eq!(status_of(&text), 200, "{text}");
+    expect_answer(side.addr, req.as_bytes(), 200, &[]).await;
     let seen = app.requests();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].header("docmesh-client-id").is_empty(), "{seen:?}");
@@ -99,6 +93,8 @@ async fn permissive_plaintext_without_authz_is_still_forwarded() {
     still_serving(side.addr).await;
     assert_eq!(app.requests().len(), 1);
 }
+
+const BAD_REQUEST: &str = "docmesh-error: bad-request";
 
 const AFTER: &[u8] = b"GET /after HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
 
@@ -175,17 +171,14 @@ async fn smuggling_and_malformed_requests_are_refused_or_normalised() {
         b"CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n",
     )
     .await;
-    assert!(text.contains("docmesh-error: bad-request"), "{text}");
+    assert!(text.contains(BAD_REQUEST), "{text}");
     assert_te_cl_is_a_bad_request(&side, &app).await;
 
     // Absolute-form is served in origin-form with the target's authority as Host.
     let before = app.requests().len();
-    let text = raw_exchange(
-        side.addr,
-        b"GET http://docs.example/x?y=1 HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&text), 200, "{text}");
+    let absolute =
+        b"GET http://docs.example/x?y=1 HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n";
+    expect_answer(side.addr, absolute, 200, &[]).await;
     let r = &app.requests()[before];
     assert_eq!(r.uri, "/x?y=1");
     assert_eq!(r.header("host"), ["docs.example"]);
@@ -210,26 +203,15 @@ async fn assert_te_cl_is_a_bad_request(side: &Sidecar, app: &RecordingApp) {
             "end of file",
         ),
     ] {
-        let before = metric(
-            &side.metrics,
-            "docmesh_limit_rejections_total{cause=\"bad-request\"}",
-        );
+        let before = rejections(&side.metrics, "bad-request");
         let mut s = tokio::net::TcpStream::connect(side.addr).await.unwrap();
         s.write_all(head).await.unwrap();
         s.write_all(body).await.unwrap();
         s.shutdown().await.unwrap();
         let text = read_to_close(&mut s).await;
-        assert_eq!(status_of(&text), 400, "{text}");
-        assert!(text.contains("docmesh-error: bad-request"), "{text}");
-        assert!(text.contains("request body could not be read"), "{text}");
-        assert!(text.contains(why), "{text}");
-        assert_eq!(
-            metric(
-                &side.metrics,
-                "docmesh_limit_rejections_total{cause=\"bad-request\"}",
-            ),
-            before + 1.0
-        );
+        let parts = [BAD_REQUEST, "request body could not be read", why];
+        assert_answer(&text, 400, &parts);
+        assert_eq!(rejections(&side.metrics, "bad-request"), before + 1.0);
         assert_unambiguous(app);
         still_serving(side.addr).await;
     }
@@ -247,10 +229,9 @@ async fn smuggling_through_an_outbound_listener_is_refused_or_normalised() {
     )
     .await;
     let text = attack(&out, b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n").await;
-    assert_eq!(status_of(&text), 200, "{text}");
+    assert_answer(&text, 200, &[]);
     let text = attack(&out, b"GET /a HTTP/1.1\r\nhost: app\r\nhost: evil\r\n\r\n").await;
-    assert_eq!(status_of(&text), 400, "{text}");
-    assert!(text.contains("docmesh-error: bad-request"), "{text}");
+    assert_answer(&text, 400, &[BAD_REQUEST]);
     assert_te_cl_is_a_bad_request(&out, &app).await;
 }
 
@@ -290,6 +271,18 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A TLS client of `version` that accepts any server certificate (client auth still to choose).
+fn trusting_any_server(
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
 }
 
 /// Connects with `config`, sends one HTTP/1.1 request and reads until the close; returns
@@ -338,13 +331,7 @@ async fn plaintext_no_client_cert_tls12_and_foreign_trust_domain_are_refused_and
     );
 
     // TLS without a client certificate.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut no_cert = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider.clone())))
-        .with_no_client_auth();
+    let mut no_cert = trusting_any_server(&rustls::version::TLS13).with_no_client_auth();
     no_cert.alpn_protocols = vec![b"http/1.1".to_vec()];
     let text = tls_request(side.addr, Arc::new(no_cert)).await;
     assert!(!text.contains("200"), "{text}");
@@ -367,11 +354,7 @@ async fn plaintext_no_client_cert_tls12_and_foreign_trust_domain_are_refused_and
         )
         .unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(valid.key_der.clone().into());
-    let mut tls12 = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider.clone())))
+    let mut tls12 = trusting_any_server(&rustls::version::TLS12)
         .with_client_auth_cert(valid.chain.clone(), key)
         .unwrap();
     tls12.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -27,56 +27,73 @@ fn small_limits() -> LimitsConfig {
     }
 }
 
+/// A plaintext inbound sidecar in front of `app` with `limits`.
+async fn inbound_with(app: &RecordingApp, limits: LimitsConfig) -> Sidecar {
+    start_inbound(
+        app.addr,
+        InboundOptions {
+            limits,
+            ..InboundOptions::default()
+        },
+    )
+    .await
+}
+
 fn request_with(extra: &str, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nhost: app\r\n{extra}connection: close\r\n\r\n").into_bytes()
 }
 
+/// A GET whose head is `GET / HTTP/1.1`, a host and an `x-big` header of `n` bytes, unended.
+fn huge_head(n: usize) -> Vec<u8> {
+    let mut huge = b"GET / HTTP/1.1\r\nhost: app\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'v', n));
+    huge
+}
+
+/// A declared 200-byte upload, past the 100 bytes `small_limits` allows under `/upload`.
+const POST_200: &[u8] =
+    b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ncontent-length: 200\r\nconnection: close\r\n\r\n";
+
+/// A chunked upload of four 64-byte chunks (256 bytes), past the `small_limits` route limit.
+fn chunked_upload() -> Vec<u8> {
+    let mut chunked = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"40\r\n");
+        chunked.extend_from_slice(&[b'z'; 64]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    chunked
+}
+
+const TOO_LARGE: &str = "docmesh-error: request-header-too-large";
+const PAYLOAD: &str = "docmesh-error: payload-too-large";
+
 #[tokio::test]
 async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_the_app() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: small_limits(),
-            ..InboundOptions::default()
-        },
-    )
-    .await;
+    let side = inbound_with(&app, small_limits()).await;
 
     let many: String = (0..25).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let text = raw_exchange(side.addr, &request_with(&many, "/")).await;
-    assert_eq!(status_of(&text), 431, "{text}");
-    assert!(
-        text.contains("docmesh-error: request-header-too-large"),
-        "{text}"
-    );
-    assert!(text.contains("limits.max_headers"), "{text}");
+    let req = request_with(&many, "/");
+    expect_answer(side.addr, &req, 431, &[TOO_LARGE, "limits.max_headers"]).await;
 
     let big = format!("x-big: {}\r\n", "v".repeat(5000));
-    let text = raw_exchange(side.addr, &request_with(&big, "/")).await;
-    assert_eq!(status_of(&text), 431, "{text}");
-    assert!(text.contains("limits.max_header_bytes"), "{text}");
+    let req = request_with(&big, "/");
+    expect_answer(side.addr, &req, 431, &["limits.max_header_bytes"]).await;
 
     // Far past the limit the head guard answers before hyper's parser would (same cause,
     // counted), having read no more than a bounded part of the head.
     let huge = format!("x-big: {}\r\n", "v".repeat(40_000));
-    let text = raw_exchange(side.addr, &request_with(&huge, "/")).await;
-    assert_eq!(status_of(&text), 431, "{text}");
-    assert!(
-        text.contains("docmesh-error: request-header-too-large"),
-        "{text}"
-    );
-    assert!(text.contains("limits.max_header_bytes (4096)"), "{text}");
+    let req = request_with(&huge, "/");
+    let parts = [TOO_LARGE, "limits.max_header_bytes (4096)"];
+    expect_answer(side.addr, &req, 431, &parts).await;
 
     let long = format!("/{}", "a".repeat(300));
-    let text = raw_exchange(side.addr, &request_with("", &long)).await;
-    assert_eq!(status_of(&text), 414, "{text}");
-    assert!(text.contains("docmesh-error: uri-too-long"), "{text}");
+    let req = request_with("", &long);
+    expect_answer(side.addr, &req, 414, &["docmesh-error: uri-too-long"]).await;
 
-    let post = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ncontent-length: 200\r\nconnection: close\r\n\r\n";
-    let text = raw_exchange(side.addr, post).await;
-    assert_eq!(status_of(&text), 413, "{text}");
-    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
+    expect_answer(side.addr, POST_200, 413, &[PAYLOAD]).await;
 
     assert!(
         app.requests().is_empty(),
@@ -91,28 +108,16 @@ async fn oversized_heads_get_431_414_and_413_with_their_cause_and_never_reach_th
     );
 
     // A chunked body past the route limit is cut off: the app never gets it whole.
-    let mut chunked = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
-    for _ in 0..4 {
-        chunked.extend_from_slice(b"40\r\n");
-        chunked.extend_from_slice(&[b'z'; 64]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let text = raw_exchange(side.addr, &chunked).await;
-    assert_eq!(status_of(&text), 413, "{text}");
-    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
+    expect_answer(side.addr, &chunked_upload(), 413, &[PAYLOAD]).await;
     assert!(app.requests().iter().all(|r| r.body.len() < 256));
 
     // Under the limits everything passes.
     let ok = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\nconnection: close\r\n\r\n";
     let mut with_body = ok.to_vec();
     with_body.extend_from_slice(&[b'y'; 100]);
-    let text = raw_exchange(side.addr, &with_body).await;
-    assert_eq!(status_of(&text), 200, "{text}");
-    assert!(text.contains("x-app-body-len: 100"), "{text}");
+    expect_answer(side.addr, &with_body, 200, &["x-app-body-len: 100"]).await;
     still_serving(side.addr).await;
 }
-
 /// Sends `head` while reading: a client that keeps writing a head of any size gets the
 /// proxy's answer (the write may fail once the proxy closes).
 async fn send_while_reading(addr: std::net::SocketAddr, head: Vec<u8>) -> String {
@@ -134,23 +139,10 @@ async fn send_while_reading(addr: std::net::SocketAddr, head: Vec<u8>) -> String
 #[tokio::test]
 async fn heads_of_any_size_get_the_proxys_431_on_fresh_and_keep_alive_connections() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: small_limits(),
-            ..InboundOptions::default()
-        },
-    )
-    .await;
-    let mut huge = b"GET / HTTP/1.1\r\nhost: app\r\nx-big: ".to_vec();
-    huge.extend(std::iter::repeat_n(b'v', 4 << 20));
+    let side = inbound_with(&app, small_limits()).await;
+    let huge = huge_head(4 << 20);
     let text = send_while_reading(side.addr, huge.clone()).await;
-    assert_eq!(status_of(&text), 431, "{text}");
-    assert!(
-        text.contains("docmesh-error: request-header-too-large"),
-        "{text}"
-    );
-    assert!(text.contains("limits.max_header_bytes (4096)"), "{text}");
+    assert_answer(&text, 431, &[TOO_LARGE, "limits.max_header_bytes (4096)"]);
 
     // Keep-alive: a request with a body, one without, then the oversized head.
     let mut seq = b"POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 5000\r\n\r\n".to_vec();
@@ -158,25 +150,12 @@ async fn heads_of_any_size_get_the_proxys_431_on_fresh_and_keep_alive_connection
     seq.extend_from_slice(b"GET /b HTTP/1.1\r\nhost: app\r\n\r\n");
     seq.extend_from_slice(&huge);
     let text = send_while_reading(side.addr, seq).await;
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &text[i + 9..i + 12])
-        .collect();
-    assert_eq!(statuses, ["200", "200", "431"], "{text}");
-    assert!(
-        text.contains("docmesh-error: request-header-too-large"),
-        "{text}"
-    );
+    assert_eq!(statuses(&text), ["200", "200", "431"], "{text}");
+    assert!(text.contains(TOO_LARGE), "{text}");
     let uris: Vec<String> = app.requests().iter().map(|r| r.uri.clone()).collect();
     assert_eq!(uris, ["/a", "/b"]);
     assert_eq!(app.requests()[0].body.len(), 5000);
-    assert_eq!(
-        metric(
-            &side.metrics,
-            "docmesh_limit_rejections_total{cause=\"request-header-too-large\"}"
-        ),
-        2.0
-    );
+    assert_eq!(rejections(&side.metrics, "request-header-too-large"), 2.0);
 
     // Many keep-alive requests with bodies and heads just under the limit pass: the guard
     // never counts bodies or earlier heads.
@@ -202,14 +181,11 @@ async fn heads_of_any_size_get_the_proxys_431_on_fresh_and_keep_alive_connection
 #[tokio::test]
 async fn slowloris_is_cut_off_by_the_header_read_timeout() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: LimitsConfig {
-                header_read_timeout: Duration::from_millis(300),
-                ..LimitsConfig::default()
-            },
-            ..InboundOptions::default()
+    let side = inbound_with(
+        &app,
+        LimitsConfig {
+            header_read_timeout: Duration::from_millis(300),
+            ..LimitsConfig::default()
         },
     )
     .await;
@@ -241,14 +217,11 @@ async fn slowloris(addr: std::net::SocketAddr) {
 #[tokio::test]
 async fn a_silent_request_body_gets_408_request_body_timeout() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: LimitsConfig {
-                body_idle_timeout: Duration::from_millis(300),
-                ..LimitsConfig::default()
-            },
-            ..InboundOptions::default()
+    let side = inbound_with(
+        &app,
+        LimitsConfig {
+            body_idle_timeout: Duration::from_millis(300),
+            ..LimitsConfig::default()
         },
     )
     .await;
@@ -264,32 +237,22 @@ async fn silent_body(addr: std::net::SocketAddr, metrics: &docmesh_proxy::metric
         .unwrap();
     // The client never sends the rest.
     let text = read_to_close(&mut s).await;
-    assert_eq!(status_of(&text), 408, "{text}");
-    assert!(
-        text.contains("docmesh-error: request-body-timeout"),
-        "{text}"
-    );
-    assert!(text.contains("limits.body_idle_timeout"), "{text}");
-    assert_eq!(
-        metric(
-            metrics,
-            "docmesh_limit_rejections_total{cause=\"request-body-timeout\"}"
-        ),
-        1.0
-    );
+    let parts = [
+        "docmesh-error: request-body-timeout",
+        "limits.body_idle_timeout",
+    ];
+    assert_answer(&text, 408, &parts);
+    assert_eq!(rejections(metrics, "request-body-timeout"), 1.0);
 }
 
 #[tokio::test]
 async fn connections_over_the_listener_limit_are_closed_and_counted() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: LimitsConfig {
-                max_connections_per_listener: 2,
-                ..LimitsConfig::default()
-            },
-            ..InboundOptions::default()
+    let side = inbound_with(
+        &app,
+        LimitsConfig {
+            max_connections_per_listener: 2,
+            ..LimitsConfig::default()
         },
     )
     .await;
@@ -369,15 +332,12 @@ async fn a_tls_client_that_never_finishes_the_handshake_is_cut_off() {
 #[tokio::test]
 async fn http2_settings_announce_the_stream_limit_and_rapid_resets_get_goaway() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: LimitsConfig {
-                h2_max_concurrent_streams: 7,
-                h2_max_pending_accept_reset_streams: 5,
-                ..LimitsConfig::default()
-            },
-            ..InboundOptions::default()
+    let side = inbound_with(
+        &app,
+        LimitsConfig {
+            h2_max_concurrent_streams: 7,
+            h2_max_pending_accept_reset_streams: 5,
+            ..LimitsConfig::default()
         },
     )
     .await;
@@ -445,38 +405,19 @@ async fn outbound_listeners_apply_every_request_limit() {
         },
     )
     .await;
-    let ok = raw_exchange(out.addr, &request_with("", "/fine")).await;
-    assert_eq!(status_of(&ok), 200, "{ok}");
+    expect_answer(out.addr, &request_with("", "/fine"), 200, &[]).await;
 
     let big = format!("x-big: {}\r\n", "v".repeat(5000));
-    let text = raw_exchange(out.addr, &request_with(&big, "/")).await;
-    assert_eq!(status_of(&text), 431, "{text}");
-    assert!(text.contains("limits.max_header_bytes"), "{text}");
-    let mut huge = b"GET / HTTP/1.1\r\nhost: app\r\nx-big: ".to_vec();
-    huge.extend(std::iter::repeat_n(b'v', 1 << 20));
-    let text = send_while_reading(out.addr, huge).await;
-    assert_eq!(status_of(&text), 431, "{text}");
-    assert!(text.contains("\"hop\":\"outbound\""), "{text}");
+    let req = request_with(&big, "/");
+    expect_answer(out.addr, &req, 431, &["limits.max_header_bytes"]).await;
+    let text = send_while_reading(out.addr, huge_head(1 << 20)).await;
+    assert_answer(&text, 431, &["\"hop\":\"outbound\""]);
 
     let long = format!("/{}", "a".repeat(300));
-    let text = raw_exchange(out.addr, &request_with("", &long)).await;
-    assert_eq!(status_of(&text), 414, "{text}");
+    expect_answer(out.addr, &request_with("", &long), 414, &[]).await;
 
-    let post = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ncontent-length: 200\r\nconnection: close\r\n\r\n";
-    let text = raw_exchange(out.addr, post).await;
-    assert_eq!(status_of(&text), 413, "{text}");
-    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
-
-    let mut chunked = b"POST /upload/doc HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
-    for _ in 0..4 {
-        chunked.extend_from_slice(b"40\r\n");
-        chunked.extend_from_slice(&[b'z'; 64]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let text = raw_exchange(out.addr, &chunked).await;
-    assert_eq!(status_of(&text), 413, "{text}");
-    assert!(text.contains("docmesh-error: payload-too-large"), "{text}");
+    expect_answer(out.addr, POST_200, 413, &[PAYLOAD]).await;
+    expect_answer(out.addr, &chunked_upload(), 413, &[PAYLOAD]).await;
     assert!(app.requests().iter().all(|r| r.body.len() < 256));
 
     silent_body(out.addr, &out.metrics).await;
@@ -498,10 +439,7 @@ async fn outbound_listeners_apply_every_request_limit() {
         ("request-body-timeout", 1.0),
     ] {
         assert_eq!(
-            metric(
-                &out.metrics,
-                &format!("docmesh_limit_rejections_total{{cause=\"{cause}\"}}")
-            ),
+            rejections(&out.metrics, cause),
             n,
             "{cause}: {}",
             out.metrics.encode().unwrap()
@@ -516,14 +454,7 @@ async fn outbound_listeners_apply_every_request_limit() {
 #[tokio::test]
 async fn http2_header_lists_over_the_limit_get_431() {
     let app = RecordingApp::start().await;
-    let side = start_inbound(
-        app.addr,
-        InboundOptions {
-            limits: small_limits(),
-            ..InboundOptions::default()
-        },
-    )
-    .await;
+    let side = inbound_with(&app, small_limits()).await;
     let tcp = TcpStream::connect(side.addr).await.unwrap();
     let (client, conn) = bounded(h2::client::handshake(tcp)).await.unwrap();
     tokio::spawn(conn);
@@ -588,15 +519,8 @@ async fn an_oversized_head_over_mtls_gets_the_proxys_431() {
     let _ = bounded(r.read_to_end(&mut out)).await;
     drop(writer);
     let text = String::from_utf8_lossy(&out);
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &text[i + 9..i + 12])
-        .collect();
-    assert_eq!(statuses, ["200", "431"], "{text}");
-    assert!(
-        text.contains("docmesh-error: request-header-too-large"),
-        "{text}"
-    );
+    assert_eq!(statuses(&text), ["200", "431"], "{text}");
+    assert!(text.contains(TOO_LARGE), "{text}");
     assert_eq!(app.requests().len(), 1);
 }
 
@@ -609,9 +533,11 @@ async fn a_huge_request_target_gets_the_proxys_414() {
     let side = start_inbound(app.addr, InboundOptions::default()).await;
     let long = format!("/{}", "a".repeat(70_000));
     let text = send_while_reading(side.addr, request_with("", &long)).await;
-    assert_eq!(status_of(&text), 414, "{text}");
-    assert!(text.contains("docmesh-error: uri-too-long"), "{text}");
-    assert!(text.contains("limits.max_uri_bytes (16384)"), "{text}");
+    let parts = [
+        "docmesh-error: uri-too-long",
+        "limits.max_uri_bytes (16384)",
+    ];
+    assert_answer(&text, 414, &parts);
     assert!(app.requests().is_empty());
     still_serving(side.addr).await;
 }

@@ -356,3 +356,35 @@ pub async fn start_outbound(
         lifecycle,
     }
 }
+
+/// Asserts that `text` starts with a response of `status` and contains every one of `parts`
+/// (a cause, a detail); on failure shows the whole answer.
+pub fn assert_answer(text: &str, status: u16, parts: &[&str]) {
+    assert_eq!(status_of(text), status, "{text}");
+    for p in parts {
+        assert!(text.contains(p), "no {p:?} in: {text}");
+    }
+}
+
+/// Sends `bytes` on a new connection (as [`raw_exchange`]) and checks the answer as
+/// [`assert_answer`] does; returns it for further checks.
+pub async fn expect_answer(addr: SocketAddr, bytes: &[u8], status: u16, parts: &[&str]) -> String {
+    let text = raw_exchange(addr, bytes).await;
+    assert_answer(&text, status, parts);
+    text
+}
+
+/// The status codes of every HTTP/1.1 response in `text`, in order (keep-alive answers).
+pub fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect()
+}
+
+/// How many requests `metrics` counts as rejected by a limit with `cause`.
+pub fn rejections(metrics: &Metrics, cause: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("docmesh_limit_rejections_total{{cause=\"{cause}\"}}"),
+    )
+}
