@@ -40,6 +40,26 @@ fn request(body: &'static str, upgrade: bool) -> http::Request<http_body_util::F
     .unwrap()
 }
 
+/// Reads until `total` bytes came through, each read returning data (see [`read_some`]).
+async fn read_through(g: &mut HeadGuard<tokio::io::DuplexStream>, buf: &mut [u8], total: usize) {
+    let mut n = 0;
+    while n < total {
+        n += read_some(g, buf).await;
+    }
+}
+
+/// Reads until the guard ends the stream; returns how many bytes came through before.
+async fn read_to_end(g: &mut HeadGuard<tokio::io::DuplexStream>, buf: &mut [u8]) -> usize {
+    let mut seen = 0;
+    loop {
+        let n = g.read(buf).await.unwrap();
+        if n == 0 {
+            return seen;
+        }
+        seen += n;
+    }
+}
+
 /// One read that must return data (never end of stream: the guard did not answer).
 async fn read_some(g: &mut HeadGuard<tokio::io::DuplexStream>, buf: &mut [u8]) -> usize {
     let n = tokio::time::timeout(Duration::from_secs(10), g.read(buf))
@@ -81,15 +101,7 @@ async fn a_head_past_the_cut_off_gets_the_proxys_431_and_is_counted() {
     let head = vec![b'x'; 20_000];
     client.write_all(&head).await.unwrap();
     client.shutdown().await.unwrap();
-    let mut seen = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = g.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        seen += n;
-    }
+    let seen = read_to_end(&mut g, &mut vec![0u8; 64 * 1024]).await;
     assert!(
         seen <= HeadParams::new(4096, 1024).cut_off,
         "hyper saw {seen} bytes"
@@ -129,22 +141,12 @@ async fn bodies_are_not_counted_and_the_next_head_is() {
     assert_eq!(watch.on_request(&mut req), None);
     let end = req.extensions_mut().remove::<BodyEnd>().unwrap();
     client.write_all(&vec![b'b'; 100_000]).await.unwrap();
-    let mut body = 0;
-    while body < 100_000 {
-        body += read_some(&mut g, &mut buf).await;
-    }
+    read_through(&mut g, &mut buf, 100_000).await;
     drop(end);
     // Back in head state: a head past the cut-off is refused.
     client.write_all(&vec![b'h'; 10_000]).await.unwrap();
     client.shutdown().await.unwrap();
-    let mut head = 0;
-    loop {
-        let n = g.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        head += n;
-    }
+    let head = read_to_end(&mut g, &mut buf).await;
     assert!(head < 10_000, "{head}");
 }
 
@@ -156,27 +158,18 @@ async fn requests_without_body_restart_the_count_and_101_turns_the_guard_off() {
     // Many heads of 3000 bytes on one connection, each under the limit.
     for _ in 0..10 {
         client.write_all(&[b'g'; 3000]).await.unwrap();
-        let mut n = 0;
-        while n < 3000 {
-            n += read_some(&mut g, &mut buf).await;
-        }
+        read_through(&mut g, &mut buf, 3000).await;
         watch.on_request(&mut request("", false));
     }
     // An upgrade answered with 101: whatever follows is not a head.
     let epoch = watch.on_request(&mut request("", true)).unwrap();
     watch.on_response(epoch, http::StatusCode::SWITCHING_PROTOCOLS);
     client.write_all(&vec![b'w'; 100_000]).await.unwrap();
-    let mut n = 0;
-    while n < 100_000 {
-        n += read_some(&mut g, &mut buf).await;
-    }
+    read_through(&mut g, &mut buf, 100_000).await;
     // A later request cannot turn it back on.
     watch.on_request(&mut request("", false));
     client.write_all(&vec![b'w'; 100_000]).await.unwrap();
-    let mut n = 0;
-    while n < 100_000 {
-        n += read_some(&mut g, &mut buf).await;
-    }
+    read_through(&mut g, &mut buf, 100_000).await;
 }
 
 #[tokio::test]
@@ -188,14 +181,7 @@ async fn an_upgrade_refused_by_the_app_counts_the_next_head() {
     watch.on_response(epoch, http::StatusCode::OK);
     client.write_all(&vec![b'h'; 10_000]).await.unwrap();
     client.shutdown().await.unwrap();
-    let mut head = 0;
-    loop {
-        let n = g.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        head += n;
-    }
+    let head = read_to_end(&mut g, &mut buf).await;
     assert!(head < 10_000, "{head}");
 }
 
@@ -228,7 +214,7 @@ async fn the_answer_waits_until_the_previous_response_is_flushed() {
     assert!(stalled);
     g.write_all(b"ok").await.unwrap();
     g.flush().await.unwrap();
-    while g.read(&mut buf).await.unwrap() > 0 {}
+    read_to_end(&mut g, &mut buf).await;
     let mut answer = String::new();
     client.read_to_string(&mut answer).await.unwrap();
     assert!(
@@ -246,7 +232,7 @@ async fn a_first_request_line_past_the_uri_limit_gets_the_proxys_414() {
     client.write_all(&[b'a'; 1100]).await.unwrap();
     client.shutdown().await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
-    while g.read(&mut buf).await.unwrap() > 0 {}
+    read_to_end(&mut g, &mut buf).await;
     let mut answer = String::new();
     client.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 414 "), "{answer}");
@@ -263,16 +249,10 @@ async fn only_the_first_request_line_is_measured() {
     head.extend(std::iter::repeat_n(b'v', 20_000));
     client.write_all(&head).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0;
-    while n < head.len() {
-        n += read_some(&mut g, &mut buf).await;
-    }
+    read_through(&mut g, &mut buf, head.len()).await;
     // After a parsed request, a later long line is not measured either (its start is not
     // known for sure); the parser and the limits check answer for it.
     watch.on_request(&mut request("", false));
     client.write_all(&[b'u'; 5000]).await.unwrap();
-    let mut n = 0;
-    while n < 5000 {
-        n += read_some(&mut g, &mut buf).await;
-    }
+    read_through(&mut g, &mut buf, 5000).await;
 }
