@@ -27,6 +27,39 @@ async fn call(outbound: std::net::SocketAddr) -> (u16, String, String) {
     (status, cause, text(resp).await)
 }
 
+/// `per_conn` sequential HTTP/1.1 GETs on each of `conns` new app connections to `outbound`
+/// (one after the other); returns each answer's `x-seen-version` (as the app saw the request)
+/// and body.
+async fn sequential_h1(
+    outbound: std::net::SocketAddr,
+    conns: usize,
+    per_conn: usize,
+) -> Vec<(String, String)> {
+    let mut answers = Vec::new();
+    for _ in 0..conns {
+        let mut c = h1_client(outbound).await;
+        for _ in 0..per_conn {
+            let resp = bounded(c.send_request(get("/", "documentserver")))
+                .await
+                .unwrap();
+            let version = resp.headers()["x-seen-version"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            answers.push((version, text(resp).await));
+        }
+    }
+    assert_eq!(answers.len(), conns * per_conn);
+    answers
+}
+
+/// An HTTP/2 GET of `http://documentserver/`.
+fn h2_get() -> http::Request<TestBody> {
+    http::Request::get("http://documentserver/")
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
 fn detail(body: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
@@ -257,14 +290,8 @@ async fn upstream_connections_are_pooled_on_both_hops() {
     let outbound = start_outbound(vec![mesh_relay.to_string()], &opts, &lifecycle, &metrics).await;
 
     // 30 sequential HTTP/1.1 requests from 3 app connections ride one HTTP/2 mesh connection.
-    for _ in 0..3 {
-        let mut c = h1_client(outbound).await;
-        for _ in 0..10 {
-            let resp = bounded(c.send_request(get("/", "documentserver")))
-                .await
-                .unwrap();
-            assert_eq!(text(resp).await, "hello from the app");
-        }
+    for (_, body) in sequential_h1(outbound, 3, 10).await {
+        assert_eq!(body, "hello from the app");
     }
     // Without pooling the app side would see 30; a pooled connection can at most be missed
     // while its previous response is still being finished.
@@ -283,12 +310,7 @@ async fn upstream_connections_are_pooled_on_both_hops() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let mut h2 = h2.clone();
-            tokio::spawn(async move {
-                let req = http::Request::get("http://documentserver/")
-                    .body(full(Bytes::new()))
-                    .unwrap();
-                bounded(h2.send_request(req)).await.unwrap().status()
-            })
+            tokio::spawn(async move { bounded(h2.send_request(h2_get())).await.unwrap().status() })
         })
         .collect();
     for t in tasks {
@@ -331,23 +353,15 @@ async fn without_mesh_http2_each_protocol_keeps_its_own_pooled_mesh_connections(
     let inbound = start_inbound(app, &opts, &lifecycle, &metrics).await;
     let (mesh_relay, mesh_conns) = start_counting_relay(inbound).await;
     let outbound = start_outbound(vec![mesh_relay.to_string()], &opts, &lifecycle, &metrics).await;
-    for _ in 0..3 {
-        let mut c = h1_client(outbound).await;
-        for _ in 0..10 {
-            let resp = bounded(c.send_request(get("/", "documentserver")))
-                .await
-                .unwrap();
-            assert_eq!(resp.headers()["x-seen-version"], "HTTP/1.1");
-            assert_eq!(text(resp).await, "hello from the app");
-        }
+    for (version, body) in sequential_h1(outbound, 3, 10).await {
+        assert_eq!(version, "HTTP/1.1");
+        assert_eq!(body, "hello from the app");
     }
     let mesh = mesh_conns.load(Ordering::SeqCst);
     assert!(mesh <= 2, "pooled HTTP/1.1 mesh connections: {mesh}");
     let mut h2 = h2_client(outbound).await;
-    let req = http::Request::get("http://documentserver/")
-        .body(full(Bytes::new()))
-        .unwrap();
-    assert_eq!(bounded(h2.send_request(req)).await.unwrap().status(), 200);
+    let resp = bounded(h2.send_request(h2_get())).await.unwrap();
+    assert_eq!(resp.status(), 200);
     assert_eq!(
         mesh_conns.load(Ordering::SeqCst) - mesh,
         1,

@@ -151,15 +151,9 @@ async fn websocket_upgrade_passes_both_ways() {
     let pair = Pair::start(app, PairOptions::default()).await;
     let mut c = h1_client(pair.outbound).await;
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
-    let req = http::Request::get("/ws")
-        .header("host", "documentserver")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", key)
-        .body(full(Bytes::new()))
+    let mut resp = bounded(c.send_request(ws_request("/ws", key)))
+        .await
         .unwrap();
-    let mut resp = bounded(c.send_request(req)).await.unwrap();
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["upgrade"], "websocket");
     assert_eq!(

@@ -4,26 +4,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use docmesh_init::host::SystemHost;
 use docmesh_tests::netns::capture;
 use docmesh_tests::netns::probe::{ask, Responder};
+use docmesh_tests::netns::sidecar::{init, try_init};
 use docmesh_tests::netns::{without_empty_tables as significant, Pod, Topology};
 
 fn topology(names: &[&str]) -> Topology {
     Topology::new(names).unwrap_or_else(|e| panic!("cannot build the test topology: {e}"))
-}
-
-/// Runs `docmesh-init ARGS` (the real CLI code and iptables binaries) inside the pod.
-fn init(pod: &Pod, args: &[&str]) -> Result<String, String> {
-    let mut argv = vec!["docmesh-init".to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    pod.enter(move || {
-        let mut out = Vec::new();
-        docmesh_init::cli::run(argv, &SystemHost, &mut out)
-            .map(|()| String::from_utf8_lossy(&out).into_owned())
-            .map_err(|e| e.to_string())
-    })
-    .unwrap()
 }
 
 fn sh(pod: &Pod, cmd: &str) {
@@ -96,7 +83,7 @@ fn netns_rules_are_exact_idempotent_and_cleaned_up_exactly() {
         let before4 = pod.rules(save4, None).unwrap();
         let before6 = pod.rules(save6, None).unwrap();
 
-        let dry = init(pod, &[&["--dry-run"], &args[..]].concat()).unwrap();
+        let dry = init(pod, &[&["--dry-run"], &args[..]].concat());
         assert!(
             dry.contains(&format!("IPv4: input for {restore} --noflush")),
             "[{}] auto backend: {dry}",
@@ -105,7 +92,7 @@ fn netns_rules_are_exact_idempotent_and_cleaned_up_exactly() {
         // A dry run changes nothing.
         assert_eq!(pod.rules(save4, None).unwrap(), before4);
 
-        let out = init(pod, &args).unwrap();
+        let out = init(pod, &args);
         assert!(out.contains("IPv4 rules installed"), "{out}");
         let nat4 = pod.rules(save4, Some("nat")).unwrap();
         // Exactly the rules the dry run printed, in that order, and nothing else of ours.
@@ -143,7 +130,7 @@ fn netns_rules_are_exact_idempotent_and_cleaned_up_exactly() {
 
         // Idempotent: a second run leaves identical rule sets.
         let all6 = pod.rules(save6, None).unwrap();
-        init(pod, &args).unwrap();
+        init(pod, &args);
         assert_eq!(
             pod.rules(save4, None).unwrap(),
             all4,
@@ -158,7 +145,7 @@ fn netns_rules_are_exact_idempotent_and_cleaned_up_exactly() {
         );
 
         // Cleanup restores exactly the prior rule set; a second cleanup is a no-op.
-        let out = init(pod, &["--cleanup"]).unwrap();
+        let out = init(pod, &["--cleanup"]);
         assert!(out.contains("IPv4 rules removed"), "{out}");
         assert_eq!(
             significant(&pod.rules(save4, None).unwrap()),
@@ -172,7 +159,7 @@ fn netns_rules_are_exact_idempotent_and_cleaned_up_exactly() {
             "[{}] IPv6 after cleanup",
             pod.name
         );
-        let out = init(pod, &["--cleanup"]).unwrap();
+        let out = init(pod, &["--cleanup"]);
         assert!(out.contains("no docmesh rules present"), "{out}");
         assert_eq!(
             significant(&pod.rules(save4, None).unwrap()),
@@ -219,7 +206,7 @@ fn netns_traffic_is_redirected_except_what_is_excluded() {
 
     // validate explains a missing install, then proves the installed redirect (before anything
     // listens on 15001).
-    let err = init(a, &["validate", "--timeout-ms", "300"]).unwrap_err();
+    let err = try_init(a, &["validate", "--timeout-ms", "300"]).unwrap_err();
     assert!(
         err.contains("NOT redirected") && err.contains("no docmesh IPv4 rules"),
         "{err}"
@@ -237,12 +224,12 @@ fn netns_traffic_is_redirected_except_what_is_excluded() {
         "--exclude-outbound-cidrs",
         &excludes,
     ];
-    init(a, &args).unwrap();
+    init(a, &args);
     let mut targets = vec!["192.0.2.1:80".to_string()];
     if topo.has_ipv6() {
         targets.push("[2001:db8::1]:80".into());
     }
-    let out = init(a, &["validate", "--target", &targets.join(",")]).unwrap();
+    let out = init(a, &["validate", "--target", &targets.join(",")]);
     assert_eq!(
         out.matches("ok: a connection to").count(),
         targets.len(),
@@ -250,7 +237,7 @@ fn netns_traffic_is_redirected_except_what_is_excluded() {
     );
     // An excluded destination is reported as not redirected, with the reason.
     let excluded = format!("{}:9000", b.ipv4);
-    let err = init(
+    let err = try_init(
         a,
         &["validate", "--timeout-ms", "300", "--target", &excluded],
     )
@@ -320,9 +307,9 @@ fn netns_traffic_is_redirected_except_what_is_excluded() {
 
     // Rerunning changes nothing; cleanup restores direct traffic both ways.
     let before = a.rules("iptables-save", Some("nat")).unwrap();
-    init(a, &args).unwrap();
+    init(a, &args);
     assert_eq!(a.rules("iptables-save", Some("nat")).unwrap(), before);
-    init(a, &["--cleanup"]).unwrap();
+    init(a, &["--cleanup"]);
     // Direct, plaintext traffic again; the capture on b's wire sees it (the positive control
     // for the end-to-end tests, which require that no plaintext crosses the wire).
     let cap = topo.capture(b, "tcp port 8080").unwrap();

@@ -21,6 +21,12 @@ pub const APP: (u32, u32) = (1000, 1000);
 /// Runs `docmesh-init ARGS` (the real CLI code and iptables binaries) inside the pod; panics
 /// with its error.
 pub fn init(pod: &Pod, args: &[&str]) -> String {
+    try_init(pod, args).unwrap_or_else(|e| panic!("docmesh-init failed: {e}"))
+}
+
+/// Runs `docmesh-init ARGS` inside the pod and returns its output or its error message (for
+/// tests of refusals); panics only when the pod cannot be entered.
+pub fn try_init(pod: &Pod, args: &[&str]) -> Result<String, String> {
     let mut argv = vec!["docmesh-init".to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     pod.enter(move || {
@@ -30,7 +36,6 @@ pub fn init(pod: &Pod, args: &[&str]) -> String {
             .map_err(|e| e.to_string())
     })
     .unwrap_or_else(|e| panic!("[{}] cannot enter the pod: {e}", pod.name))
-    .unwrap_or_else(|e| panic!("docmesh-init failed: {e}"))
 }
 
 /// Prints the proxies' logs when the test fails, so the failure explains itself.
