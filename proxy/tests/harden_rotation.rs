@@ -189,6 +189,9 @@ struct StalePeers {
     /// Our outbound (the rotating client identity) with a pooled connection to `server`
     /// from before the old root was removed.
     pooled_to_stale: SocketAddr,
+    /// The stale client's outbound, with a pooled connection to our inbound from before the
+    /// old root was removed.
+    pooled_from_stale: SocketAddr,
 }
 
 impl StalePeers {
@@ -217,6 +220,7 @@ impl StalePeers {
             server,
             client: stale,
             pooled_to_stale: to_stale,
+            pooled_from_stale: from_stale,
         }
     }
 
@@ -227,6 +231,11 @@ impl StalePeers {
             one_request(self.pooled_to_stale).await,
             (502, "tls-untrusted-peer".into()),
             "a mesh connection verified before the old root was removed is not reused"
+        );
+        assert_eq!(
+            one_request(self.pooled_from_stale).await,
+            (502, "tls-rejected-by-peer".into()),
+            "our inbound closed the stale client's connection when the old root went away"
         );
         let to_stale =
             outbound_to(self.server.addr, MeshClient::Mtls(Arc::new(client.clone()))).await;

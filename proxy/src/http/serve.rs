@@ -62,18 +62,26 @@ pub async fn serve_connection<Io, H, Fut>(
     H: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
-    serve_connection_limited(io, version, handler, lifecycle, ServerLimits::default()).await
+    serve_connection_limited(
+        io,
+        version,
+        handler,
+        lifecycle.draining(),
+        ServerLimits::default(),
+    )
+    .await
 }
 
 /// [`serve_connection`] with the `[limits]` server settings: header read timeout (slowloris),
 /// the HTTP/1 head guard (the proxy's own 431 for a head of any size, see
 /// [`crate::limits::head`]), parser cut-offs, HTTP/2 streams, header list size and
-/// reset-flood limits.
+/// reset-flood limits. The connection winds down gracefully once `stop` completes (the
+/// proxy's drain, or for the inbound also a peer that is no longer trusted).
 pub async fn serve_connection_limited<Io, H, Fut>(
     io: Io,
     version: HttpVersion,
     handler: H,
-    lifecycle: &Lifecycle,
+    stop: impl Future<Output = ()>,
     limits: ServerLimits,
 ) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -107,7 +115,7 @@ pub async fn serve_connection_limited<Io, H, Fut>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let drain = lifecycle.draining();
+    let drain = stop;
     tokio::pin!(drain);
     let result = match version {
         HttpVersion::Http1 => {

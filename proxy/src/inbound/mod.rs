@@ -66,12 +66,52 @@ pub trait ServerTls: Send + Sync + 'static {
     /// The current server config; called per connection, so it must be cheap (an `Arc`
     /// clone of a config built once).
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
+
+    /// Wakes on every change of the SVID or the trust bundles (`None`: they never change).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// Whether a client chain verified at an earlier handshake still verifies against the
+    /// current bundles; connections whose client no longer does are wound down after a
+    /// change (a TLS connection is verified only at its handshake).
+    fn still_trusts(&self, _chain: &[rustls_pki_types::CertificateDer<'static>]) -> bool {
+        true
+    }
 }
 
 impl ServerTls for crate::identity::Identity {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         crate::identity::Identity::server_config(self)
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.rotations())
+    }
+
+    fn still_trusts(&self, chain: &[rustls_pki_types::CertificateDer<'static>]) -> bool {
+        use rustls::server::danger::ClientCertVerifier as _;
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        docmesh_certs::tls::SpiffeClientVerifier::new(self.shared_bundles())
+            .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// Resolves once the trust of `chain` is lost: after a change of `server`'s identity that
+/// its bundles no longer verify it. Never resolves when `server` does not change.
+async fn trust_lost(server: &dyn ServerTls, chain: &[rustls_pki_types::CertificateDer<'static>]) {
+    let Some(mut changes) = server.changes() else {
+        return std::future::pending().await;
+    };
+    while changes.changed().await.is_ok() {
+        if !server.still_trusts(chain) {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// How the inbound side secures the hop.
@@ -271,8 +311,8 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, app_po
     };
     match (&shared.mesh, tls) {
         (MeshServer::Mtls(server), true) => {
-            let config = server.server_config();
-            mtls(shared, stream, peer, app, config).await
+            let server = Arc::clone(server);
+            mtls(shared, stream, peer, app, server).await
         }
         _ => plaintext(shared, stream, peer, app, silent).await,
     }
@@ -284,9 +324,9 @@ async fn mtls(
     stream: TcpStream,
     peer: SocketAddr,
     app: SocketAddr,
-    config: Arc<rustls::ServerConfig>,
+    server: Arc<dyn ServerTls>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config());
     let obs = shared.obs.load_full();
     let service = format!("app:{}", app.port());
     let tls = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await {
@@ -340,16 +380,30 @@ async fn mtls(
         Some(crate::outbound::connect::alpn::HTTP1) => Some(HttpVersion::Http1),
         _ => None,
     };
+    let chain: Vec<_> = conn
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
     let identity = PeerIdentity::new(id, peer);
     tracing::debug!(%peer, client = %identity.spiffe_id(), ?version, "inbound mTLS connection");
+    let client = identity.spiffe_id().to_string();
+    let revoked = async {
+        trust_lost(server.as_ref(), &chain).await;
+        tracing::info!(%peer, %client, "the trust bundles no longer verify this client's SVID: its connection is closed (gracefully for HTTP)");
+    };
     match version {
-        Some(v) => http(shared, tls, Some(identity), peer, app, v).await,
+        Some(v) => http(shared, tls, Some(identity), peer, app, v, revoked).await,
         None => {
             let pair = obs.inbound_pair(app.port(), Some(identity.spiffe_id()));
             if !tcp_allowed(&shared, &obs, &pair, app.port(), Some(identity.spiffe_id())) {
                 return;
             }
-            opaque(&shared, &obs, &pair, tls, peer, app).await
+            tokio::select! {
+                _ = opaque(&shared, &obs, &pair, tls, peer, app) => {}
+                _ = revoked => {}
+            }
         }
     }
 }
@@ -454,7 +508,7 @@ async fn plaintext(
         }
     };
     let io = crate::net::Prefixed::new(prefix, stream);
-    http(shared, io, None, peer, app, version).await
+    http(shared, io, None, peer, app, version, std::future::pending()).await
 }
 
 fn log_failure(e: &ProxyError, peer: SocketAddr) {
@@ -469,10 +523,17 @@ async fn http<Io>(
     peer: SocketAddr,
     app: SocketAddr,
     version: HttpVersion,
+    revoked: impl std::future::Future<Output = ()>,
 ) where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let lifecycle = shared.lifecycle.clone();
+    let stop = async {
+        tokio::select! {
+            _ = lifecycle.draining() => {}
+            _ = revoked => {}
+        }
+    };
     let obs = shared.obs.load_full();
     let client = identity
         .as_ref()
@@ -495,7 +556,7 @@ async fn http<Io>(
                 .await
         }
     };
-    serve_connection_limited(io, version, handler, &lifecycle, server_limits).await;
+    serve_connection_limited(io, version, handler, stop, server_limits).await;
 }
 
 /// Authorization of an opaque TCP connection (the authorizer logs refusals, the decision is

@@ -396,7 +396,7 @@ async fn http(
             .await
         }
     };
-    serve_connection_limited(io, version, handler, &lifecycle, server_limits).await;
+    serve_connection_limited(io, version, handler, lifecycle.draining(), server_limits).await;
 }
 
 /// One HTTP request to a mesh service, through the service's resilience stack. In transparent
