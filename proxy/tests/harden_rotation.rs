@@ -82,6 +82,27 @@ async fn outbound_to(inbound: std::net::SocketAddr, mesh: MeshClient) -> std::ne
     .await
 }
 
+/// A strict inbound sidecar with `server` in front of `app` and an outbound with `client`
+/// towards it; one request through both must pass. Returns (inbound, outbound listener).
+async fn mtls_hop(
+    app: SocketAddr,
+    server: Arc<Identity>,
+    client: Arc<Identity>,
+) -> (Sidecar, SocketAddr) {
+    let inbound = start_inbound(
+        app,
+        InboundOptions {
+            mode: InboundMode::Strict,
+            mesh: MeshServer::Mtls(server),
+            ..InboundOptions::default()
+        },
+    )
+    .await;
+    let outbound = outbound_to(inbound.addr, MeshClient::Mtls(client)).await;
+    assert_eq!(one_request(outbound).await, (200, String::new()));
+    (inbound, outbound)
+}
+
 /// One GET through `outbound` on a new connection: (status, docmesh-error).
 async fn one_request(outbound: std::net::SocketAddr) -> (u16, String) {
     let mut c = h1_client(outbound).await;
@@ -202,17 +223,8 @@ impl StalePeers {
         client: &Identity,
         inbound: SocketAddr,
     ) -> StalePeers {
-        let server = start_inbound(
-            app,
-            InboundOptions {
-                mode: InboundMode::Strict,
-                mesh: MeshServer::Mtls(harden_support::identity_for(old, SERVER_ID, &[old, new])),
-                ..InboundOptions::default()
-            },
-        )
-        .await;
-        let to_stale = outbound_to(server.addr, MeshClient::Mtls(Arc::new(client.clone()))).await;
-        assert_eq!(one_request(to_stale).await, (200, String::new()));
+        let stale_server = harden_support::identity_for(old, SERVER_ID, &[old, new]);
+        let (server, to_stale) = mtls_hop(app, stale_server, Arc::new(client.clone())).await;
         let stale = harden_support::identity_for(old, CLIENT_ID, &[old, new]);
         let from_stale = outbound_to(inbound, MeshClient::Mtls(stale.clone())).await;
         assert_eq!(one_request(from_stale).await, (200, String::new()));
@@ -270,17 +282,8 @@ async fn ca_rotation_under_sustained_traffic_fails_no_request_and_then_refuses_o
         .await
         .unwrap();
     let app = RecordingApp::start().await;
-    let inbound = start_inbound(
-        app.addr,
-        InboundOptions {
-            mode: InboundMode::Strict,
-            mesh: MeshServer::Mtls(Arc::new(server.clone())),
-            ..InboundOptions::default()
-        },
-    )
-    .await;
-    let outbound = outbound_to(inbound.addr, MeshClient::Mtls(Arc::new(client.clone()))).await;
-    assert_eq!(one_request(outbound).await, (200, String::new()));
+    let (inbound, outbound) =
+        mtls_hop(app.addr, Arc::new(server.clone()), Arc::new(client.clone())).await;
     let load = Load::start(outbound);
 
     // 1. Both bundles gain the new root.
@@ -458,17 +461,8 @@ async fn workload_api_svid_and_ca_rotation_under_sustained_traffic_fails_no_requ
         .unwrap();
     assert_eq!(client.svid_info().source, "workload-api");
     let app = RecordingApp::start().await;
-    let inbound = start_inbound(
-        app.addr,
-        InboundOptions {
-            mode: InboundMode::Strict,
-            mesh: MeshServer::Mtls(Arc::new(server.clone())),
-            ..InboundOptions::default()
-        },
-    )
-    .await;
-    let outbound = outbound_to(inbound.addr, MeshClient::Mtls(Arc::new(client.clone()))).await;
-    assert_eq!(one_request(outbound).await, (200, String::new()));
+    let (inbound, outbound) =
+        mtls_hop(app.addr, Arc::new(server.clone()), Arc::new(client.clone())).await;
     let recorder = ClientCertRecorder::start(&server).await;
     assert_eq!(recorder.presented_by(&client).await, serial(&c_svid));
     assert_eq!(

@@ -60,6 +60,14 @@ fn h2_get() -> http::Request<TestBody> {
         .unwrap()
 }
 
+/// Sends one GET through `outbound` (see [`call`]) and asserts it is refused with `502` and
+/// `docmesh-error: cause`; returns the answer's body.
+async fn expect_refusal(outbound: std::net::SocketAddr, cause: &str) -> String {
+    let (status, got, body) = call(outbound).await;
+    assert_eq!((status, got.as_str()), (502, cause), "{body}");
+    body
+}
+
 fn detail(body: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
@@ -159,12 +167,7 @@ async fn plaintext_peer_is_tls_plaintext_peer() {
         &Metrics::new(),
     )
     .await;
-    let (status, cause, body) = call(outbound).await;
-    assert_eq!(
-        (status, cause.as_str()),
-        (502, "tls-plaintext-peer"),
-        "{body}"
-    );
+    let body = expect_refusal(outbound, "tls-plaintext-peer").await;
     assert!(detail(&body).contains(&app.to_string()), "{body}");
 }
 
@@ -179,12 +182,7 @@ async fn untrusted_ca_is_tls_untrusted_peer() {
         identity(&svid(&rogue, SERVER_ID), &[&ca, &rogue]),
     );
     let pair = Pair::start(app, opts).await;
-    let (status, cause, body) = call(pair.outbound).await;
-    assert_eq!(
-        (status, cause.as_str()),
-        (502, "tls-untrusted-peer"),
-        "{body}"
-    );
+    let body = expect_refusal(pair.outbound, "tls-untrusted-peer").await;
     assert!(detail(&body).contains("chain-to-bundle"), "{body}");
 }
 
@@ -198,12 +196,7 @@ async fn wrong_spiffe_id_is_identity_mismatch() {
         identity(&svid(&ca, impostor), &[&ca]),
     );
     let pair = Pair::start(app, opts).await;
-    let (status, cause, body) = call(pair.outbound).await;
-    assert_eq!(
-        (status, cause.as_str()),
-        (502, "identity-mismatch"),
-        "{body}"
-    );
+    let body = expect_refusal(pair.outbound, "identity-mismatch").await;
     let d = detail(&body);
     assert!(d.contains(impostor) && d.contains(SERVER_ID), "{d}");
 }
@@ -218,12 +211,7 @@ async fn expired_server_svid_is_untrusted_and_expired_client_svid_is_rejected() 
         TestTls::new(expired_svid(&ca, SERVER_ID), &[&ca]),
     );
     let pair = Pair::start(app, opts).await;
-    let (status, cause, body) = call(pair.outbound).await;
-    assert_eq!(
-        (status, cause.as_str()),
-        (502, "tls-untrusted-peer"),
-        "{body}"
-    );
+    let body = expect_refusal(pair.outbound, "tls-untrusted-peer").await;
     assert!(detail(&body).contains("expired"), "{body}");
 
     let opts = mtls_options(
@@ -231,12 +219,7 @@ async fn expired_server_svid_is_untrusted_and_expired_client_svid_is_rejected() 
         identity(&svid(&ca, SERVER_ID), &[&ca]),
     );
     let pair = Pair::start(app, opts).await;
-    let (status, cause, body) = call(pair.outbound).await;
-    assert_eq!(
-        (status, cause.as_str()),
-        (502, "tls-rejected-by-peer"),
-        "{body}"
-    );
+    expect_refusal(pair.outbound, "tls-rejected-by-peer").await;
     let metrics = pair.metrics.encode().unwrap();
     assert!(
         metrics.contains("docmesh_inbound_tls_handshake_failures_total 1"),
@@ -421,8 +404,7 @@ async fn an_app_that_is_down_is_reported_by_the_inbound_hop() {
         l.local_addr().unwrap()
     };
     let pair = Pair::start(down, healthy_mtls(&ca)).await;
-    let (status, cause, body) = call(pair.outbound).await;
-    assert_eq!((status, cause.as_str()), (502, "connect-refused"), "{body}");
+    let body = expect_refusal(pair.outbound, "connect-refused").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["hop"], "inbound", "{body}");
     assert!(v["detail"].as_str().unwrap().contains("the app"), "{body}");
