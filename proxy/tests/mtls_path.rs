@@ -243,16 +243,7 @@ async fn permissive_inbound_takes_mtls_and_plaintext_strict_only_mtls() {
 
     let pair = Pair::start(app, healthy_mtls(&ca)).await;
     assert_eq!(call(pair.outbound).await.0, 200);
-    let mut s = TcpStream::connect(pair.inbound).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let n = bounded(s.read_to_end(&mut buf)).await;
-    assert!(
-        matches!(n, Ok(0)) || n.is_err(),
-        "strict port answered plaintext"
-    );
+    assert_plaintext_unanswered(pair.inbound, "strict port answered plaintext").await;
     let metrics = pair.metrics.encode().unwrap();
     assert!(
         metrics.contains("docmesh_inbound_plaintext_refused_total 1"),

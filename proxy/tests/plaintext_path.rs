@@ -231,16 +231,7 @@ async fn strict_inbound_refuses_plaintext_and_counts_it() {
     let lifecycle = Lifecycle::new();
     let metrics = Metrics::new();
     let inbound = start_inbound(app, &opts, &lifecycle, &metrics).await;
-    let mut s = TcpStream::connect(inbound).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let n = bounded(s.read_to_end(&mut buf)).await;
-    assert!(
-        matches!(n, Ok(0)) || n.is_err(),
-        "connection must close without an answer"
-    );
+    assert_plaintext_unanswered(inbound, "connection must close without an answer").await;
     assert!(
         metrics
             .encode()

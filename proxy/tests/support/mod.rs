@@ -430,6 +430,19 @@ pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequ
     tx
 }
 
+/// Sends a plaintext HTTP/1.1 GET to `addr` (an mTLS-only port) and asserts the connection
+/// is closed or reset without an answer (`why` is the failure message).
+pub async fn assert_plaintext_unanswered(addr: SocketAddr, why: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = bounded(s.read_to_end(&mut buf)).await;
+    assert!(matches!(n, Ok(0)) || n.is_err(), "{why}");
+}
+
 /// Collects a response body as a string.
 pub async fn text(resp: http::Response<Incoming>) -> String {
     let b = bounded(resp.into_body().collect())
