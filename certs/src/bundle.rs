@@ -90,6 +90,23 @@ impl TrustBundleSet {
         Self::default()
     }
 
+    /// True when both sets hold the same roots for the same trust domains (in any order):
+    /// a reload that changed nothing, or only the SVID, is not a bundle change.
+    pub fn same_roots(&self, other: &TrustBundleSet) -> bool {
+        fn sorted(roots: &DomainRoots) -> Vec<&[u8]> {
+            let mut der: Vec<&[u8]> = roots.certs.iter().map(|c| c.as_ref()).collect();
+            der.sort_unstable();
+            der
+        }
+        self.domains.len() == other.domains.len()
+            && self.domains.iter().all(|(td, roots)| {
+                other
+                    .domains
+                    .get(td)
+                    .is_some_and(|o| sorted(roots) == sorted(o))
+            })
+    }
+
     /// Adds one root for `td`, parsing it into a trust anchor now. Duplicates are ignored.
     pub fn add_root(
         &mut self,
@@ -314,6 +331,27 @@ mod tests {
             Duration::from_secs(86400),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn same_roots_ignores_order_and_sees_added_removed_or_moved_roots() {
+        let (a, a2, b) = (ca("a.local"), ca("a.local"), ca("b.local"));
+        let set =
+            |pems: &[&str]| TrustBundleSet::from_pem_auto(pems.concat().as_bytes(), None).unwrap();
+        let (ra, ra2, rb) = (a.root_cert_pem(), a2.root_cert_pem(), b.root_cert_pem());
+        let both = set(&[&ra, &ra2, &rb]);
+        assert!(
+            both.same_roots(&set(&[&rb, &ra2, &ra])),
+            "order does not matter"
+        );
+        assert!(!both.same_roots(&set(&[&ra, &rb])), "a root removed");
+        assert!(!set(&[&ra]).same_roots(&set(&[&ra, &ra2])), "a root added");
+        assert!(!set(&[&ra]).same_roots(&set(&[&ra2])), "a root replaced");
+        assert!(
+            !set(&[&ra]).same_roots(&set(&[&rb])),
+            "another trust domain"
+        );
+        assert!(TrustBundleSet::new().same_roots(&TrustBundleSet::new()));
     }
 
     #[test]

@@ -132,6 +132,8 @@ struct Inner {
     server_sessions: Arc<tls::ServerSessions>,
     clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
     rotations: watch::Sender<u64>,
+    /// Counts the rotations that changed the trust bundles (not only the SVID).
+    bundle_changes: watch::Sender<u64>,
     task: OnceLock<AbortHandle>,
 }
 
@@ -165,6 +167,7 @@ impl Identity {
         source: &'static str,
     ) -> Result<Identity, IdentityError> {
         let (rotations, _) = watch::channel(0);
+        let (bundle_changes, _) = watch::channel(0);
         let provider = provider();
         let svid = Arc::new(ArcSwap::from_pointee(svid));
         let bundles = Arc::new(ArcSwap::from_pointee(bundles));
@@ -185,6 +188,7 @@ impl Identity {
                 server_sessions,
                 clients: Mutex::new(HashMap::new()),
                 rotations,
+                bundle_changes,
                 task: OnceLock::new(),
             }),
         })
@@ -282,6 +286,12 @@ impl Identity {
         *self.inner.rotations.borrow()
     }
 
+    /// Counts the rotations that changed the trust bundles; `changed()` wakes on each (an
+    /// SVID renewal alone does not).
+    pub fn bundle_changes(&self) -> watch::Receiver<u64> {
+        self.inner.bundle_changes.subscribe()
+    }
+
     /// Counts rotations; `changed()` wakes on every accepted new SVID or bundle.
     pub fn rotations(&self) -> watch::Receiver<u64> {
         self.inner.rotations.subscribe()
@@ -361,6 +371,7 @@ impl Identity {
             source = self.inner.source,
             "new SVID installed; new handshakes use it, open connections stay up"
         );
+        let bundles_changed = !self.inner.bundles.load().same_roots(&bundles);
         self.inner.bundles.store(Arc::new(bundles));
         self.inner.svid.store(Arc::new(svid));
         self.inner.server_sessions.clear();
@@ -370,6 +381,9 @@ impl Identity {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.inner.rotations.send_modify(|n| *n += 1);
+        if bundles_changed {
+            self.inner.bundle_changes.send_modify(|n| *n += 1);
+        }
     }
 
     fn set_task(&self, task: AbortHandle) {

@@ -67,8 +67,8 @@ pub trait ServerTls: Send + Sync + 'static {
     /// clone of a config built once).
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
 
-    /// Wakes on every change of the SVID or the trust bundles (`None`: they never change).
-    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    /// Wakes on every change of the trust bundles (`None`: they never change).
+    fn bundle_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
 
@@ -85,8 +85,8 @@ impl ServerTls for crate::identity::Identity {
         crate::identity::Identity::server_config(self)
     }
 
-    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.rotations())
+    fn bundle_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(crate::identity::Identity::bundle_changes(self))
     }
 
     fn still_trusts(&self, chain: &[rustls_pki_types::CertificateDer<'static>]) -> bool {
@@ -100,10 +100,11 @@ impl ServerTls for crate::identity::Identity {
     }
 }
 
-/// Resolves once the trust of `chain` is lost: after a change of `server`'s identity that
-/// its bundles no longer verify it. Never resolves when `server` does not change.
+/// Resolves once the trust of `chain` is lost: after a change of `server`'s trust bundles
+/// that no longer verify it. Never resolves when the bundles do not change (an SVID renewal
+/// alone re-verifies nothing, so frequent renewals cost open connections nothing).
 async fn trust_lost(server: &dyn ServerTls, chain: &[rustls_pki_types::CertificateDer<'static>]) {
-    let Some(mut changes) = server.changes() else {
+    let Some(mut changes) = server.bundle_changes() else {
         return std::future::pending().await;
     };
     while changes.changed().await.is_ok() {

@@ -233,6 +233,33 @@ async fn session(a: &Identity, b: &Identity) -> (rustls::HandshakeKind, Vec<u8>)
     (c.get_ref().1.handshake_kind().unwrap(), leaf)
 }
 
+#[test]
+fn an_svid_renewal_is_a_rotation_but_not_a_bundle_change() {
+    let other = ca("other.test").root_cert_pem().to_owned();
+    let ca = ca("mesh.test");
+    let a = identity(&ca, A);
+    let (rotations, mut bundle_changes) = (a.rotations(), a.bundle_changes());
+    rotate(&a, &ca, A);
+    assert_eq!(*rotations.borrow(), 1);
+    assert!(
+        !bundle_changes.has_changed().unwrap(),
+        "same roots: no bundle change"
+    );
+
+    let mut bundles = (*a.bundles()).clone();
+    bundles.merge(&TrustBundleSet::from_pem_auto(other.as_bytes(), None).unwrap());
+    let s = issue(&ca, A);
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(s.key_der.clone().into());
+    let svid = material::Svid::build(s.chain.clone(), key, &bundles, &provider(), "test").unwrap();
+    a.install(svid, bundles);
+    assert_eq!(*rotations.borrow(), 2);
+    assert!(
+        bundle_changes.has_changed().unwrap(),
+        "a root added: a bundle change"
+    );
+    assert_eq!(*bundle_changes.borrow_and_update(), 1);
+}
+
 #[tokio::test]
 async fn rotations_forget_tls_sessions_so_new_connections_are_verified_again() {
     use rustls::HandshakeKind::{Full, Resumed};
