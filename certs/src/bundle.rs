@@ -339,18 +339,15 @@ mod tests {
         let set =
             |pems: &[&str]| TrustBundleSet::from_pem_auto(pems.concat().as_bytes(), None).unwrap();
         let (ra, ra2, rb) = (a.root_cert_pem(), a2.root_cert_pem(), b.root_cert_pem());
-        let both = set(&[&ra, &ra2, &rb]);
+        let both = set(&[ra, ra2, rb]);
         assert!(
-            both.same_roots(&set(&[&rb, &ra2, &ra])),
+            both.same_roots(&set(&[rb, ra2, ra])),
             "order does not matter"
         );
-        assert!(!both.same_roots(&set(&[&ra, &rb])), "a root removed");
-        assert!(!set(&[&ra]).same_roots(&set(&[&ra, &ra2])), "a root added");
-        assert!(!set(&[&ra]).same_roots(&set(&[&ra2])), "a root replaced");
-        assert!(
-            !set(&[&ra]).same_roots(&set(&[&rb])),
-            "another trust domain"
-        );
+        assert!(!both.same_roots(&set(&[ra, rb])), "a root removed");
+        assert!(!set(&[ra]).same_roots(&set(&[ra, ra2])), "a root added");
+        assert!(!set(&[ra]).same_roots(&set(&[ra2])), "a root replaced");
+        assert!(!set(&[ra]).same_roots(&set(&[rb])), "another trust domain");
         assert!(TrustBundleSet::new().same_roots(&TrustBundleSet::new()));
     }
 
