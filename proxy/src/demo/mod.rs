@@ -218,6 +218,29 @@ fn caller(seen: &apps::Seen) -> String {
 }
 
 /// Runs the whole demo, printing the account to `out`.
+/// One deliberate failure: sends the forcesave command through `listener`, prints the
+/// status, the `docmesh-error` cause and the body, and fails unless the cause is `want`.
+async fn expect_cause(
+    out: &mut dyn Out,
+    listener: SocketAddr,
+    cmd: &serde_json::Value,
+    want: &str,
+) -> anyhow::Result<()> {
+    let (status, cause, body) =
+        apps::post_json_full(listener, "/coauthoring/CommandService.ashx", cmd)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    out.line(&format!(
+        "    answer: {status}, docmesh-error: {}",
+        cause.as_deref().unwrap_or("(none)")
+    ));
+    out.line(&format!("    body: {}", body.trim()));
+    if cause.as_deref() != Some(want) {
+        bail!("expected cause {want}, got {cause:?} ({status} {body})");
+    }
+    Ok(())
+}
+
 pub async fn run(out: &mut dyn Out) -> anyhow::Result<()> {
     out.line("docmesh demo: two services, two sidecars, mutual TLS with SPIFFE identities");
     out.line("=============================================================================");
@@ -395,34 +418,12 @@ pub async fn run(out: &mut dyn Out) -> anyhow::Result<()> {
     out.line(&format!(
         "    documentserver-misconfigured expects {WRONG_ID}"
     ));
-    let (status, cause, body) =
-        apps::post_json_full(integ_to_wrong, "/coauthoring/CommandService.ashx", &cmd)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-    out.line(&format!(
-        "    answer: {status}, docmesh-error: {}",
-        cause.as_deref().unwrap_or("(none)")
-    ));
-    out.line(&format!("    body: {}", body.trim()));
-    if cause.as_deref() != Some("identity-mismatch") {
-        bail!("expected cause identity-mismatch, got {cause:?} ({status} {body})");
-    }
+    expect_cause(out, integ_to_wrong, &cmd, "identity-mismatch").await?;
 
     // 7. Failure 2: the document server app is down behind a healthy sidecar.
     out.line("\n[7] deliberate failure: the document server app stops (its sidecar stays up)");
     docs_app.stop().await;
-    let (status, cause, body) =
-        apps::post_json_full(integ_to_docs, "/coauthoring/CommandService.ashx", &cmd)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-    out.line(&format!(
-        "    answer: {status}, docmesh-error: {}",
-        cause.as_deref().unwrap_or("(none)")
-    ));
-    out.line(&format!("    body: {}", body.trim()));
-    if cause.as_deref() != Some("connect-refused") {
-        bail!("expected cause connect-refused, got {cause:?} ({status} {body})");
-    }
+    expect_cause(out, integ_to_docs, &cmd, "connect-refused").await?;
 
     // 8. Shut both sidecars down the way a Job would: POST /shutdown, then they drain.
     for s in [&integ, &docs] {

@@ -97,17 +97,8 @@ impl Pod {
     /// Starts a long-running command in the pod, optionally as `(uid, gid)`; it is killed
     /// when the topology is dropped (or earlier with [`Pod::kill_children`]). Returns its pid.
     pub fn spawn(&self, ids: Option<(u32, u32)>, args: &[&str]) -> Result<u32, NetnsError> {
-        let child = self
-            .ns_cmd(ids, args)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(io(format!("cannot start {args:?} in {}", self.netns)))?;
-        let pid = child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child);
-        Ok(pid)
+        let mut cmd = self.ns_cmd(ids, args);
+        self.start(cmd.stdin(Stdio::null()), args)
     }
 
     /// Like [`Pod::spawn`], with stdout and stderr appended to `log`.
@@ -124,11 +115,14 @@ impl Pod {
                 .open(log)
                 .map_err(io(format!("cannot open {}", log.display())))
         };
-        let child = self
-            .ns_cmd(ids, args)
-            .stdin(Stdio::null())
-            .stdout(open()?)
-            .stderr(open()?)
+        let mut cmd = self.ns_cmd(ids, args);
+        cmd.stdin(Stdio::null()).stdout(open()?).stderr(open()?);
+        self.start(&mut cmd, args)
+    }
+
+    /// Starts `cmd` (built from `args`) and keeps the child for [`Pod::kill_children`].
+    fn start(&self, cmd: &mut Command, args: &[&str]) -> Result<u32, NetnsError> {
+        let child = cmd
             .spawn()
             .map_err(io(format!("cannot start {args:?} in {}", self.netns)))?;
         let pid = child.id();
