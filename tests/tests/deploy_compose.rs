@@ -86,17 +86,6 @@ fn depends(svc: &Value, on: &str) -> Option<String> {
     }
 }
 
-const MESH: [&str; 8] = [
-    "ingress",
-    "documentserver",
-    "converter",
-    "integrator",
-    "postgresql",
-    "rabbitmq",
-    "redis",
-    "storage",
-];
-
 /// Checks what both variants share; returns the mounted proxy configs.
 fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
     let cfg = compose_config(file);
@@ -108,7 +97,7 @@ fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
             .1
     };
     let mut configs = Vec::new();
-    for svc in MESH {
+    for svc in deploy_support::MESH {
         let proxy = get(&format!("{svc}-proxy"));
         assert_eq!(
             proxy["network_mode"],
@@ -205,7 +194,7 @@ fn check_configs(configs: &[PathBuf]) {
 #[test]
 fn transparent_compose_is_valid_and_ordered() {
     let configs = check_topology("docker-compose.yml", true);
-    assert_eq!(configs.len(), MESH.len());
+    assert_eq!(configs.len(), deploy_support::MESH.len());
     assert!(configs
         .iter()
         .all(|p| p.to_string_lossy().contains("examples/onlyoffice/")));
@@ -215,7 +204,7 @@ fn transparent_compose_is_valid_and_ordered() {
 #[test]
 fn explicit_compose_is_valid_without_net_admin() {
     let configs = check_topology("docker-compose.explicit.yml", false);
-    assert_eq!(configs.len(), MESH.len());
+    assert_eq!(configs.len(), deploy_support::MESH.len());
     assert!(configs
         .iter()
         .all(|p| p.to_string_lossy().contains("compose/explicit/")));

@@ -17,17 +17,6 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
-const SERVICES: [&str; 8] = [
-    "ingress",
-    "documentserver",
-    "converter",
-    "integrator",
-    "postgresql",
-    "rabbitmq",
-    "redis",
-    "storage",
-];
-
 fn id(sa: &str) -> SpiffeId {
     format!("spiffe://onlyoffice.local/ns/onlyoffice/sa/{sa}")
         .parse()
@@ -55,7 +44,7 @@ fn every_profile_config_passes_check() {
             }
         }
         found.sort();
-        let mut want: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
+        let mut want: Vec<String> = deploy_support::MESH.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(found, want, "configs in examples/{dir}");
     }
@@ -82,7 +71,7 @@ fn identities_match_the_svid_list_and_the_compose_certs_layout() {
         .map(|l| l.split('#').next().unwrap().trim())
         .filter(|l| !l.is_empty())
         .collect();
-    for svc in SERVICES {
+    for svc in deploy_support::MESH {
         assert!(
             issued.contains(&id(svc).to_string().as_str()),
             "{svc} not issued"
@@ -211,7 +200,7 @@ fn resilience_per_pair_is_what_the_comments_say() {
 
 #[test]
 fn explicit_variants_keep_the_same_resilience_and_authz() {
-    for svc in SERVICES {
+    for svc in deploy_support::MESH {
         let read = |p: PathBuf| -> toml::Table {
             toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
         };

@@ -5,6 +5,18 @@ use std::path::Path;
 
 use docmesh_proxy::config::Config;
 
+/// The services of the OnlyOffice mesh profile (examples/onlyoffice/), one config each.
+pub const MESH: [&str; 8] = [
+    "ingress",
+    "documentserver",
+    "converter",
+    "integrator",
+    "postgresql",
+    "rabbitmq",
+    "redis",
+    "storage",
+];
+
 /// `docmesh-proxy check FILE` (the same loader and validation, with an empty environment
 /// otherwise). `check` also loads the authorization key files, which the containers mount at
 /// run time (the JWT secret at `/etc/docmesh/jwt/secret`): a temporary file stands in for it
