@@ -58,13 +58,39 @@ pub fn parse_log_filter(
     text.trim().parse()
 }
 
-/// Runs the proxy on a new multi-threaded runtime until the drain ends.
+/// Runs the proxy until the drain ends, on a single-threaded runtime when it has one core
+/// (no work-stealing bookkeeping, no cross-thread wake-ups: the sidecar's usual
+/// deployment) and on tokio's multi-threaded runtime otherwise.
 pub fn run_blocking(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = if worker_threads() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
     rt.block_on(run(config))
+}
+
+/// How many threads run the proxy: `TOKIO_WORKER_THREADS` (tokio's own setting, e.g. from a
+/// Pod's CPU limit) when set to a number, else the cores this process may use.
+fn worker_threads() -> usize {
+    choose_worker_threads(
+        std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
+        std::thread::available_parallelism().ok().map(|n| n.get()),
+    )
+}
+
+/// [`worker_threads`] without the environment: `setting` wins when it is a positive number.
+fn choose_worker_threads(setting: Option<&str>, cores: Option<usize>) -> usize {
+    setting
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or(cores)
+        .unwrap_or(1)
 }
 
 /// Binds `addr` for the listener configured at `field`, with an error naming both.
@@ -248,8 +274,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod log_filter_tests {
-    use super::parse_log_filter;
+mod tests {
+    use super::{choose_worker_threads, parse_log_filter};
     use tracing::Level;
 
     #[test]
@@ -268,5 +294,17 @@ mod log_filter_tests {
     fn a_bad_level_is_an_error() {
         assert!(parse_log_filter("docmesh_proxy=loud").is_err());
         assert!(parse_log_filter("info,hyper=verbose").is_err());
+    }
+
+    #[test]
+    fn one_worker_thread_comes_from_the_setting_or_a_single_core() {
+        assert_eq!(choose_worker_threads(Some("1"), Some(8)), 1);
+        assert_eq!(choose_worker_threads(Some(" 3 "), Some(1)), 3);
+        assert_eq!(choose_worker_threads(None, Some(1)), 1);
+        assert_eq!(choose_worker_threads(None, Some(4)), 4);
+        // Unusable settings fall back to the cores, and nothing known means one.
+        assert_eq!(choose_worker_threads(Some("0"), Some(2)), 2);
+        assert_eq!(choose_worker_threads(Some("many"), Some(2)), 2);
+        assert_eq!(choose_worker_threads(None, None), 1);
     }
 }

@@ -38,6 +38,9 @@ impl ProxyProcess {
             .arg("--config")
             .arg(&path)
             .env("DOCMESH_LOG", "info")
+            // The one-core sidecar's single-threaded runtime (a Pod with a CPU limit of one,
+            // and the benchmark); the netns tests run the binary on its multi-threaded one.
+            .env("TOKIO_WORKER_THREADS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

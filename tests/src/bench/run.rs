@@ -323,7 +323,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             "throughput": "wrk -t1 -c16 (closed loop, keep-alive), median of rounds",
             "latency": "own open-loop generator: requests released at fixed intervals by a dispatcher thread, latency from the intended send time",
             "churn": "own client, 16 concurrent, full TLS 1.3 mTLS handshake (no resumption, X25519, ECDSA P-256) to the server-side proxy per request, Connection: close; direct = plain TCP to the backend",
-            "worker_threads": "docmesh TOKIO_WORKER_THREADS=1, nginx worker_processes 1, haproxy nbthread 1",
+            "worker_threads": "docmesh TOKIO_WORKER_THREADS=1 (single-threaded runtime), nginx worker_processes 1, haproxy nbthread 1",
             "cpu": "utime+stime from /proc/PID/stat over the process tree",
             "rss": "VmRSS after start (idle), VmHWM reset before each throughput run (tput), VmHWM at the end of each round (all)",
         },

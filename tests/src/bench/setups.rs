@@ -140,8 +140,8 @@ impl Setup {
                     cmd.arg("run")
                         .arg("--config")
                         .arg(cfg)
-                        // The proxy builds tokio's default multi-thread runtime, which reads
-                        // this variable: one worker thread, like nginx and HAProxy.
+                        // One thread, like nginx and HAProxy: with this set to 1 the proxy
+                        // runs tokio's single-threaded runtime.
                         .env("TOKIO_WORKER_THREADS", "1");
                     procs.push(spawn(role, dir, tag, &mut cmd)?);
                 }
