@@ -25,9 +25,9 @@ fn http_entry(status: u16, cause: Option<Cause>) -> AccessLogEntry {
     let mut e = AccessLogEntry::http(
         UNIX_EPOCH + Duration::from_secs(1_790_000_000),
         Direction::Outbound,
-        &ctx,
-        &http::Method::POST,
-        "/coauthoring/CommandService.ashx",
+        ctx,
+        "POST",
+        "/coauthoring/CommandService.ashx".into(),
     );
     e.status = Some(status);
     e.cause = cause;
@@ -133,6 +133,29 @@ async fn successes_are_sampled_but_errors_always_logged() {
 }
 
 #[tokio::test]
+async fn wants_agrees_with_log_so_the_data_path_skips_entries_that_would_be_dropped() {
+    let off = AccessLogger::disabled();
+    assert!(!off.is_enabled());
+    let e = http_entry(500, None);
+    assert!(!off.wants(true, e.trace.as_ref().unwrap().trace_id));
+    for ratio in [0.0, 0.3, 1.0] {
+        let log = AccessLogger::to_writer(&cfg(ratio, 4096), Counter::default(), tokio::io::sink());
+        assert!(log.is_enabled());
+        for status in [200, 204, 404, 503] {
+            for _ in 0..50 {
+                let e = http_entry(status, None);
+                let id = e.trace.as_ref().unwrap().trace_id;
+                assert_eq!(
+                    log.wants(status >= 400, id),
+                    log.log(e),
+                    "ratio {ratio} status {status}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_stalled_writer_drops_and_counts_instead_of_blocking() {
     // A pipe nobody reads: the writer task blocks on its first write.
     let (w, _r) = tokio::io::duplex(16);
@@ -173,9 +196,9 @@ async fn observability_finish_logs_and_counts_http_but_only_logs_tcp() {
     let mut e = AccessLogEntry::http(
         SystemTime::now(),
         Direction::Inbound,
-        &ctx,
-        &http::Method::GET,
-        "/",
+        ctx.clone(),
+        "GET",
+        "/".into(),
     );
     e.status = Some(200);
     obs.finish(&pair, e);

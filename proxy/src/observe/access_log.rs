@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::trace::TraceContext;
 use super::Direction;
+use super::TraceId;
 use crate::config::observability::AccessLogConfig;
 use crate::errors::Cause;
 
@@ -69,14 +70,14 @@ impl AccessLogEntry {
     pub fn http(
         start: SystemTime,
         direction: Direction,
-        trace: &TraceContext,
-        method: &http::Method,
-        path: &str,
+        trace: TraceContext,
+        method: &str,
+        path: String,
     ) -> Self {
         AccessLogEntry {
-            trace: Some(trace.clone()),
-            method: Some(method.as_str().to_owned()),
-            path: Some(path.to_owned()),
+            trace: Some(trace),
+            method: Some(method.to_owned()),
+            path: Some(path),
             protocol: "http",
             ..Self::tcp(start, direction)
         }
@@ -227,6 +228,20 @@ impl AccessLogger {
             success_ratio: cfg.success_sample_ratio,
             dropped,
         }
+    }
+
+    /// Whether the access log is on at all.
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Whether a request with this outcome and trace would be logged: errors always, others
+    /// when their trace is sampled in (so an entry need not be built to be dropped).
+    pub fn wants(&self, is_error: bool, trace_id: TraceId) -> bool {
+        self.tx.is_some()
+            && (is_error
+                || self.success_ratio >= 1.0
+                || trace_id.sample_position() < self.success_ratio)
     }
 
     /// Logs `entry` if it is an error or sampled in; never waits. Returns whether it was

@@ -10,6 +10,14 @@ use crate::errors::{Cause, ProxyError, Synthesized, ERROR_HEADER};
 use crate::http::ProxyBody;
 use crate::resilience::Attempts;
 
+/// What the access log keeps of a request while it is in flight.
+struct RequestFacts {
+    started: SystemTime,
+    method: http::Method,
+    path: String,
+    bytes_received: u64,
+}
+
 /// Addresses of one hop, for the access log.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HopAddrs {
@@ -64,36 +72,54 @@ impl Observability {
         F: FnOnce(http::Request<B>) -> Fut,
         Fut: Future<Output = http::Response<ProxyBody>>,
     {
-        let started = SystemTime::now();
         let t0 = Instant::now();
         let ctx = self.trace(req.headers_mut());
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let bytes_received = content_length(req.headers());
+        // What the access log needs of the request, taken only when the log is on: with it
+        // off (or sampled out) a request costs no copies of its method, path and names.
+        let logged = self.log.is_enabled().then(|| RequestFacts {
+            started: SystemTime::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            bytes_received: content_length(req.headers()),
+        });
         req.extensions_mut().insert(ctx.clone());
         let resp = next(req).await;
+        let duration = t0.elapsed();
         let (cause, detail) = synthesized_cause(&resp);
-
-        let mut e = AccessLogEntry::http(started, direction(pair), &ctx, &method, &path);
-        e.status = Some(resp.status().as_u16());
-        e.cause = cause;
-        e.detail = detail;
-        e.duration = t0.elapsed();
-        e.bytes_received = bytes_received;
-        e.bytes_sent = content_length(resp.headers());
-        e.attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
+        let status = resp.status().as_u16();
         if let Some(AuthzReason(reason)) = resp.extensions().get::<AuthzReason>() {
             self.metrics
                 .authz_decision(pair, *reason == "allow", reason);
         }
         if direction(pair) == Direction::Outbound {
-            if let Some(reason) = e.cause.and_then(tls_reason) {
+            if let Some(reason) = cause.and_then(tls_reason) {
                 self.metrics
                     .tls_handshake(Direction::Outbound, &pair.service, Err(reason));
             }
         }
-        fill_pair(&mut e, pair, addrs);
-        self.finish(pair, e);
+        self.metrics
+            .request_finished(pair, Some(status), cause, duration);
+        if let Some(facts) = logged {
+            let is_error = cause.is_some() || status >= 400;
+            if self.log.wants(is_error, ctx.trace_id) {
+                let mut e = AccessLogEntry::http(
+                    facts.started,
+                    direction(pair),
+                    ctx,
+                    facts.method.as_str(),
+                    facts.path,
+                );
+                e.status = Some(status);
+                e.cause = cause;
+                e.detail = detail;
+                e.duration = duration;
+                e.bytes_received = facts.bytes_received;
+                e.bytes_sent = content_length(resp.headers());
+                e.attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
+                fill_pair(&mut e, pair, addrs);
+                self.log.log(e);
+            }
+        }
         resp
     }
 
