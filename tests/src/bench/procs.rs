@@ -133,3 +133,47 @@ pub fn context_switches(pid: i32) -> u64 {
     }
     n
 }
+
+/// The machine's CPU time so far from /proc/stat, in ticks: (idle + iowait, all). Two
+/// readings around a test give the share of the cores nobody used, which tells a set-up
+/// that is short of CPU from one whose requests wait on each other (a closed loop that
+/// moves in waves leaves cores idle).
+pub fn host_cpu_ticks() -> Option<(u64, u64)> {
+    parse_host_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// [`host_cpu_ticks`] of a /proc/stat text: the `cpu` line's user, nice, system, idle,
+/// iowait, irq, softirq and steal fields.
+fn parse_host_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 8).then(|| (f[3] + f[4], f.iter().sum()))
+}
+
+/// Percent of the machine's CPU left idle between two [`host_cpu_ticks`] readings.
+pub fn idle_percent(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    let idle = after.0.checked_sub(before.0)?;
+    (total > 0).then(|| 100.0 * idle as f64 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_cpu_reads_the_aggregate_line_and_idle_is_a_share() {
+        let stat = "cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n";
+        assert_eq!(parse_host_cpu(stat), Some((820, 980)));
+        assert_eq!(parse_host_cpu("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_host_cpu("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(idle_percent((820, 980), (870, 1180)), Some(25.0));
+        assert_eq!(idle_percent((820, 980), (820, 980)), None);
+        assert!(host_cpu_ticks().is_some(), "this machine has /proc/stat");
+    }
+}

@@ -57,6 +57,8 @@ pub struct SetupFigures {
     pub churn_errors: u64,
     /// CPU seconds of the backend thread during the throughput rounds.
     pub backend_cpu_s: f64,
+    /// Percent of the machine's CPU left idle during each throughput round.
+    pub host_idle_rounds: Vec<f64>,
     /// The proxy processes (empty for direct).
     pub procs: Vec<ProcFigures>,
 }
@@ -78,6 +80,7 @@ impl SetupFigures {
             churn_connections: 0,
             churn_errors: 0,
             backend_cpu_s: 0.0,
+            host_idle_rounds: Vec::new(),
             procs: Vec::new(),
         }
     }
@@ -231,6 +234,15 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
             }
             let n: u64 = s.procs.iter().map(|p| p.ctx_switches_throughput).sum();
             Some(n as f64 / s.throughput_requests as f64)
+        }),
+        better: Better::Lower,
+    });
+    rows.push(Row {
+        // Idle cores while the closed loop runs: high means requests waited on each other,
+        // not on CPU.
+        metric: "machine CPU idle, tput (%)".into(),
+        values: by_kind(all, |s| {
+            (!s.host_idle_rounds.is_empty()).then(|| median(&s.host_idle_rounds))
         }),
         better: Better::Lower,
     });
@@ -411,6 +423,7 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
                 "churn_connections": s.churn_connections,
                 "churn_errors": s.churn_errors,
                 "backend_cpu_s": s.backend_cpu_s,
+                "host_idle_percent_rounds": s.host_idle_rounds,
                 "processes": s.procs.iter().map(|p| json!({
                     "role": p.role, "threads": p.threads,
                     "idle_rss_mib": p.idle_rss_mib,

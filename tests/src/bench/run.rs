@@ -192,6 +192,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
                 .map(|p| procs::context_switches(p.pid()))
                 .collect();
             let be0 = procs::thread_cpu_seconds(be.tid);
+            let host0 = procs::host_cpu_ticks();
             let t = load::wrk(
                 &tools.wrk,
                 s.entry,
@@ -208,6 +209,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             }
             for ((pf, p), c0) in f.procs.iter_mut().zip(&s.procs).zip(cs0) {
                 pf.ctx_switches_throughput += procs::context_switches(p.pid()).saturating_sub(c0);
+            }
+            if let Some(idle) = host0
+                .zip(procs::host_cpu_ticks())
+                .and_then(|(a, b)| procs::idle_percent(a, b))
+            {
+                f.host_idle_rounds.push(idle);
             }
             f.rps_rounds.push(t.rps);
             f.throughput_requests += t.requests;
