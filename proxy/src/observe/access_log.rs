@@ -111,10 +111,16 @@ impl AccessLogEntry {
     /// Whether this entry records an error (always logged): a proxy cause, a status of 400
     /// or more, or an HTTP request that got no response.
     pub fn is_error(&self) -> bool {
-        self.cause.is_some()
-            || match self.status {
+        Self::is_error_outcome(self.status, self.cause, self.method.is_some())
+    }
+
+    /// [`AccessLogEntry::is_error`] before an entry exists: `http` for a request (no status
+    /// then means no response), not an opaque connection.
+    pub fn is_error_outcome(status: Option<u16>, cause: Option<Cause>, http: bool) -> bool {
+        cause.is_some()
+            || match status {
                 Some(s) => s >= 400,
-                None => self.method.is_some(),
+                None => http,
             }
     }
 
@@ -238,10 +244,7 @@ impl AccessLogger {
     /// Whether a request with this outcome and trace would be logged: errors always, others
     /// when their trace is sampled in (so an entry need not be built to be dropped).
     pub fn wants(&self, is_error: bool, trace_id: TraceId) -> bool {
-        self.tx.is_some()
-            && (is_error
-                || self.success_ratio >= 1.0
-                || trace_id.sample_position() < self.success_ratio)
+        self.tx.is_some() && (is_error || self.keeps(trace_id.sample_position()))
     }
 
     /// Logs `entry` if it is an error or sampled in; never waits. Returns whether it was
@@ -266,14 +269,16 @@ impl AccessLogger {
     }
 
     fn sampled_in(&self, entry: &AccessLogEntry) -> bool {
-        if self.success_ratio >= 1.0 {
-            return true;
-        }
         let position = match &entry.trace {
             Some(t) => t.trace_id.sample_position(),
             None => fastrand::f64(),
         };
-        position < self.success_ratio
+        self.keeps(position)
+    }
+
+    /// Whether a success at `position` (in 0..1, from its trace id) is sampled in.
+    fn keeps(&self, position: f64) -> bool {
+        self.success_ratio >= 1.0 || position < self.success_ratio
     }
 }
 

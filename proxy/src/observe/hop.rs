@@ -100,7 +100,7 @@ impl Observability {
         self.metrics
             .request_finished(pair, Some(status), cause, duration);
         if let Some(facts) = logged {
-            let is_error = cause.is_some() || status >= 400;
+            let is_error = AccessLogEntry::is_error_outcome(Some(status), cause, true);
             if self.log.wants(is_error, ctx.trace_id) {
                 let mut e = AccessLogEntry::http(
                     facts.started,
