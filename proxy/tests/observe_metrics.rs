@@ -318,3 +318,69 @@ async fn resilience_events_are_counted_per_outbound_pair() {
         );
     }
 }
+
+#[test]
+fn cached_pair_handles_count_in_the_registry_that_records_them() {
+    let shared = Metrics::new();
+    let m = MeshMetrics::register(&shared, &MetricsConfig::default());
+    let other_shared = Metrics::new();
+    let other = MeshMetrics::register(&other_shared, &MetricsConfig::default());
+    // Two connections of the same pair (each its own handles), and a pair made by another
+    // set of families (e.g. before a reload) that `m` records.
+    let first = m.pair(
+        Direction::Outbound,
+        "converter",
+        Some(DOCSERVICE),
+        Some(CONVERTER),
+    );
+    let second = m.pair(
+        Direction::Outbound,
+        "converter",
+        Some(DOCSERVICE),
+        Some(CONVERTER),
+    );
+    let foreign = other.pair(
+        Direction::Outbound,
+        "converter",
+        Some(DOCSERVICE),
+        Some(CONVERTER),
+    );
+    // `other` records the foreign pair first, so its handles point at `other`'s families.
+    other.request_finished(&foreign, Some(200), None, Duration::from_millis(2));
+    for pair in [&first, &second, &foreign, &first, &second] {
+        m.request_finished(pair, Some(200), None, Duration::from_millis(2));
+    }
+    m.request_finished(
+        &first,
+        Some(504),
+        Some(Cause::ResponseTimeout),
+        Duration::from_secs(1),
+    );
+    m.request_finished(&first, Some(200), None, Duration::from_millis(2));
+
+    let samples = scrape(&shared);
+    let pair = [("direction", "outbound"), ("service", "converter")];
+    let ok = [pair[0], pair[1], ("status_class", "2xx"), ("cause", "none")];
+    assert_eq!(value(&samples, "docmesh_requests_total", &ok), 6.0);
+    let timeout = [
+        pair[0],
+        pair[1],
+        ("status_class", "5xx"),
+        ("cause", "response-timeout"),
+    ];
+    assert_eq!(value(&samples, "docmesh_requests_total", &timeout), 1.0);
+    let count = samples
+        .iter()
+        .find(|s| s.metric == "docmesh_request_duration_seconds_count")
+        .map(|s| match s.value {
+            Value::Untyped(v) | Value::Counter(v) => v,
+            _ => panic!("{s:?}"),
+        });
+    assert_eq!(count, Some(7.0));
+    let others = scrape(&other_shared);
+    assert_eq!(
+        value(&others, "docmesh_requests_total", &ok),
+        1.0,
+        "only the other families' own request"
+    );
+}

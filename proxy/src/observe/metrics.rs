@@ -7,7 +7,7 @@
 //! under `overflow`. No label ever holds a path or a raw client-supplied value.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
@@ -32,7 +32,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// The service pair labels shared by every request-level family.
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServicePair {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
@@ -42,6 +42,44 @@ pub struct ServicePair {
     pub source: Arc<String>,
     /// SPIFFE ID of the called workload.
     pub destination: Arc<String>,
+    /// The pair's per-request metrics once looked up (not a label).
+    handles: Arc<PairHandles>,
+}
+
+/// The metrics every request of a pair updates, looked up on its first request so that the
+/// later ones skip hashing the label set (service and two SPIFFE IDs) twice per request. They
+/// belong to the [`MeshMetrics`] that made the pair (`owner`); any other records by labels.
+#[derive(Debug, Default)]
+struct PairHandles {
+    owner: usize,
+    /// `requests{status_class="2xx", cause="none"}`: the common outcome.
+    succeeded: OnceLock<Counter>,
+    duration: OnceLock<Histogram>,
+}
+
+impl ServicePair {
+    fn label_values(&self) -> (&'static str, &str, &str, &str) {
+        (
+            self.direction,
+            self.service.as_str(),
+            self.source.as_str(),
+            self.destination.as_str(),
+        )
+    }
+}
+
+impl PartialEq for ServicePair {
+    fn eq(&self, other: &Self) -> bool {
+        self.label_values() == other.label_values()
+    }
+}
+
+impl Eq for ServicePair {}
+
+impl std::hash::Hash for ServicePair {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.label_values().hash(state);
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
@@ -286,11 +324,16 @@ impl MeshMetrics {
         source: Option<&str>,
         destination: Option<&str>,
     ) -> ServicePair {
+        let handles = Arc::new(PairHandles {
+            owner: self.id(),
+            ..PairHandles::default()
+        });
         let pair = ServicePair {
             direction: direction.as_str(),
             service: Arc::new(service.to_owned()),
             source: Arc::new(source.unwrap_or(UNKNOWN).to_owned()),
             destination: Arc::new(destination.unwrap_or(UNKNOWN).to_owned()),
+            handles: handles.clone(),
         };
         let mut seen = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(&pair) {
@@ -306,7 +349,13 @@ impl MeshMetrics {
             service: overflow.clone(),
             source: overflow.clone(),
             destination: overflow,
+            handles,
         }
+    }
+
+    /// Identifies this set of families (clones share it) for [`PairHandles::owner`].
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.pairs) as usize
     }
 
     /// One request finished: counts it by status class and cause and records its latency.
@@ -318,15 +367,31 @@ impl MeshMetrics {
         cause: Option<Cause>,
         duration: Duration,
     ) {
-        let labels = RequestLabels {
+        let labels = |status_class| RequestLabels {
             pair: pair.clone(),
-            status_class: status_class(status),
+            status_class,
             cause: cause.map_or("none", Cause::as_str),
         };
-        self.requests.get_or_create(&labels).inc();
-        self.duration
-            .get_or_create(pair)
-            .observe(duration.as_secs_f64());
+        let class = status_class(status);
+        let seconds = duration.as_secs_f64();
+        let cached = &pair.handles;
+        if cached.owner != self.id() {
+            self.requests.get_or_create(&labels(class)).inc();
+            self.duration.get_or_create(pair).observe(seconds);
+            return;
+        }
+        if class == "2xx" && cause.is_none() {
+            cached
+                .succeeded
+                .get_or_init(|| self.requests.get_or_create(&labels(class)).clone())
+                .inc();
+        } else {
+            self.requests.get_or_create(&labels(class)).inc();
+        }
+        cached
+            .duration
+            .get_or_init(|| self.duration.get_or_create(pair).clone())
+            .observe(seconds);
     }
 
     /// A retry attempt was made.
