@@ -7,7 +7,7 @@ use std::time::Duration;
 use docmesh_proxy::config::observability::MetricsConfig;
 use docmesh_proxy::errors::Cause;
 use docmesh_proxy::metrics::Metrics;
-use docmesh_proxy::observe::{CircuitState, Direction, MeshMetrics};
+use docmesh_proxy::observe::{CircuitState, Direction, MeshMetrics, ServicePair};
 use prometheus_parse::{Sample, Scrape, Value};
 
 const DOCSERVICE: &str = "spiffe://example.org/ns/office/sa/docservice";
@@ -32,16 +32,21 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
-#[test]
-fn known_traffic_mix_is_counted_by_pair_status_class_and_cause() {
-    let shared = Metrics::new();
-    let m = MeshMetrics::register(&shared, &MetricsConfig::default());
-    let out = m.pair(
+/// The outbound pair of the document server calling the converter.
+fn docservice_to_converter(m: &MeshMetrics) -> ServicePair {
+    m.pair(
         Direction::Outbound,
         "converter",
         Some(DOCSERVICE),
         Some(CONVERTER),
-    );
+    )
+}
+
+#[test]
+fn known_traffic_mix_is_counted_by_pair_status_class_and_cause() {
+    let shared = Metrics::new();
+    let m = MeshMetrics::register(&shared, &MetricsConfig::default());
+    let out = docservice_to_converter(&m);
     let inb = m.pair(
         Direction::Inbound,
         "docservice",
@@ -327,24 +332,9 @@ fn cached_pair_handles_count_in_the_registry_that_records_them() {
     let other = MeshMetrics::register(&other_shared, &MetricsConfig::default());
     // Two connections of the same pair (each its own handles), and a pair made by another
     // set of families (e.g. before a reload) that `m` records.
-    let first = m.pair(
-        Direction::Outbound,
-        "converter",
-        Some(DOCSERVICE),
-        Some(CONVERTER),
-    );
-    let second = m.pair(
-        Direction::Outbound,
-        "converter",
-        Some(DOCSERVICE),
-        Some(CONVERTER),
-    );
-    let foreign = other.pair(
-        Direction::Outbound,
-        "converter",
-        Some(DOCSERVICE),
-        Some(CONVERTER),
-    );
+    let first = docservice_to_converter(&m);
+    let second = docservice_to_converter(&m);
+    let foreign = docservice_to_converter(&other);
     // `other` records the foreign pair first, so its handles point at `other`'s families.
     other.request_finished(&foreign, Some(200), None, Duration::from_millis(2));
     for pair in [&first, &second, &foreign, &first, &second] {
