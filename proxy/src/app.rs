@@ -62,12 +62,15 @@ pub fn parse_log_filter(
 /// (no work-stealing bookkeeping, no cross-thread wake-ups: the sidecar's usual
 /// deployment) and on tokio's multi-threaded runtime otherwise.
 pub fn run_blocking(config: Config) -> anyhow::Result<()> {
-    let rt = if worker_threads() == 1 {
+    let threads = worker_threads().map_err(anyhow::Error::msg)?;
+    let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
+        // Set explicitly: tokio would read the variable again, and panic on a bad value.
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
             .build()
     }
@@ -76,21 +79,31 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
 }
 
 /// How many threads run the proxy: `TOKIO_WORKER_THREADS` (tokio's own setting, e.g. from a
-/// Pod's CPU limit) when set to a number, else the cores this process may use.
-fn worker_threads() -> usize {
+/// Pod's CPU limit) when set, else the cores this process may use.
+fn worker_threads() -> Result<usize, String> {
+    let setting = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(v)) => Some(v.to_string_lossy().into_owned()),
+    };
     choose_worker_threads(
-        std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
+        setting.as_deref(),
         std::thread::available_parallelism().ok().map(|n| n.get()),
     )
 }
 
-/// [`worker_threads`] without the environment: `setting` wins when it is a positive number.
-fn choose_worker_threads(setting: Option<&str>, cores: Option<usize>) -> usize {
-    setting
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .or(cores)
-        .unwrap_or(1)
+/// [`worker_threads`] without the environment: `setting` must be a positive whole number.
+fn choose_worker_threads(setting: Option<&str>, cores: Option<usize>) -> Result<usize, String> {
+    match setting {
+        None => Ok(cores.unwrap_or(1)),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS={v:?} is not a positive whole number of threads (set it \
+                 to the CPU limit, e.g. 1, or unset it to use every core this process may use)"
+            )),
+        },
+    }
 }
 
 /// Binds `addr` for the listener configured at `field`, with an error naming both.
@@ -298,13 +311,19 @@ mod tests {
 
     #[test]
     fn one_worker_thread_comes_from_the_setting_or_a_single_core() {
-        assert_eq!(choose_worker_threads(Some("1"), Some(8)), 1);
-        assert_eq!(choose_worker_threads(Some(" 3 "), Some(1)), 3);
-        assert_eq!(choose_worker_threads(None, Some(1)), 1);
-        assert_eq!(choose_worker_threads(None, Some(4)), 4);
-        // Unusable settings fall back to the cores, and nothing known means one.
-        assert_eq!(choose_worker_threads(Some("0"), Some(2)), 2);
-        assert_eq!(choose_worker_threads(Some("many"), Some(2)), 2);
-        assert_eq!(choose_worker_threads(None, None), 1);
+        assert_eq!(choose_worker_threads(Some("1"), Some(8)), Ok(1));
+        assert_eq!(choose_worker_threads(Some(" 3 "), Some(1)), Ok(3));
+        assert_eq!(choose_worker_threads(None, Some(1)), Ok(1));
+        assert_eq!(choose_worker_threads(None, Some(4)), Ok(4));
+        assert_eq!(choose_worker_threads(None, None), Ok(1));
+        // A bad setting is an error naming the variable and the value, never a fallback
+        // (tokio itself would panic on it).
+        for bad in ["0", "many", "-1", ""] {
+            let e = choose_worker_threads(Some(bad), Some(2)).unwrap_err();
+            assert!(
+                e.contains("TOKIO_WORKER_THREADS") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
     }
 }

@@ -111,3 +111,29 @@ fn unreadable_and_malformed_files_are_reported() {
     assert!(!ok);
     assert!(err.contains("not valid TOML"), "{err}");
 }
+
+#[test]
+fn a_bad_thread_count_stops_run_with_an_error_naming_it_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    for bad in ["many", "0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_docmesh-proxy"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Exit status 1 (an error), not an abort by signal.
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "TOKIO_WORKER_THREADS=\"{bad}\" is not a positive whole number"
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
