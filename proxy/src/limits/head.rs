@@ -442,6 +442,19 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<Io> {
     }
 }
 
+impl<Io> HeadGuard<Io> {
+    /// hyper is about to write: refused once the guard's own answer is written (the
+    /// connection is closing), else the write leaves unflushed bytes that the answer must
+    /// wait for.
+    fn start_write(&mut self) -> std::io::Result<()> {
+        if !matches!(self.answer, Answer::No | Answer::Write { .. }) {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.clean = false;
+        Ok(())
+    }
+}
+
 impl<Io: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<Io> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -449,10 +462,9 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<Io> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if !matches!(this.answer, Answer::No | Answer::Write { .. }) {
-            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        if let Err(e) = this.start_write() {
+            return Poll::Ready(Err(e));
         }
-        this.clean = false;
         Pin::new(this.inner.get_mut()).poll_write(cx, buf)
     }
 
@@ -462,10 +474,9 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<Io> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if !matches!(this.answer, Answer::No | Answer::Write { .. }) {
-            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        if let Err(e) = this.start_write() {
+            return Poll::Ready(Err(e));
         }
-        this.clean = false;
         Pin::new(this.inner.get_mut()).poll_write_vectored(cx, bufs)
     }
 
