@@ -29,7 +29,11 @@ fn pack_relocations() -> bool {
     {
         Some("0") => return false,
         Some("1") => return true,
-        _ => {}
+        None | Some("") => {}
+        Some(other) => println!(
+            "cargo:warning=DOCMESH_PACK_RELOCS={other:?} is neither 0 nor 1; \
+             deciding from the build machine's glibc instead"
+        ),
     }
     let native = std::env::var("HOST").is_ok_and(|host| host == target);
     native && host_glibc().is_some_and(|v| v >= (2, 36))
