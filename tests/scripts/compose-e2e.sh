@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# End-to-end test of the compose example through the real stack: builds every image here
+# (tests/scripts/build-images.sh), brings examples/compose/docker-compose.yml up with the CI
+# override (OnlyOffice and backing-service stand-ins), waits for health and asserts through the
+# mesh. Prints `N passed, M failed`; a service that never becomes healthy is named with the
+# tail of its logs. Needs root (Docker, NET_ADMIN containers).
+#
+#     bash tests/scripts/compose-e2e.sh
+#     COMPOSE_E2E_PROJECT=myprefix-e2e bash tests/scripts/compose-e2e.sh   # another project name
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+project=${COMPOSE_E2E_PROJECT:-docmesh-e2e}
+trust=spiffe://onlyoffice.local/ns/onlyoffice/sa
+passed=0 failed=0
+
+pass() { passed=$((passed + 1)); echo "compose-e2e: PASS $*"; }
+fail() { failed=$((failed + 1)); echo "compose-e2e: FAIL $*"; }
+check() { # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+base=$(bash tests/scripts/build-images.sh) || { echo "compose-e2e: image build failed" >&2; exit 1; }
+export DOCMESH_BASE_IMAGE=$base
+
+cd "$root/examples/compose"
+dc() { docker-compose -p "$project" -f docker-compose.yml -f docker-compose.ci.yml "$@"; }
+cleanup() {
+  docker rm -f "$project-capture" >/dev/null 2>&1 || true
+  dc down -v --remove-orphans >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cleanup
+
+# Short SVID lifetime: several renewals happen while the test runs.
+export SVID_TTL=${SVID_TTL:-2m} SVID_CHECK_INTERVAL=${SVID_CHECK_INTERVAL:-5s}
+
+# ------------------------------------------------------------------------------ up + health
+start=$(date +%s)
+if ! timeout 420 docker-compose -p "$project" -f docker-compose.yml -f docker-compose.ci.yml \
+    up -d documentserver-app integrator-app >/tmp/"$project"-up.log 2>&1; then
+  fail "stack up"
+  tail -n 20 /tmp/"$project"-up.log
+  for c in $(dc ps -q); do
+    state=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c")
+    case $state in
+      *" running healthy"|*" running "|*" exited "*) ;;
+    esac
+    case $state in *unhealthy*|*exited*|*restarting*|*starting*)
+      echo "compose-e2e: not healthy: $state; last log lines:"; docker logs --tail 15 "$c" 2>&1 | sed 's/^/    /';;
+    esac
+  done
+  echo "compose-e2e: $passed passed, $failed failed"; exit 1
+fi
+pass "stack up and healthy in $(( $(date +%s) - start )) s"
+
+container() { dc ps -q "$1"; }
+ds_url=http://documentserver:8888/coauthoring/CommandService.ashx
+call() { dc exec -T integrator-app python3 /standin/standin.py call "$ds_url" "$@"; }
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); b=json.loads(d["body"]) if d["body"].startswith("{") else {}; print({**b, **d}.get(sys.argv[1]))' "$1"; }
+
+# ------------------------------------------------------------------------------ core asserts
+out=$(call)
+echo "compose-e2e: valid call -> $out"
+check "integrator -> CommandService with a valid JWT: 200" [ "$(field status <<<"$out")" = 200 ]
+check "documentserver app saw the caller's SPIFFE ID" [ "$(field caller <<<"$out")" = "$trust/integrator" ]
+key=$(field key <<<"$out")
+check "SQL round trip (PostgreSQL via opaque mTLS)" [ "$(field sql <<<"$out")" = "$key" ]
+check "Redis round trip (opaque mTLS)" [ "$(field redis <<<"$out")" = "$key" ]
+check "AMQP publish + consume (RabbitMQ via opaque mTLS)" [ "$(field amqp <<<"$out")" = "$key" ]
+check "documentserver -> integrator callback: 200" [ "$(field callback <<<"$out")" = 200 ]
+cbs=$(dc exec -T integrator-app python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:3000/callbacks").read().decode())')
+check "integrator saw the callback from the documentserver's SPIFFE ID" \
+  python3 -c 'import json,sys; cb=json.loads(sys.argv[1]); sys.exit(0 if any(c["key"]==sys.argv[2] and c["caller"]==sys.argv[3] for c in cb) else 1)' \
+  "$cbs" "$key" "$trust/documentserver"
+
+out=$(call --forge)
+echo "compose-e2e: forged call -> $out"
+check "forged token: 401 unauthenticated" [ "$(field status <<<"$out")" = 401 ] && [ "$(field docmesh-error <<<"$out")" = unauthenticated ]
+check "forged token: the 401 names its cause" grep -qi "signature" <<<"$out"
+
+# A container outside the mesh, on the same network: plaintext is refused everywhere.
+net=${project//[^a-zA-Z0-9_-]/}_mesh
+outsider() { docker run --rm --network "$net" -v "$root/tests/scripts/compose:/standin:ro" "$base" python3 /standin/standin.py probe "$@"; }
+for target in "documentserver 8888" "postgresql 5432" "redis 6379" "rabbitmq 5672" "integrator 3000"; do
+  r=$(outsider $target)
+  check "outsider -> ${target/ /:} refused ($r)" bash -c '! grep -q "HTTP/1.1 2\|REDIS\|AMQP\|PONG" <<<"$1"' _ "$r"
+done
+
+# Capture on the documentserver's interface while a call runs: no plaintext between services.
+ds=$(container documentserver)
+cap=$(mktemp)
+docker run -d --name "$project-capture" --network "container:$ds" --cap-add NET_RAW --cap-add NET_ADMIN \
+  "$base" tcpdump -i eth0 -U -w /tmp/cap.pcap tcp >/dev/null
+sleep 2
+out=$(call)
+key=$(field key <<<"$out")
+sleep 1
+docker kill -s INT "$project-capture" >/dev/null
+docker wait "$project-capture" >/dev/null
+docker cp "$project-capture:/tmp/cap.pcap" "$cap" 2>/dev/null || true
+docker rm -f "$project-capture" >/dev/null 2>&1 || true
+check "capture: packets seen ($(stat -c %s "$cap") bytes)" [ "$(stat -c %s "$cap")" -gt 1000 ]
+check "capture: no plaintext key/SQL/HTTP between services" \
+  bash -c '! grep -a -q -e "$1" -e "task_result" -e "CommandService" -e "ds.convertqueue" "$2"' _ "$key" "$cap"
+rm -f "$cap"
+
+echo "compose-e2e: $passed passed, $failed failed"
+[ "$failed" = 0 ]
