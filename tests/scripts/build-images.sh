@@ -54,7 +54,8 @@ ENTRYPOINT ["/usr/local/bin/docmesh-certs"]
 DOCKERFILE
 for stage in proxy init certs; do
   # Classic builder: it resolves the local base image without a registry.
-  DOCKER_BUILDKIT=0 docker build -q --target "$stage" -t "docmesh/$stage:$version" "$ctx" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q --target "$stage" -t "docmesh/$stage:$version" "$ctx" >"$ctx/build.log" 2>&1 || {
+    echo "build-images: docker build of docmesh/$stage failed:" >&2; cat "$ctx/build.log" >&2; exit 1; }
   echo "build-images: docmesh/$stage:$version" >&2
 done
 echo "build-images: base image $base" >&2

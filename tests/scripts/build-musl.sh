@@ -8,7 +8,8 @@
 #     PROFILE=dev bash tests/scripts/build-musl.sh  # the check CI runs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-target=x86_64-unknown-linux-musl
+# The musl target of this machine's architecture (x86_64, aarch64, ...).
+target=$(uname -m)-unknown-linux-musl
 profile=${PROFILE:-release}
 
 if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
@@ -25,7 +26,7 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
 fi
 
 # aws-lc-sys compiles C for the target: use musl's compiler wrapper.
-export CC_x86_64_unknown_linux_musl=musl-gcc
+export "CC_${target//-/_}=musl-gcc"
 start=$(date +%s)
 cargo build --locked --profile "$profile" --target "$target" \
   -p docmesh-proxy -p docmesh-init -p docmesh-certs

@@ -34,7 +34,7 @@ trap cleanup EXIT
 cleanup
 
 # Short SVID lifetime: several renewals happen while the test runs.
-export SVID_TTL=${SVID_TTL:-2m} SVID_CHECK_INTERVAL=${SVID_CHECK_INTERVAL:-5s}
+export SVID_TTL=${SVID_TTL:-2m} SVID_CHECK_INTERVAL=${SVID_CHECK_INTERVAL:-5s} SVID_RENEW_EVERY=${SVID_RENEW_EVERY:-80s}
 
 # ------------------------------------------------------------------------------ up + health
 start=$(date +%s)
@@ -43,11 +43,8 @@ if ! timeout 420 docker-compose -p "$project" -f docker-compose.yml -f docker-co
   fail "stack up"
   tail -n 20 /tmp/"$project"-up.log
   for c in $(dc ps -q); do
-    state=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c")
-    case $state in
-      *" running healthy"|*" running "|*" exited "*) ;;
-    esac
-    case $state in *unhealthy*|*exited*|*restarting*|*starting*)
+    state=$(docker inspect -f '{{.Name}} {{.State.Status}} exit={{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c")
+    case $state in *unhealthy*|*restarting*|*starting*|*exit=[1-9]*)
       echo "compose-e2e: not healthy: $state; last log lines:"; docker logs --tail 15 "$c" 2>&1 | sed 's/^/    /';;
     esac
   done
