@@ -74,7 +74,7 @@ check "integrator saw the callback from the documentserver's SPIFFE ID" \
 
 out=$(call --forge)
 echo "compose-e2e: forged call -> $out"
-check "forged token: 401 unauthenticated" [ "$(field status <<<"$out")" = 401 ] && [ "$(field docmesh-error <<<"$out")" = unauthenticated ]
+check "forged token: 401 unauthenticated" [ "$(field status <<<"$out"):$(field docmesh-error <<<"$out")" = 401:unauthenticated ]
 check "forged token: the 401 names its cause" grep -qi "signature" <<<"$out"
 
 # A container outside the mesh, on the same network: plaintext is refused everywhere.
@@ -93,6 +93,7 @@ docker run -d --name "$project-capture" --network "container:$ds" --cap-add NET_
 sleep 2
 out=$(call)
 key=$(field key <<<"$out")
+outsider documentserver 8888 >/dev/null  # a plaintext control: the capture must show it
 sleep 1
 docker kill -s INT "$project-capture" >/dev/null
 docker wait "$project-capture" >/dev/null
@@ -101,7 +102,83 @@ docker rm -f "$project-capture" >/dev/null 2>&1 || true
 check "capture: packets seen ($(stat -c %s "$cap") bytes)" [ "$(stat -c %s "$cap")" -gt 1000 ]
 check "capture: no plaintext key/SQL/HTTP between services" \
   bash -c '! grep -a -q -e "$1" -e "task_result" -e "CommandService" -e "ds.convertqueue" "$2"' _ "$key" "$cap"
+check "capture: the outsider's plaintext attempt is visible (the capture can see plaintext)" \
+  grep -a -q "GET /healthcheck" "$cap"
 rm -f "$cap"
+
+wait_healthy() { # wait_healthy SERVICE: up to 90 s
+  local c; c=$(container "$1")
+  for _ in $(seq 90); do
+    [ "$(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null)" = healthy ] && return 0
+    sleep 1
+  done
+  echo "compose-e2e: $1 not healthy after 90 s; last log lines:"; docker logs --tail 15 "$c" 2>&1 | sed 's/^/    /'
+  return 1
+}
+
+# ------------------------------------------------------------------------------ PostgreSQL down
+dc stop postgresql-app >/dev/null 2>&1
+out=$(call)
+echo "compose-e2e: call with PostgreSQL stopped -> $out"
+check "PostgreSQL stopped: the call fails with the backend's error" [ "$(field status <<<"$out")" = 500 ]
+pglog=$(dc logs --no-color --tail 20 postgresql-proxy 2>&1)
+echo "$pglog" | tail -n 3 | sed 's/^/    /'
+check "PostgreSQL stopped: the sidecar's log names the cause" grep -qi "127.0.0.1:5432.*refused\|refused.*5432\|5432.*refused" <<<"$pglog"
+dc start postgresql-app >/dev/null 2>&1
+if wait_healthy postgresql-app; then
+  out=$(call)
+  check "PostgreSQL back: calls succeed again" [ "$(field status <<<"$out"):$(field sql <<<"$out")" = "200:$(field key <<<"$out")" ]
+else
+  fail "PostgreSQL back: healthy again"
+fi
+
+# ------------------------------------------------------------------------------ restart: fail closed
+# A restarted namespace holder is a new network namespace: it must carry the redirects again
+# before anything can use it, and nothing in it may answer in plaintext.
+docker restart "$(container documentserver)" >/dev/null
+if wait_healthy documentserver; then
+  check "restarted namespace: redirects re-applied" \
+    bash -c 'docker exec "$1" iptables-save -t nat | grep -q "REDIRECT.*15006"' _ "$(container documentserver)"
+  r=$(outsider documentserver 8888)
+  check "restarted namespace: outsider refused, no plaintext ($r)" bash -c '! grep -q "HTTP/1.1" <<<"$1"' _ "$r"
+  r=$(call)
+  check "restarted namespace: the integrator's call fails closed or works ($(field status <<<"$r"))" \
+    bash -c '[ "$1" != 200 ] || [ "$2" = "$3" ]' _ "$(field status <<<"$r")" "$(field caller <<<"$r")" "$trust/integrator"
+  # The sidecar and the app join the new namespace when they restart.
+  docker restart "$(container documentserver-proxy)" >/dev/null
+  wait_healthy documentserver-proxy >/dev/null
+  docker restart "$(container documentserver-app)" >/dev/null
+  wait_healthy documentserver-app >/dev/null
+  out=$(call)
+  check "restarted namespace: calls succeed after the sidecar and app rejoin" \
+    [ "$(field status <<<"$out"):$(field caller <<<"$out")" = "200:$trust/integrator" ]
+else
+  fail "restarted namespace: healthy again"
+fi
+
+# ------------------------------------------------------------------------------ SVID renewal
+# The SVIDs were issued with a short TTL at `up`: keep calling until the first ones have expired
+# (plus a margin); every call must succeed, so the sidecars served renewed SVIDs throughout.
+issued=$(docker inspect -f '{{.State.StartedAt}}' "$(container certs)")
+ttl_s=$(python3 -c 'import re,sys; n,u=re.fullmatch(r"(\d+)([smh])",sys.argv[1]).groups(); print(int(n)*{"s":1,"m":60,"h":3600}[u])' "$SVID_TTL")
+until_s=$(( $(date -d "$issued" +%s) + ttl_s + 15 ))
+calls=0 bad=0
+while [ "$(date +%s)" -lt "$until_s" ]; do
+  out=$(call)
+  calls=$((calls + 1))
+  [ "$(field status <<<"$out")" = 200 ] || { bad=$((bad + 1)); echo "compose-e2e: failed call during renewal: $out"; }
+  sleep 1
+done
+renewals=$(dc logs --no-color certs 2>&1 | grep -c "renewed\|re-issued")
+check "SVID renewal: $renewals renewal(s) logged by the certs service" [ "$renewals" -ge 1 ]
+check "SVID renewal: $calls calls across the first SVIDs' expiry, $bad failed" [ "$calls:$bad" = "$calls:0" -a "$calls" -gt 0 ]
+
+# ------------------------------------------------------------------------------ down -v
+dc down -v --remove-orphans >/dev/null 2>&1
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; \
+  docker volume ls -q --filter "label=com.docker.compose.project=$project"; \
+  docker network ls -q --filter "label=com.docker.compose.project=$project")
+check "down -v leaves no container, volume or network behind" [ -z "$left" ]
 
 echo "compose-e2e: $passed passed, $failed failed"
 [ "$failed" = 0 ]
