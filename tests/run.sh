@@ -11,4 +11,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The images need static musl binaries: check that they still build and link statically
 # (dev profile: the release build with LTO takes far longer and proves nothing more).
 PROFILE=dev bash tests/scripts/build-musl.sh
+# The compose example for real: images built here (no registry), the stack up with OnlyOffice
+# stand-ins, asserts through the mesh (about 3 minutes; the first run adds ~2.5 min debootstrap).
+bash tests/scripts/compose-e2e.sh
 cargo test --workspace --locked -- --test-threads=2

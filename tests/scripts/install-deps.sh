@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages docmesh's tests and benchmarks use, when they are missing:
 # iptables and iproute2 for the network-namespace tests, openssl and curl as independent
-# TLS/HTTP peers, nginx and haproxy as interop peers, docker-compose to validate examples.
+# TLS/HTTP peers, nginx and haproxy as interop peers, docker-compose to validate and run the
+# compose examples, debootstrap for the compose end-to-end test's Debian base image.
 set -euo pipefail
 need=()
 for pair in iptables:iptables ip:iproute2 openssl:openssl curl:curl nginx:nginx haproxy:haproxy \
             docker-compose:docker-compose tcpdump:tcpdump wrk:wrk python3:python3 \
-            socat:socat setpriv:util-linux; do
+            socat:socat setpriv:util-linux debootstrap:debootstrap; do
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
