@@ -5,12 +5,21 @@
 # mesh. Prints `N passed, M failed`; a service that never becomes healthy is named with the
 # tail of its logs. Needs root (Docker, NET_ADMIN containers).
 #
+# Both variants run: transparent (docker-compose.yml: everything below) and explicit
+# (docker-compose.explicit.yml: the core asserts, capture and `down -v`).
+#
 #     bash tests/scripts/compose-e2e.sh
-#     COMPOSE_E2E_PROJECT=myprefix-e2e bash tests/scripts/compose-e2e.sh   # another project name
+#     COMPOSE_E2E_PROJECT=myprefix-e2e bash tests/scripts/compose-e2e.sh   # other project names
+#     COMPOSE_E2E_VARIANTS=transparent bash tests/scripts/compose-e2e.sh   # one variant
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-project=${COMPOSE_E2E_PROJECT:-docmesh-e2e}
+prefix=${COMPOSE_E2E_PROJECT:-docmesh-e2e}
+if ! docker info >/dev/null 2>&1; then
+  echo "compose-e2e: the Docker Engine is not reachable (docker info failed); start it, and run as root" >&2
+  exit 1
+fi
+command -v docker-compose >/dev/null 2>&1 || { echo "compose-e2e: docker-compose is missing (apt-get install docker-compose)" >&2; exit 1; }
 trust=spiffe://onlyoffice.local/ns/onlyoffice/sa
 passed=0 failed=0
 
@@ -24,9 +33,23 @@ check() { # check NAME CONDITION-COMMAND...
 base=$(bash tests/scripts/build-images.sh) || { echo "compose-e2e: image build failed" >&2; exit 1; }
 export DOCMESH_BASE_IMAGE=$base
 
+variant() { # variant transparent|explicit
+mode=$1
+project=$prefix-$mode
+case $mode in
+  transparent) file=docker-compose.yml ds_url=http://documentserver:8888/coauthoring/CommandService.ashx
+               targets="documentserver:8888 postgresql:5432 redis:6379 rabbitmq:5672 integrator:3000"
+               export CI_INTEGRATOR_URL=http://integrator:3000 ;;
+  explicit)    file=docker-compose.explicit.yml ds_url=http://127.0.0.1:8888/coauthoring/CommandService.ashx
+               # the sidecars' public mTLS ports and the apps' own ports (loopback only)
+               targets="documentserver:28888 postgresql:25432 redis:26379 rabbitmq:25673 integrator:23000 documentserver:8888 postgresql:5432"
+               export CI_INTEGRATOR_URL=http://127.0.0.1:3000 ;;
+esac
+echo "compose-e2e: ---- $mode ($file)"
 cd "$root/examples/compose"
-dc() { docker-compose -p "$project" -f docker-compose.yml -f docker-compose.ci.yml "$@"; }
+dc() { docker-compose -p "$project" -f "$file" -f docker-compose.ci.yml "$@"; }
 cleanup() {
+  [ -n "${project:-}" ] || return 0
   docker rm -f "$project-capture" >/dev/null 2>&1 || true
   dc down -v --remove-orphans >/dev/null 2>&1 || true
 }
@@ -38,7 +61,7 @@ export SVID_TTL=${SVID_TTL:-2m} SVID_CHECK_INTERVAL=${SVID_CHECK_INTERVAL:-5s} S
 
 # ------------------------------------------------------------------------------ up + health
 start=$(date +%s)
-if ! timeout 420 docker-compose -p "$project" -f docker-compose.yml -f docker-compose.ci.yml \
+if ! timeout 420 docker-compose -p "$project" -f "$file" -f docker-compose.ci.yml \
     up -d documentserver-app integrator-app >/tmp/"$project"-up.log 2>&1; then
   fail "stack up"
   tail -n 20 /tmp/"$project"-up.log
@@ -48,12 +71,11 @@ if ! timeout 420 docker-compose -p "$project" -f docker-compose.yml -f docker-co
       echo "compose-e2e: not healthy: $state; last log lines:"; docker logs --tail 15 "$c" 2>&1 | sed 's/^/    /';;
     esac
   done
-  echo "compose-e2e: $passed passed, $failed failed"; exit 1
+  cleanup; return
 fi
-pass "stack up and healthy in $(( $(date +%s) - start )) s"
+pass "$mode: stack up and healthy in $(( $(date +%s) - start )) s"
 
 container() { dc ps -q "$1"; }
-ds_url=http://documentserver:8888/coauthoring/CommandService.ashx
 call() { dc exec -T integrator-app python3 /standin/standin.py call "$ds_url" "$@"; }
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); b=json.loads(d["body"]) if d["body"].startswith("{") else {}; print({**b, **d}.get(sys.argv[1]))' "$1"; }
 
@@ -80,9 +102,9 @@ check "forged token: the 401 names its cause" grep -qi "signature" <<<"$out"
 # A container outside the mesh, on the same network: plaintext is refused everywhere.
 net=${project//[^a-zA-Z0-9_-]/}_mesh
 outsider() { docker run --rm --network "$net" -v "$root/tests/scripts/compose:/standin:ro" "$base" python3 /standin/standin.py probe "$@"; }
-for target in "documentserver 8888" "postgresql 5432" "redis 6379" "rabbitmq 5672" "integrator 3000"; do
-  r=$(outsider $target)
-  check "outsider -> ${target/ /:} refused ($r)" bash -c '! grep -q "HTTP/1.1 2\|REDIS\|AMQP\|PONG" <<<"$1"' _ "$r"
+for target in $targets; do
+  r=$(outsider ${target/:/ })
+  check "outsider -> $target refused ($r)" bash -c '! grep -q "HTTP/1.1 2\|REDIS\|AMQP\|PONG" <<<"$1"' _ "$r"
 done
 
 # Capture on the documentserver's interface while a call runs: no plaintext between services.
@@ -93,7 +115,8 @@ docker run -d --name "$project-capture" --network "container:$ds" --cap-add NET_
 sleep 2
 out=$(call)
 key=$(field key <<<"$out")
-outsider documentserver 8888 >/dev/null  # a plaintext control: the capture must show it
+control=${targets%% *}  # a plaintext control the sidecar accepts and refuses: the capture must show it
+outsider ${control/:/ } >/dev/null
 sleep 1
 docker kill -s INT "$project-capture" >/dev/null
 docker wait "$project-capture" >/dev/null
@@ -116,6 +139,7 @@ wait_healthy() { # wait_healthy SERVICE: up to 90 s
   return 1
 }
 
+if [ "$mode" = transparent ]; then
 # ------------------------------------------------------------------------------ PostgreSQL down
 dc stop postgresql-app >/dev/null 2>&1
 out=$(call)
@@ -149,7 +173,13 @@ if wait_healthy documentserver; then
   wait_healthy documentserver-proxy >/dev/null
   docker restart "$(container documentserver-app)" >/dev/null
   wait_healthy documentserver-app >/dev/null
-  out=$(call)
+  # The integrator's sidecar re-resolves and re-probes the document server (10 s intervals).
+  for _ in $(seq 30); do
+    out=$(call)
+    [ "$(field status <<<"$out")" = 200 ] && break
+    sleep 1
+  done
+  echo "compose-e2e: call after the rejoin -> $out"
   check "restarted namespace: calls succeed after the sidecar and app rejoin" \
     [ "$(field status <<<"$out"):$(field caller <<<"$out")" = "200:$trust/integrator" ]
 else
@@ -173,12 +203,19 @@ renewals=$(dc logs --no-color certs 2>&1 | grep -c "renewed\|re-issued")
 check "SVID renewal: $renewals renewal(s) logged by the certs service" [ "$renewals" -ge 1 ]
 check "SVID renewal: $calls calls across the first SVIDs' expiry, $bad failed" [ "$calls:$bad" = "$calls:0" -a "$calls" -gt 0 ]
 
+fi
+
 # ------------------------------------------------------------------------------ down -v
 dc down -v --remove-orphans >/dev/null 2>&1
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; \
   docker volume ls -q --filter "label=com.docker.compose.project=$project"; \
   docker network ls -q --filter "label=com.docker.compose.project=$project")
-check "down -v leaves no container, volume or network behind" [ -z "$left" ]
+check "$mode: down -v leaves no container, volume or network behind" [ -z "$left" ]
+}
+
+for v in ${COMPOSE_E2E_VARIANTS:-transparent explicit}; do
+  variant "$v"
+done
 
 echo "compose-e2e: $passed passed, $failed failed"
 [ "$failed" = 0 ]

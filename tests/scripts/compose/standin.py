@@ -3,6 +3,8 @@
 
 Small apps speaking OnlyOffice's real paths and token shapes, run on the Debian base image:
 
+Both apps listen on loopback only (HOST): the sidecar is their only way in.
+
   standin.py documentserver   the document server on :8888 (docs-proxy's port): /healthcheck ->
                               true, POST /coauthoring/CommandService.ashx and /ConvertService.ashx
                               (HS256 JWT in the body's `token`), a WebSocket under /doc/<id>/c/.
@@ -165,7 +167,7 @@ def documentserver() -> None:
     app.router.add_post("/coauthoring/CommandService.ashx", command)
     app.router.add_post("/ConvertService.ashx", convert)
     app.router.add_get("/doc/{docid}/c/{tail:.*}", ws)
-    web.run_app(app, host="0.0.0.0", port=int(env("PORT", "8888")), print=None)
+    web.run_app(app, host=env("HOST", "127.0.0.1"), port=int(env("PORT", "8888")), print=None)
 
 
 # ----------------------------------------------------------------------------- integrator
@@ -195,7 +197,7 @@ def integrator() -> None:
     app.router.add_post("/callback", callback)
     app.router.add_get("/callbacks", callbacks)
     app.router.add_get("/health", health)
-    web.run_app(app, host="0.0.0.0", port=int(env("PORT", "3000")), print=None)
+    web.run_app(app, host=env("HOST", "127.0.0.1"), port=int(env("PORT", "3000")), print=None)
 
 
 def call(url: str, forge: bool) -> None:
