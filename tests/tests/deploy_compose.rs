@@ -1,8 +1,8 @@
 //! The docker-compose examples (`examples/compose/`): each file is valid for `docker-compose
 //! config` (Debian's docker-compose; no Docker engine is needed), every proxy config it mounts
 //! passes `docmesh-proxy check` (the same loader), and the topology keeps its promises: a
-//! sidecar per service sharing the service's network namespace, docmesh-init with NET_ADMIN
-//! before the app (transparent variant only), apps started after a healthy sidecar.
+//! sidecar per service sharing the service's network namespace, whose holder runs docmesh-init with NET_ADMIN
+//! on every start (transparent variant only), apps started after a healthy sidecar, certs renewing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,9 +110,10 @@ fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
             test.iter().any(|t| t.ends_with("docmesh-proxy")) && test.contains(&"await".into()),
             "{file}: {svc}-proxy health check {test:?}"
         );
+        // The certs service stays up to renew; it is healthy once every SVID is issued.
         assert_eq!(
             depends(proxy, "certs").as_deref(),
-            Some("service_completed_successfully"),
+            Some("service_healthy"),
             "{file}: {svc}-proxy must wait for its SVID"
         );
         let config = mounts(proxy)
@@ -145,20 +146,29 @@ fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
                 "{file}: {name} does not wait for a healthy {svc}-proxy"
             );
         }
-        let init = all.iter().find(|(n, _)| n == &format!("{svc}-init"));
+        // No separate init container: the namespace holder applies the redirects on every
+        // start (a re-created namespace never runs without them) before it reports healthy.
+        assert!(
+            !all.iter().any(|(n, _)| n == &format!("{svc}-init")),
+            "{file}: {svc}-init would not run again when {svc} restarts"
+        );
+        let netns = get(svc);
+        let entry = strings(&netns["entrypoint"]).join(" ");
         if transparent {
-            let (_, init) = init.unwrap_or_else(|| panic!("{file}: no {svc}-init"));
-            assert_eq!(init["network_mode"], format!("service:{svc}"));
-            assert!(strings(&init["cap_add"]).contains(&"NET_ADMIN".into()));
+            assert!(
+                entry.contains("docmesh-init;") && entry.contains("sleep infinity"),
+                "{file}: {svc} must run docmesh-init before holding the namespace: {entry}"
+            );
+            assert!(strings(&netns["cap_add"]).contains(&"NET_ADMIN".into()));
             assert_eq!(
-                depends(proxy, &format!("{svc}-init")).as_deref(),
-                Some("service_completed_successfully"),
+                depends(proxy, svc).as_deref(),
+                Some("service_healthy"),
                 "{file}: {svc}-proxy must start after the redirects are installed"
             );
         } else {
             assert!(
-                init.is_none(),
-                "{file}: explicit mode has no init ({svc}-init)"
+                !entry.contains("docmesh-init"),
+                "{file}: explicit mode runs no docmesh-init ({svc})"
             );
         }
     }
@@ -170,11 +180,21 @@ fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
             );
         }
     }
-    // The one-shot certs service creates the CA and issues from the profile's SVID list.
+    // The certs service creates the CA, issues from the profile's SVID list and keeps renewing.
     let certs = get("certs");
     let script = strings(&certs["command"]).join("\n");
     assert!(script.contains("docmesh-certs init --trust-domain onlyoffice.local --out /certs/ca"));
     assert!(script.contains("docmesh-certs issue --ca /certs/ca --from /etc/docmesh/svids.list"));
+    assert!(script.contains("docmesh-certs renew --ca /certs/ca --dir /certs"));
+    assert_eq!(certs["restart"], "unless-stopped", "{file}: certs must keep renewing");
+    // PostgreSQL starts with OnlyOffice's schema.
+    let pg = get("postgresql-app");
+    assert!(
+        mounts(pg)
+            .iter()
+            .any(|(_, dst)| dst == "/docker-entrypoint-initdb.d"),
+        "{file}: postgresql-app gets no schema"
+    );
     for (src, _) in mounts(certs) {
         if src.starts_with('/') {
             assert!(Path::new(&src).exists(), "{file}: {src} does not exist");
