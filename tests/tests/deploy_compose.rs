@@ -1,8 +1,9 @@
 //! The docker-compose examples (`examples/compose/`): each file is valid for `docker-compose
 //! config` (Debian's docker-compose; no Docker engine is needed), every proxy config it mounts
 //! passes `docmesh-proxy check` (the same loader), and the topology keeps its promises: a
-//! sidecar per service sharing the service's network namespace, whose holder runs docmesh-init with NET_ADMIN
-//! on every start (transparent variant only), apps started after a healthy sidecar, certs renewing.
+//! sidecar per service sharing the service's network namespace, whose holder runs docmesh-init
+//! with NET_ADMIN on every start (transparent variant only), apps started after a healthy
+//! sidecar, a certs service that keeps renewing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -186,7 +187,10 @@ fn check_topology(file: &str, transparent: bool) -> Vec<PathBuf> {
     assert!(script.contains("docmesh-certs init --trust-domain onlyoffice.local --out /certs/ca"));
     assert!(script.contains("docmesh-certs issue --ca /certs/ca --from /etc/docmesh/svids.list"));
     assert!(script.contains("docmesh-certs renew --ca /certs/ca --dir /certs"));
-    assert_eq!(certs["restart"], "unless-stopped", "{file}: certs must keep renewing");
+    assert_eq!(
+        certs["restart"], "unless-stopped",
+        "{file}: certs must keep renewing"
+    );
     // PostgreSQL starts with OnlyOffice's schema.
     let pg = get("postgresql-app");
     assert!(
