@@ -30,6 +30,7 @@
 pub mod bundle;
 pub mod ca;
 pub mod pem;
+pub mod renew;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tls;

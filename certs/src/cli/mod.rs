@@ -2,6 +2,7 @@
 
 mod inspect;
 mod issue;
+mod renew;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,28 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Renew every SVID under --dir (as `issue` wrote them) once a share of its lifetime has
+    /// passed; with --watch, keep doing so until SIGTERM.
+    Renew {
+        /// CA directory written by `init` (its bundle.pem is copied next to every SVID).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Directory searched (recursively) for svid.pem/svid.key/bundle.pem triples.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Renew once this share of an SVID's lifetime has passed (0 < x <= 1).
+        #[arg(long, default_value_t = docmesh_certs::renew::DEFAULT_RENEW_AT)]
+        renew_at: f64,
+        /// Lifetime of renewed SVIDs (default: each SVID's previous lifetime), capped by the CA.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Keep running: check every --interval until SIGTERM or SIGINT (exit 0).
+        #[arg(long)]
+        watch: bool,
+        /// Time between checks with --watch.
+        #[arg(long, default_value = "30s", requires = "watch")]
+        interval: String,
+    },
     /// Show SPIFFE ID, validity, chain and every broken rule of certificate files.
     Inspect {
         /// PEM files (a chain: leaf first).
@@ -125,6 +148,13 @@ pub(crate) enum CliError {
         line: usize,
         reason: String,
     },
+    #[error(transparent)]
+    Renew(#[from] docmesh_certs::renew::RenewError),
+    #[error("cannot handle signals: {0}")]
+    Signal(String),
+    /// Some of several items failed (each was reported already).
+    #[error("{0}")]
+    Failed(String),
     /// Not an error of the tool: the certificate is not valid (report already printed).
     #[error("{0}")]
     Invalid(String),
@@ -164,7 +194,7 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }
@@ -219,6 +249,35 @@ fn run(cmd: Cmd) -> Result<(), CliError> {
                 (None, None) => Vec::new(), // clap requires one of them
             };
             issue::issue_all(&ca, &jobs, ttl, force)
+        }
+        Cmd::Renew {
+            ca,
+            dir,
+            renew_at,
+            ttl,
+            watch,
+            interval,
+        } => {
+            let policy = docmesh_certs::renew::RenewPolicy {
+                renew_at,
+                ttl: ttl.map(|t| parse_duration("--ttl", &t)).transpose()?,
+            };
+            if !(renew_at > 0.0 && renew_at <= 1.0) {
+                return Err(docmesh_certs::renew::RenewError::BadRenewAt(renew_at).into());
+            }
+            if watch {
+                let interval = parse_duration("--interval", &interval)?;
+                if interval.is_zero() {
+                    return Err(CliError::Duration {
+                        what: "--interval",
+                        value: "0".to_owned(),
+                        reason: "must be positive".to_owned(),
+                    });
+                }
+                renew::watch(&ca, &dir, &policy, interval)
+            } else {
+                renew::once(&ca, &dir, &policy)
+            }
         }
         Cmd::Inspect { files, bundle } => inspect::inspect(&files, bundle.as_deref()),
         Cmd::Verify {
