@@ -34,6 +34,7 @@ pub mod renew;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tls;
+pub mod x509;
 
 pub use bundle::TrustBundleSet;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

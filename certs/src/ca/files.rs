@@ -120,7 +120,7 @@ fn load_ca_cert(
     let not_before = ts(&x.validity().not_before)?;
     let not_after = ts(&x.validity().not_after)?;
     let alg = KeyAlgorithm::of_key(&key);
-    let td = crate::bundle::trust_domain_of_ca(&der);
+    let td = crate::x509::trust_domain_of_ca(&der);
     let pem_text = pem::encode_certs(std::slice::from_ref(&der));
     let issuer = Issuer::from_ca_cert_der(&der, key)?;
     drop(x);

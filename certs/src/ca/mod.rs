@@ -320,15 +320,6 @@ impl CertificateAuthority {
         self.intermediate.as_ref().map(CaCert::key_pem)
     }
 
-    /// A trust bundle holding this CA's root.
-    pub fn bundle(&self) -> crate::bundle::TrustBundleSet {
-        let mut set = crate::bundle::TrustBundleSet::new();
-        // A root we generated always parses as a trust anchor; an error would leave the set
-        // empty, which fails closed.
-        let _ = set.add_root(&self.trust_domain, self.root.der.clone());
-        set
-    }
-
     fn signer(&self) -> &CaCert {
         self.intermediate.as_ref().unwrap_or(&self.root)
     }
@@ -343,6 +334,3 @@ impl CertificateAuthority {
         self.signer().not_after
     }
 }
-
-#[cfg(test)]
-mod tests;
