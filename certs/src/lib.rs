@@ -29,6 +29,7 @@
 
 pub mod bundle;
 pub mod ca;
+pub mod export;
 pub mod pem;
 pub mod renew;
 pub mod spiffe_id;
