@@ -5,11 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use rustls_pki_types::{CertificateDer, TrustAnchor};
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
 
 use crate::pem::{self, PemError};
-use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::spiffe_id::TrustDomain;
 
 /// Why a trust bundle could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -301,17 +299,17 @@ impl TrustBundleSet {
     }
 }
 
-/// The trust domain named by a CA certificate's `spiffe://` URI SAN, if it has one.
-pub fn trust_domain_of_ca(cert: &CertificateDer<'_>) -> Option<TrustDomain> {
-    let (_, x) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()).ok()?;
-    let san = x.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(u) => u
-            .parse::<SpiffeId>()
-            .ok()
-            .map(|id| id.trust_domain().clone()),
-        _ => None,
-    })
+pub use crate::x509::trust_domain_of_ca;
+
+impl crate::ca::CertificateAuthority {
+    /// A trust bundle holding this CA's root.
+    pub fn bundle(&self) -> TrustBundleSet {
+        let mut set = TrustBundleSet::new();
+        // A root we generated always parses as a trust anchor; an error would leave the set
+        // empty, which fails closed.
+        let _ = set.add_root(self.trust_domain(), self.root_cert_der().clone());
+        set
+    }
 }
 
 #[cfg(test)]

@@ -29,10 +29,13 @@
 
 pub mod bundle;
 pub mod ca;
+pub mod export;
 pub mod pem;
+pub mod renew;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tls;
+pub mod x509;
 
 pub use bundle::TrustBundleSet;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -155,14 +155,14 @@ fn init_refuses_to_overwrite_without_force() {
     let before = std::fs::read(dir.join("ca/root.pem")).unwrap();
     let t = fails(
         certs(dir, &["init", "--trust-domain", TD, "--out", "ca"]),
-        2,
+        1,
     );
     assert!(t.contains("--force") && t.contains("root.pem"), "{t}");
     assert_eq!(std::fs::read(dir.join("ca/root.pem")).unwrap(), before);
     init_ca(dir, &["--force"]);
     assert_ne!(std::fs::read(dir.join("ca/root.pem")).unwrap(), before);
     issue(dir, ID, "s", &[]);
-    let t = fails(certs(dir, &issue_args(ID, "s", &[])), 2);
+    let t = fails(certs(dir, &issue_args(ID, "s", &[])), 1);
     assert!(t.contains("--force"), "{t}");
     issue(dir, ID, "s", &["--force"]);
 }
@@ -223,7 +223,7 @@ fn issue_from_list_file() {
     // Bad lines are reported with their line number, and nothing is written.
     let bad_list = |name: &str, text: &str, out: &str| -> String {
         std::fs::write(dir.join(name), text).unwrap();
-        fails(certs(dir, &issue_from_args(name, out, &[])), 2)
+        fails(certs(dir, &issue_from_args(name, out, &[])), 1)
     };
     let t = bad_list(
         "bad.txt",
@@ -244,7 +244,7 @@ fn issue_from_list_file() {
     let t = bad_list("esc.txt", "spiffe://onlyoffice.local/a ../escape\n", "esc");
     assert!(t.contains("esc.txt:1"), "{t}");
     // Re-issuing into existing output needs --force, and checks before writing anything.
-    let t = fails(certs(dir, &issue_from_args("svids.txt", "out", &[])), 2);
+    let t = fails(certs(dir, &issue_from_args("svids.txt", "out", &[])), 1);
     assert!(t.contains("--force"), "{t}");
 }
 
@@ -425,11 +425,14 @@ fn clear_errors_for_bad_input() {
             "must not contain a query",
         ),
     ];
+    // Runtime errors exit 1; usage errors (clap) exit 2.
     for (args, want) in cases {
-        let t = fails(certs(dir, &args), 2);
+        let t = fails(certs(dir, &args), 1);
         assert!(t.contains(want), "{args:?}: expected {want:?} in:\n{t}");
     }
     assert!(!dir.join("c").exists() && !dir.join("x").exists());
+    let t = fails(certs(dir, &["issue", "--ca", "ca", "--out", "c"]), 2);
+    assert!(t.contains("--spiffe-id"), "{t}");
     // Not a valid SVID (as opposed to a usage error) exits 1.
     let t = fails(
         verify(
@@ -476,6 +479,6 @@ fn verify_accepts_a_spiffe_json_bundle() {
     );
     assert!(t.contains("own-trust-domain"), "{t}");
     std::fs::write(dir.join("empty.json"), r#"{"keys": []}"#).unwrap();
-    let t = fails(verify(dir, "empty.json", &[], "s/svid.pem"), 2);
+    let t = fails(verify(dir, "empty.json", &[], "s/svid.pem"), 1);
     assert!(t.contains("x509-svid"), "{t}");
 }

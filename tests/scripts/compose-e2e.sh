@@ -57,7 +57,7 @@ trap cleanup EXIT
 cleanup
 
 # Short SVID lifetime: several renewals happen while the test runs.
-export SVID_TTL=${SVID_TTL:-2m} SVID_CHECK_INTERVAL=${SVID_CHECK_INTERVAL:-5s} SVID_RENEW_EVERY=${SVID_RENEW_EVERY:-80s}
+export SVID_TTL=${SVID_TTL:-2m} SVID_CHECK_INTERVAL=${SVID_CHECK_INTERVAL:-5s}
 
 # ------------------------------------------------------------------------------ up + health
 start=$(date +%s)

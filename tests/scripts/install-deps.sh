@@ -2,12 +2,13 @@
 # Installs the system packages docmesh's tests and benchmarks use, when they are missing:
 # iptables and iproute2 for the network-namespace tests, openssl and curl as independent
 # TLS/HTTP peers, nginx and haproxy as interop peers, docker-compose to validate and run the
-# compose examples, debootstrap for the compose end-to-end test's Debian base image.
+# compose examples, debootstrap for the compose end-to-end test's Debian base image,
+# Node.js as an independent TLS client (NODE_EXTRA_CA_CERTS, certs/tests/interop.rs).
 set -euo pipefail
 need=()
 for pair in iptables:iptables ip:iproute2 openssl:openssl curl:curl nginx:nginx haproxy:haproxy \
             docker-compose:docker-compose tcpdump:tcpdump wrk:wrk python3:python3 \
-            socat:socat setpriv:util-linux debootstrap:debootstrap; do
+            socat:socat setpriv:util-linux debootstrap:debootstrap node:nodejs; do
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
@@ -23,7 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # PyJWT and cryptography: an independent JWT implementation for the authz interop tests
-# (proxy/tests/authz_pyjwt.rs). pip first (works as root in CI), then Debian's packages.
+# (proxy/tests/authz_pyjwt.rs) and an independent SPIFFE bundle JSON reader
+# (certs/tests/interop.rs). pip first (works as root in CI), then Debian's packages.
 if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   echo "install-deps: installing PyJWT and cryptography" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \

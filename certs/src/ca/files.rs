@@ -32,7 +32,7 @@ pub const SVID_KEY: &str = "svid.key";
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     /// Output files exist and overwriting was not allowed.
-    #[error("refusing to overwrite existing file(s) {}; pass --force to replace them", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("refusing to overwrite {}; pass --force to replace them", name_few(.0))]
     Exists(Vec<PathBuf>),
     /// An I/O error.
     #[error("cannot write {path}: {source}")]
@@ -42,6 +42,24 @@ pub enum FilesError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// The first three paths and how many there are in all.
+fn name_few(paths: &[PathBuf]) -> String {
+    let first: Vec<String> = paths
+        .iter()
+        .take(3)
+        .map(|p| p.display().to_string())
+        .collect();
+    match paths.len() {
+        1 => format!("existing file {}", first[0]),
+        n if n <= 3 => format!("{n} existing files: {}", first.join(", ")),
+        n => format!(
+            "{n} existing files: {}, and {} more",
+            first.join(", "),
+            n - 3
+        ),
+    }
 }
 
 /// One file to write: name inside the directory, contents, and whether it is secret (0600).
@@ -120,7 +138,7 @@ fn load_ca_cert(
     let not_before = ts(&x.validity().not_before)?;
     let not_after = ts(&x.validity().not_after)?;
     let alg = KeyAlgorithm::of_key(&key);
-    let td = crate::bundle::trust_domain_of_ca(&der);
+    let td = crate::x509::trust_domain_of_ca(&der);
     let pem_text = pem::encode_certs(std::slice::from_ref(&der));
     let issuer = Issuer::from_ca_cert_der(&der, key)?;
     drop(x);

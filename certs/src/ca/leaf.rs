@@ -13,7 +13,6 @@ use super::{
     fmt_time, random_serial, to_offset, CaError, CertificateAuthority, KeyAlgorithm, LEAF_BACKDATE,
 };
 use crate::spiffe_id::SpiffeId;
-use crate::svid::X509Svid;
 
 /// PKCS#8 v2 prefix aws-lc uses for Ed25519 (version 1, with the public key attached).
 const ED25519_V2_PREFIX: [u8; 16] = [
@@ -67,15 +66,6 @@ impl IssuedSvid {
     /// The private key as rustls wants it.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
-    }
-
-    /// As an [`X509Svid`] (no checks; it was just issued).
-    pub fn to_x509_svid(&self) -> X509Svid {
-        X509Svid {
-            id: self.id.clone(),
-            chain: self.chain.clone(),
-            key: self.private_key(),
-        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod files;
 mod leaf;
+mod tls_cert;
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use crate::spiffe_id::TrustDomain;
 
 pub use files::{write_files, FilesError, OutFile};
 pub use leaf::{IssuedCert, IssuedSvid};
+pub use tls_cert::{IssuedTlsCert, TlsCertRequest, TLS_CA, TLS_CERT, TLS_KEY};
 
 /// How far the CA's notBefore is back-dated, to tolerate clock skew between hosts.
 pub const CA_BACKDATE: Duration = Duration::from_secs(3600);
@@ -49,6 +51,9 @@ pub enum CaError {
     /// notBefore is not before notAfter, or the lifetime is zero / out of range.
     #[error("invalid validity period: {0}")]
     BadValidity(String),
+    /// A DNS name or IP address for an ordinary TLS certificate is not usable.
+    #[error("{0}")]
+    BadName(String),
     /// The CA key does not match the CA certificate.
     #[error("CA key {key} does not match CA certificate {cert}")]
     KeyMismatch {
@@ -320,15 +325,6 @@ impl CertificateAuthority {
         self.intermediate.as_ref().map(CaCert::key_pem)
     }
 
-    /// A trust bundle holding this CA's root.
-    pub fn bundle(&self) -> crate::bundle::TrustBundleSet {
-        let mut set = crate::bundle::TrustBundleSet::new();
-        // A root we generated always parses as a trust anchor; an error would leave the set
-        // empty, which fails closed.
-        let _ = set.add_root(&self.trust_domain, self.root.der.clone());
-        set
-    }
-
     fn signer(&self) -> &CaCert {
         self.intermediate.as_ref().unwrap_or(&self.root)
     }
@@ -343,6 +339,3 @@ impl CertificateAuthority {
         self.signer().not_after
     }
 }
-
-#[cfg(test)]
-mod tests;

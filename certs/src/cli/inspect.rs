@@ -154,18 +154,133 @@ fn inspect_one(path: &Path, bundle: Option<&Path>) -> Result<bool, CliError> {
     Ok(ok)
 }
 
-/// `inspect FILE...`: a report per file; fails if any file is not a valid SVID.
-pub(crate) fn inspect(files: &[std::path::PathBuf], bundle: Option<&Path>) -> Result<(), CliError> {
+/// SANs of a certificate by kind: (URIs, DNS names, IP addresses).
+fn sans(x: &X509Certificate<'_>) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => out.0.push((*u).to_owned()),
+                GeneralName::DNSName(d) => out.1.push((*d).to_owned()),
+                GeneralName::IPAddress(b) => out.2.push(match b.len() {
+                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
+                        .to_string(),
+                    16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
+                        .to_string(),
+                    _ => format!("{b:02x?}"),
+                }),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn cert_json(i: usize, der: &CertificateDer<'_>) -> serde_json::Value {
+    match X509Certificate::from_der(der.as_ref()) {
+        Ok((_, x)) => {
+            let (uris, dns, ips) = sans(&x);
+            let eku = x.extended_key_usage().ok().flatten().map(|e| {
+                let mut v = Vec::new();
+                if e.value.server_auth {
+                    v.push("serverAuth");
+                }
+                if e.value.client_auth {
+                    v.push("clientAuth");
+                }
+                v
+            });
+            serde_json::json!({
+                "index": i,
+                "is_ca": x.is_ca(),
+                "subject": x.subject().to_string(),
+                "issuer": x.issuer().to_string(),
+                "serial": x.raw_serial_as_string(),
+                "not_before": fmt_unix(x.validity().not_before.timestamp()),
+                "not_after": fmt_unix(x.validity().not_after.timestamp()),
+                "uris": uris,
+                "dns_names": dns,
+                "ip_addresses": ips,
+                "extended_key_usage": eku,
+            })
+        }
+        Err(e) => serde_json::json!({ "index": i, "error": e.to_string() }),
+    }
+}
+
+/// The JSON report of one file and whether it is a valid SVID.
+fn inspect_json_one(
+    path: &Path,
+    bundle: Option<&Path>,
+) -> Result<(serde_json::Value, bool), CliError> {
+    let bytes = pem::read_file(path)?;
+    let chain = pem::certs(&bytes, &path.display().to_string())?;
+    let report = leaf_report(&chain[0], Some(UnixTime::now()));
+    let violations: Vec<serde_json::Value> = report
+        .violations
+        .iter()
+        .map(|v| serde_json::json!({ "rule": v.rule(), "message": v.to_string() }))
+        .collect();
+    let mut ok = report.violations.is_empty();
+    let chain_check = match bundle {
+        None => serde_json::Value::Null,
+        Some(b) => {
+            let td = report.id.as_ref().map(SpiffeId::trust_domain);
+            let set = load_bundle(b, td)?;
+            let result = validate_svid(&chain, &set, UnixTime::now());
+            ok &= result.is_ok();
+            serde_json::json!({
+                "bundle": b.display().to_string(),
+                "ok": result.is_ok(),
+                "error": result.err().map(|e| e.to_string()),
+            })
+        }
+    };
+    let doc = serde_json::json!({
+        "file": path.display().to_string(),
+        "spiffe_id": report.id.as_ref().map(|i| i.to_string()),
+        "trust_domain": report.id.as_ref().map(|i| i.trust_domain().to_string()),
+        "not_before": report.not_before.map(fmt_unix),
+        "not_after": report.not_after.map(fmt_unix),
+        "seconds_left": report.not_after.map(|na| na - now_secs()),
+        "chain": chain.iter().enumerate().map(|(i, c)| cert_json(i, c)).collect::<Vec<_>>(),
+        "violations": violations,
+        "chain_check": chain_check,
+        "valid_svid": ok,
+    });
+    Ok((doc, ok))
+}
+
+/// `inspect FILE...`: a report per file (or one JSON array with `json`); fails if any file is
+/// not a valid SVID.
+pub(crate) fn inspect(
+    files: &[std::path::PathBuf],
+    bundle: Option<&Path>,
+    json: bool,
+) -> Result<(), CliError> {
     let mut bad = Vec::new();
     let mut first_error = None;
+    let mut docs = Vec::new();
     for f in files {
-        match inspect_one(f, bundle) {
+        let result = if json {
+            inspect_json_one(f, bundle).map(|(doc, ok)| {
+                docs.push(doc);
+                ok
+            })
+        } else {
+            inspect_one(f, bundle)
+        };
+        match result {
             Ok(true) => {}
             Ok(false) => bad.push(f.display().to_string()),
             // Report the first hard error at the end; inspect the other files meanwhile.
             Err(e) if first_error.is_none() => first_error = Some(e),
             Err(e) => eprintln!("error: {e}"),
         }
+    }
+    if json && first_error.is_none() {
+        let text = serde_json::to_string_pretty(&docs).unwrap_or_default();
+        println!("{text}");
     }
     match first_error {
         Some(e) => Err(e),

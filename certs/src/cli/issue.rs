@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use docmesh_certs::ca::{write_files, CertificateAuthority, OutFile};
+use docmesh_certs::ca::{write_files, CertificateAuthority, OutFile, TlsCertRequest};
 use docmesh_certs::pem;
 use docmesh_certs::spiffe_id::SpiffeId;
 
@@ -75,7 +75,11 @@ pub(crate) fn issue_all(
     let mut issued: Vec<(&Path, Vec<OutFile>, String)> = Vec::new();
     for (id, dir) in jobs {
         let svid = ca.issue_svid(id, ttl)?;
-        let summary = format!("{id} (valid until {})", fmt_time(svid.not_after));
+        let summary = format!(
+            "{id} (valid {}, until {})",
+            humantime::format_duration(ttl),
+            fmt_time(svid.not_after)
+        );
         issued.push((dir.as_path(), svid.files(ca.root_cert_pem()), summary));
     }
     if !force {
@@ -97,6 +101,37 @@ pub(crate) fn issue_all(
         for p in written {
             println!("  {}", p.display());
         }
+    }
+    Ok(())
+}
+
+/// `issue --dns/--ip`: one ordinary TLS certificate into `out` (tls.crt, tls.key, ca.crt).
+pub(crate) fn issue_tls(
+    ca: &CertificateAuthority,
+    req: &TlsCertRequest,
+    ttl: Duration,
+    bundle_pem: &str,
+    out: &Path,
+    force: bool,
+) -> Result<(), CliError> {
+    let cert = ca.issue_tls_cert(req, ttl)?;
+    let written = write_files(out, &cert.files(bundle_pem), force)
+        .map_err(docmesh_certs::ca::CaError::from)?;
+    let mut names: Vec<String> = req.dns_names.clone();
+    names.extend(req.ips.iter().map(|i| i.to_string()));
+    let usage = match (req.server || !req.client, req.client) {
+        (true, true) => "server and client",
+        (false, true) => "client",
+        _ => "server",
+    };
+    println!(
+        "issued TLS certificate for {} ({usage} auth, valid {}, until {})",
+        names.join(", "),
+        humantime::format_duration(ttl),
+        fmt_time(cert.not_after)
+    );
+    for p in written {
+        println!("  {}", p.display());
     }
     Ok(())
 }

@@ -171,3 +171,14 @@ impl X509Svid {
         self.chain.first()
     }
 }
+
+impl crate::ca::IssuedSvid {
+    /// As an [`X509Svid`] (no checks; it was just issued).
+    pub fn to_x509_svid(&self) -> X509Svid {
+        X509Svid {
+            id: self.id.clone(),
+            chain: self.chain.clone(),
+            key: self.private_key(),
+        }
+    }
+}

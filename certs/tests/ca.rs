@@ -1,12 +1,16 @@
+//! The development CA: certificate shapes, leaf rules for every algorithm, validity caps,
+//! files on disk (an integration test so that `ca` stays below `svid` and `bundle`).
+
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use rustls_pki_types::UnixTime;
+use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::*;
-use crate::spiffe_id::SpiffeId;
-use crate::svid::{check_leaf, validate_svid};
+use docmesh_certs::ca::*;
+use docmesh_certs::spiffe_id::{SpiffeId, TrustDomain};
+use docmesh_certs::svid::{check_leaf, validate_svid};
 
 fn td() -> TrustDomain {
     "onlyoffice.local".parse().unwrap()
@@ -33,7 +37,7 @@ fn ca_certificate_shape() {
         vec![GeneralName::URI("spiffe://onlyoffice.local")]
     );
     assert_eq!(
-        crate::bundle::trust_domain_of_ca(ca.root_cert_der()),
+        docmesh_certs::bundle::trust_domain_of_ca(ca.root_cert_der()),
         Some(td())
     );
 }
