@@ -12,6 +12,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # (dev profile: the release build with LTO takes far longer and proves nothing more).
 PROFILE=dev bash tests/scripts/build-musl.sh
 # The compose example for real: images built here (no registry), the stack up with OnlyOffice
-# stand-ins, asserts through the mesh (about 3 minutes; the first run adds ~2.5 min debootstrap).
+# stand-ins, asserts through the mesh, both variants (about 4 minutes with the images cached;
+# the first run adds 1-2.5 min of debootstrap).
 bash tests/scripts/compose-e2e.sh
 cargo test --workspace --locked -- --test-threads=2
