@@ -18,6 +18,7 @@
 //! every workload; annotation lists are added to them.
 
 mod documents;
+pub mod probes;
 mod sidecar;
 mod workload;
 
@@ -63,6 +64,11 @@ pub mod annotations {
     pub const EXCLUDE_OUTBOUND_CIDRS: &str = "docmesh.io/exclude-outbound-cidrs";
     /// Only these outbound networks are captured; added to `--include-outbound-cidrs`.
     pub const INCLUDE_OUTBOUND_CIDRS: &str = "docmesh.io/include-outbound-cidrs";
+    /// `"false"` keeps the app's probes as they are (they are then refused on captured
+    /// ports); by default they are rewritten to the sidecar's `/app-health/...`.
+    pub const REWRITE_APP_PROBES: &str = "docmesh.io/rewrite-app-probes";
+    /// Set by `inject`: the app's original probes, JSON (see [`super::probes`]).
+    pub const ORIGINAL_PROBES: &str = super::probes::ORIGINAL_PROBES;
 }
 
 /// Where the proxy's SVID comes from.
@@ -264,11 +270,34 @@ fn inject_value(
         .or_else(|| workload::get_str(spec, "serviceAccount"))
         .unwrap_or("default")
         .to_owned();
-    let plan = plan(&workload, &sa, args, rules, &annotations)?;
-    probe_warnings(&workload, spec, &plan.1, &mut report.warnings);
-    let before = spec.clone();
-    plan.0.apply(spec);
-    report.lines.push(if *spec == before {
+    let (mut pod, options) = plan(&workload, &sa, args, rules, &annotations)?;
+    let before = template.clone();
+    let rewrite = match lookup(&annotations, annotations::REWRITE_APP_PROBES).map(str::trim) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(InjectError::Annotation {
+                workload,
+                annotation: annotations::REWRITE_APP_PROBES,
+                value: v.to_owned(),
+                reason: "expected `true` or `false`".to_owned(),
+            })
+        }
+    };
+    let previous = lookup(&annotations, annotations::ORIGINAL_PROBES).map(str::to_owned);
+    let Some(spec) = template.get_mut("spec").and_then(Value::as_mapping_mut) else {
+        return Ok(());
+    };
+    let rewritten = probes::rewrite(&workload, spec, &options, previous.as_deref(), rewrite);
+    report.warnings.extend(rewritten.warnings.iter().cloned());
+    pod.app_probes = rewritten.json();
+    pod.apply(spec);
+    workload::set_annotation(
+        template,
+        annotations::ORIGINAL_PROBES,
+        pod.app_probes.clone(),
+    );
+    report.lines.push(if *template == before {
         format!("{workload}: already injected, unchanged")
     } else {
         format!("{workload}: injected")
@@ -430,6 +459,7 @@ fn plan(
                 .clone()
                 .unwrap_or_else(|| format!("docmesh-{sa}")),
         )?,
+        app_probes: None,
     };
     Ok((plan, options))
 }
@@ -450,59 +480,6 @@ fn is_dns_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// Warns about kubelet probes (plaintext, from the node) on ports the sidecar captures in
-/// strict mode: they would be refused.
-fn probe_warnings(
-    workload: &str,
-    spec: &serde_yaml_ng::Mapping,
-    options: &crate::options::Options,
-    warnings: &mut Vec<String>,
-) {
-    use crate::options::InboundPorts;
-    let captured = |port: u16| {
-        !options.exclude_inbound_ports.contains(&port)
-            && match &options.inbound_ports {
-                InboundPorts::All => true,
-                InboundPorts::List(l) => l.contains(&port),
-            }
-    };
-    let Some(containers) = spec.get("containers").and_then(Value::as_sequence) else {
-        return;
-    };
-    for c in containers {
-        let cname = sidecar::name(c).unwrap_or("<unnamed>");
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-            let Some(p) = c.get(probe) else { continue };
-            for handler in ["httpGet", "tcpSocket", "grpc"] {
-                let Some(port) = p.get(handler).and_then(|h| h.get("port")) else {
-                    continue;
-                };
-                let number = match port {
-                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-                    Value::String(named) => c
-                        .get("ports")
-                        .and_then(Value::as_sequence)
-                        .and_then(|ports| {
-                            ports
-                                .iter()
-                                .find(|x| x.get("name").and_then(Value::as_str) == Some(named))
-                        })
-                        .and_then(|x| x.get("containerPort"))
-                        .and_then(Value::as_u64)
-                        .and_then(|n| u16::try_from(n).ok()),
-                    _ => None,
-                };
-                if let Some(port) = number.filter(|p| captured(*p)) {
-                    warnings.push(format!(
-                        "{workload}: container {cname} {probe} {handler} on port {port} goes through the sidecar, which refuses the kubelet's plaintext in strict mode: use an exec probe against 127.0.0.1, or exclude the port ({})",
-                        annotations::EXCLUDE_INBOUND_PORTS
-                    ));
-                }
-            }
-        }
-    }
 }
 
 /// Runs `docmesh-init inject`: reads the file (or stdin), writes the result to `--output` or

@@ -57,6 +57,8 @@ pub struct PodPlan {
     pub config_map: String,
     /// Secret name and key of the JWT secret, mounted as `JWT_DIR/secret`.
     pub jwt: Option<(String, String)>,
+    /// The app probes the sidecar performs (`DOCMESH_APP_PROBES`, JSON), when any.
+    pub app_probes: Option<String>,
 }
 
 fn s(v: &str) -> Value {
@@ -151,6 +153,9 @@ impl PodPlan {
             format!("0.0.0.0:{ADMIN_PORT}"),
         )];
         vars.extend(self.proxy_env.iter().cloned());
+        if let Some(probes) = &self.app_probes {
+            vars.push(("DOCMESH_APP_PROBES".into(), probes.clone()));
+        }
         let mut mounts = vec![map(vec![
             ("name", s(CONFIG_VOLUME)),
             ("mountPath", s(CONFIG_DIR)),

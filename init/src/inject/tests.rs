@@ -364,15 +364,78 @@ fn flags_apply_to_every_workload_and_annotations_add_to_them() {
     assert!(env.contains("0.0.0.0:16006"), "{env}");
 }
 
-#[test]
-fn kubelet_probes_on_captured_ports_are_warned_about() {
-    let probed = DEPLOYMENT.replace(
+fn probed() -> String {
+    DEPLOYMENT.replace(
         "        env:\n",
-        "        readinessProbe:\n          httpGet: {path: /index.html, port: http}\n        livenessProbe:\n          tcpSocket: {port: 9090}\n        env:\n",
+        "        startupProbe:\n          grpc: {port: 8000, service: docs}\n          timeoutSeconds: 3\n        readinessProbe:\n          httpGet: {path: /index.html, port: http}\n          periodSeconds: 7\n        livenessProbe:\n          tcpSocket: {port: 9090}\n        env:\n",
+    )
+}
+
+#[test]
+fn app_probes_on_captured_ports_go_to_the_sidecar_and_the_originals_are_kept() {
+    let (out, report) = run_inject(&probed(), &[]).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let doc = &docs(&out)[0];
+    let app = &pod_spec(doc)["containers"][0];
+    let ready = &app["readinessProbe"];
+    assert_eq!(ready["httpGet"]["path"], "/app-health/docservice/readiness");
+    assert_eq!(ready["httpGet"]["port"], 15020);
+    assert_eq!(ready["periodSeconds"], 7);
+    let startup = &app["startupProbe"];
+    assert!(startup.get("grpc").is_none(), "{startup:?}");
+    assert_eq!(startup["httpGet"]["path"], "/app-health/docservice/startup");
+    // 9090 is excluded from capture: the kubelet reaches it directly, left alone.
+    assert_eq!(app["livenessProbe"]["tcpSocket"]["port"], 9090);
+    let ann = doc["spec"]["template"]["metadata"]["annotations"]["docmesh.io/original-probes"]
+        .as_str()
+        .unwrap();
+    let originals: serde_json::Value = serde_json::from_str(ann).unwrap();
+    assert_eq!(
+        originals,
+        serde_json::json!({
+            "docservice/readiness": {"httpGet": {"path": "/index.html", "port": 8000}},
+            "docservice/startup": {"grpc": {"port": 8000, "service": "docs"}, "timeoutSeconds": 3},
+        })
     );
-    let (_, report) = run_inject(&probed, &[]).unwrap();
+    let env = &pod_spec(doc)["initContainers"][1]["env"];
+    let var = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DOCMESH_APP_PROBES")
+        .unwrap();
+    assert_eq!(var["value"].as_str(), Some(ann));
+    // Injecting the output again changes nothing.
+    let (again, report) = run_inject(&out, &[]).unwrap();
+    assert_eq!(again, out);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+}
+
+#[test]
+fn probe_rewriting_can_be_turned_off_and_https_probes_are_warned_about() {
+    let off = probed().replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/exclude-inbound-ports: \"9090\"\n        docmesh.io/rewrite-app-probes: \"false\"",
+    );
+    let (out, report) = run_inject(&off, &[]).unwrap();
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    assert!(report.warnings[1].contains("readinessProbe httpGet on port 8000"));
+    assert!(!out.contains("/app-health/"), "{out}");
+    assert!(!out.contains("DOCMESH_APP_PROBES"), "{out}");
+    let https = probed().replace("path: /index.html,", "path: /index.html, scheme: HTTPS,");
+    let (_, report) = run_inject(&https, &[]).unwrap();
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
-    assert!(report.warnings[0].contains("readinessProbe httpGet on port 8000"));
+    assert!(
+        report.warnings[0].contains("HTTPS"),
+        "{:?}",
+        report.warnings
+    );
+    let bad = probed().replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/rewrite-app-probes: \"no\"",
+    );
+    let e = run_inject(&bad, &[]).unwrap_err().to_string();
+    assert!(e.contains("docmesh.io/rewrite-app-probes"), "{e}");
 }
 
 #[test]
