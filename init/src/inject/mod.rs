@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_yaml_ng::Value;
 
-use crate::cli::RuleArgs;
+use crate::args::RuleArgs;
 use crate::options::{RawOptions, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT};
 
 pub use sidecar::{INIT_NAME, PROXY_NAME};

@@ -2,17 +2,24 @@ use clap::Parser;
 use serde_yaml_ng::Value;
 
 use super::*;
-use crate::cli::{Cli, Command};
+use crate::args::RuleArgs;
 
-/// Runs `docmesh-init inject <flags>` on `input` through the real argument parser.
+/// `inject`'s own flags and the capture flags, as `docmesh-init inject` takes them (the test
+/// stays below `cli`, which depends on this module).
+#[derive(Debug, clap::Parser)]
+struct InjectCli {
+    #[command(flatten)]
+    rules: RuleArgs,
+    #[command(flatten)]
+    inject: InjectArgs,
+}
+
+/// Runs `inject <flags>` on `input` through the real argument definitions.
 fn run_inject(input: &str, flags: &[&str]) -> Result<(String, Report), InjectError> {
-    let mut argv = vec!["docmesh-init", "inject"];
+    let mut argv = vec!["inject"];
     argv.extend_from_slice(flags);
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let Some(Command::Inject(args)) = &cli.command else {
-        panic!("not inject: {cli:?}")
-    };
-    inject(input, args, &cli.rules)
+    let cli = InjectCli::try_parse_from(argv).unwrap();
+    inject(input, &cli.inject, &cli.rules)
 }
 
 fn docs(text: &str) -> Vec<Value> {
