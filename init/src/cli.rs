@@ -24,8 +24,11 @@ pub struct Cli {
     /// Subcommand; without one, install the rules.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Rule options.
-    #[command(flatten)]
+    /// Rule options (under their own heading, so `inject --help` keeps its flags apart).
+    #[command(
+        flatten,
+        next_help_heading = "Capture options (iptables; inject passes them to the init container)"
+    )]
     pub rules: RuleArgs,
     /// Remove docmesh's chains and jumps (and nothing else) instead of installing.
     #[arg(long, env = "DOCMESH_INIT_CLEANUP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]

@@ -128,7 +128,7 @@ fn deployment_gets_init_container_and_native_sidecar() {
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .filter_map(|e| Some((e["name"].as_str()?, e.get("value")?.as_str()?)))
         .collect();
     assert!(env.contains(&("DOCMESH_ADMIN__LISTEN", "0.0.0.0:15020")));
     assert!(env.contains(&("DOCMESH_IDENTITY__CERT", "/etc/docmesh/svid/svid.pem")));
@@ -470,4 +470,76 @@ fn jwt_secret_annotation_mounts_the_key_and_goes_away_with_it() {
     );
     let e = run_inject(&bad, &[]).unwrap_err().to_string();
     assert!(e.contains("docmesh.io/jwt-secret"), "{e}");
+}
+
+#[test]
+fn backend_and_ipv6_reach_the_init_container_only_when_set() {
+    let (out, _) = run_inject(DEPLOYMENT, &["--backend", "legacy", "--ipv6", "off"]).unwrap();
+    let args =
+        serde_yaml_ng::to_string(&pod_spec(&docs(&out)[0])["initContainers"][0]["args"]).unwrap();
+    assert!(args.contains("--backend=legacy"), "{args}");
+    assert!(args.contains("--ipv6=off"), "{args}");
+    let (out, _) = run_inject(DEPLOYMENT, &[]).unwrap();
+    let args =
+        serde_yaml_ng::to_string(&pod_spec(&docs(&out)[0])["initContainers"][0]["args"]).unwrap();
+    assert!(
+        !args.contains("--backend") && !args.contains("--ipv6"),
+        "{args}"
+    );
+}
+
+#[test]
+fn kubernetes_versions_without_native_sidecars_are_refused_or_warned_about() {
+    let (_, report) = run_inject(DEPLOYMENT, &["--kubernetes-version", "1.31"]).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let (_, report) = run_inject(DEPLOYMENT, &["--kubernetes-version", "v1.28"]).unwrap();
+    assert!(
+        report.warnings[0].contains("SidecarContainers"),
+        "{:?}",
+        report.warnings
+    );
+    for bad in ["1.27", "1", "one.two", ""] {
+        let e = run_inject(DEPLOYMENT, &["--kubernetes-version", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kubernetes-version"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn proxy_threads_follow_its_cpu_limit_and_containers_are_restricted() {
+    let sized = DEPLOYMENT.replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/proxy-cpu-limit: 1500m\n        docmesh.io/proxy-memory-limit: 128Mi",
+    );
+    let (out, _) = run_inject(&sized, &[]).unwrap();
+    let spec = pod_spec(&docs(&out)[0]).clone();
+    let proxy = &spec["initContainers"][1];
+    assert_eq!(proxy["resources"]["limits"]["cpu"], "1500m");
+    assert_eq!(proxy["resources"]["limits"]["memory"], "128Mi");
+    assert_eq!(proxy["resources"]["requests"]["cpu"], "50m");
+    let threads = proxy["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "TOKIO_WORKER_THREADS")
+        .unwrap();
+    let field = &threads["valueFrom"]["resourceFieldRef"];
+    assert_eq!(field["resource"], "limits.cpu");
+    assert_eq!(field["containerName"], "docmesh-proxy");
+    assert_eq!(field["divisor"], "1");
+    for c in [&spec["initContainers"][0], proxy] {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{c:?}");
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{c:?}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{c:?}");
+    }
+    for bad in ["-1", "0", "1.5.2", "2 cores", "5x"] {
+        let input = DEPLOYMENT.replace(
+            "docmesh.io/exclude-inbound-ports: \"9090\"",
+            &format!("docmesh.io/proxy-cpu-limit: \"{bad}\""),
+        );
+        let e = run_inject(&input, &[]).unwrap_err().to_string();
+        assert!(e.contains("docmesh.io/proxy-cpu-limit"), "{bad}: {e}");
+    }
 }
