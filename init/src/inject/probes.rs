@@ -106,7 +106,7 @@ pub fn rewrite(
             let other_host = h.get("host").is_some();
             if !rewrite || scheme_https || other_host {
                 let why = if !rewrite {
-                    format!("probe rewriting is off (docmesh.io/rewrite-app-probes: \"false\")")
+                    "probe rewriting is off (docmesh.io/rewrite-app-probes: \"false\")".to_owned()
                 } else if scheme_https {
                     "HTTPS probes cannot be performed over loopback by the sidecar".to_owned()
                 } else {
@@ -128,13 +128,20 @@ pub fn rewrite(
             }
             out.originals
                 .insert(key.clone(), serde_json::Value::Object(original));
-            for h in HANDLERS {
-                probe.remove(h);
-            }
             let mut get = Mapping::new();
             get.insert("path".into(), format!("{PATH_PREFIX}{key}").into());
             get.insert("port".into(), u64::from(ADMIN_PORT).into());
-            probe.insert("httpGet".into(), Value::Mapping(get));
+            // The handler is replaced where it stood, so the probe reads as before.
+            *probe = std::mem::take(probe)
+                .into_iter()
+                .map(|(k, v)| {
+                    if k.as_str() == Some(*handler) {
+                        (Value::from("httpGet"), Value::Mapping(get.clone()))
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect();
         }
     }
     out
