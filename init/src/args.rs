@@ -8,7 +8,7 @@ use crate::install::Ipv6Mode;
 use crate::options::RawOptions;
 
 /// Options that decide the rules (shared by install, cleanup and validate).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RuleArgs {
     /// Port of the proxy's inbound listener.
     #[arg(long, env = "DOCMESH_INIT_INBOUND_PORT", default_value_t = crate::options::DEFAULT_INBOUND_PORT, global = true)]

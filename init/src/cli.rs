@@ -45,6 +45,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Add docmesh (init container, native proxy sidecar, SVID, probes) to Kubernetes YAML.
     Inject(crate::inject::InjectArgs),
+    /// Serve a mutating admission webhook (AdmissionReview v1, HTTPS) that injects Pods.
+    #[command(mut_arg("file", |a| a.hide(true)), mut_arg("output", |a| a.hide(true)))]
+    Webhook(crate::webhook::WebhookArgs),
 }
 
 /// `validate` options.
@@ -76,6 +79,9 @@ pub enum CliError {
     /// Validation failed.
     #[error("validate: {0}")]
     Validate(#[from] ValidateError),
+    /// The webhook could not serve.
+    #[error("webhook: {0}")]
+    Webhook(#[from] crate::webhook::WebhookError),
     /// `inject` failed.
     #[error("inject: {0}")]
     Inject(#[from] crate::inject::InjectError),
@@ -117,6 +123,7 @@ where
             validate::validate(host, backend, &opts, out)?;
         }
         Some(Command::Inject(a)) => crate::inject::run(&a, &cli.rules, out)?,
+        Some(Command::Webhook(w)) => crate::webhook::run(&w, &cli.rules)?,
     }
     Ok(())
 }

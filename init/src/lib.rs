@@ -9,6 +9,7 @@
 //! - [`install`]: the install/cleanup flow; [`validate`]: the post-install check.
 //! - [`inject`]: `docmesh-init inject`, adds docmesh to Kubernetes manifests.
 //! - [`args`]: the capture flags shared by every subcommand.
+//! - [`webhook`]: `docmesh-init webhook`, the mutating admission webhook.
 //! - [`cli`]: the command line (every option also as a `DOCMESH_INIT_*` variable).
 
 pub mod args;
@@ -23,3 +24,4 @@ pub mod options;
 pub mod rules;
 pub mod state;
 pub mod validate;
+pub mod webhook;

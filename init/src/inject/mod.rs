@@ -279,6 +279,21 @@ pub fn inject(
     Ok((out, report))
 }
 
+/// Injects one object (a Pod, a workload or a `List`) in place, as `inject` does each
+/// document; the admission webhook calls this.
+pub fn inject_object(
+    value: &mut Value,
+    args: &InjectArgs,
+    rules: &RuleArgs,
+) -> Result<Report, InjectError> {
+    let mut report = Report::default();
+    if let Some(w) = check_kubernetes_version(&args.kubernetes_version)? {
+        report.warnings.push(w);
+    }
+    inject_value(value, args, rules, &mut report)?;
+    Ok(report)
+}
+
 /// Injects one parsed document (recursing into `List` items).
 fn inject_value(
     value: &mut Value,
