@@ -87,6 +87,17 @@ pub enum CliError {
     Inject(#[from] crate::inject::InjectError),
 }
 
+impl Cli {
+    /// Parses a command line (including the program name) without running it.
+    pub fn try_parse_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
+    }
+}
+
 /// Parses `args` (including the program name) and runs the command against `host`, writing
 /// results to `out`. `main` and the network-namespace tests both call this.
 pub fn run<I, T>(args: I, host: &dyn Host, out: &mut dyn Write) -> Result<(), CliError>

@@ -299,9 +299,8 @@ fn the_validator_rejects_an_unknown_field() {
 /// single warning: every app probe on a captured port is rewritten to the sidecar.
 #[test]
 fn examples_inject_without_warnings() {
-    use clap::Parser;
     use docmesh_init::cli::{Cli, Command};
-    let cli = Cli::try_parse_from(["docmesh-init", "inject"]).unwrap();
+    let cli = Cli::try_parse_from_args(["docmesh-init", "inject"]).unwrap();
     let Some(Command::Inject(args)) = cli.command else {
         panic!("not inject")
     };
