@@ -321,3 +321,47 @@ fn bad_requests_get_an_admission_review_refusal_and_the_server_keeps_serving() {
     assert_eq!(answer["response"]["allowed"], true);
     assert!(some.is_some());
 }
+
+/// The webhook's own manifests validate, point at the endpoints the server has, and keep the
+/// webhook's namespace out of both selectors (it must never wait for itself).
+#[test]
+fn webhook_manifests_validate_and_exclude_their_own_namespace() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes/webhook/webhook.yaml");
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let config = text
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    let hook = start();
+    for w in config["webhooks"].as_array().unwrap() {
+        assert_eq!(w["admissionReviewVersions"], json!(["v1"]));
+        let excluded = w["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| {
+                e["key"] == "kubernetes.io/metadata.name"
+                    && e["operator"] == "NotIn"
+                    && e["values"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!("docmesh-system"))
+            });
+        assert!(excluded, "{w}");
+        let path = w["clientConfig"]["service"]["path"].as_str().unwrap();
+        let (answer, _) = hook.admit(path, &review_of(&docservice_pod(), "c1"));
+        assert_eq!(answer["response"]["allowed"], true, "{path}: {answer}");
+    }
+}
