@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
 use docmesh_certs::spiffe_id::TrustDomain;
-use docmesh_tests::netns::sidecar::{init, Logs};
+use docmesh_tests::netns::sidecar::{self, init, Logs};
 use docmesh_tests::netns::{Pod, Topology};
 use serde_yaml_ng::Value;
 
@@ -144,44 +144,47 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
-    let topo = Topology::new(&["docservice", "kubelet"])
-        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
-    let (pod, kubelet) = (topo.pod("docservice"), topo.pod("kubelet"));
-    let pod_ip = pod.ipv4.to_string();
-    let docs = documents(&repo().join("examples/kubernetes/onlyoffice-docs.injected.yaml"));
-    let deployment = docs
+/// The Pod spec of workload `kind/name` in `docs`.
+fn pod_spec<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let workload = docs
         .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "docservice")
-        .unwrap();
-    let spec = &deployment["spec"]["template"]["spec"];
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} is not in the manifest"));
+    &workload["spec"]["template"]["spec"]
+}
+
+/// Runs the injected Pod `spec` in `pod` as the kubelet would: the init container's command
+/// and args, then the native sidecar with its env, its volumes at their mount paths (a private
+/// mount namespace with a tmpfs on /etc, `hosts` as the cluster DNS) and its user. Returns the
+/// sidecar's container.
+fn run_injected_pod<'a>(
+    pod: &Pod,
+    spec: &'a Value,
+    docs: &[Value],
+    ca: &CertificateAuthority,
+    root: &Path,
+    hosts: &str,
+    logs: &mut Logs,
+) -> &'a Value {
     let sa = spec["serviceAccountName"].as_str().unwrap();
     let inits = spec["initContainers"].as_sequence().unwrap();
+    let root = root.join(&pod.name);
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
-    // 1. The init container: its command is docmesh-init, its args go to the real CLI.
+    // The init container: its command is docmesh-init, its args go to the real CLI.
     let init_c = &inits[0];
     assert!(strings(&init_c["command"])[0].ends_with("/docmesh-init"));
     let args = strings(&init_c["args"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     init(pod, &args);
 
-    // 2. The native sidecar, with its env, mounts and user.
+    // The native sidecar, with its env, mounts and user.
     let proxy_c = &inits[1];
     assert_eq!(proxy_c["restartPolicy"], "Always");
     assert!(strings(&proxy_c["command"])[0].ends_with("/docmesh-proxy"));
     let proxy_args = strings(&proxy_c["args"]);
     assert_eq!(proxy_args[..2], ["run".to_owned(), "--config".to_owned()]);
-    let td: TrustDomain = "onlyoffice.local".parse().unwrap();
-    let ca =
-        CertificateAuthority::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
-            .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let mut mounts = String::new();
     for (i, m) in proxy_c["volumeMounts"]
         .as_sequence()
@@ -196,9 +199,9 @@ fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
             .iter()
             .find(|v| v["name"] == vname)
             .unwrap();
-        let dir = root.path().join(format!("vol{i}"));
+        let dir = root.join(format!("vol{i}"));
         std::fs::create_dir(&dir).unwrap();
-        for (file, text) in volume_files(volume, &docs, &ca, sa) {
+        for (file, text) in volume_files(volume, docs, ca, sa) {
             std::fs::write(dir.join(file), text).unwrap();
         }
         let target = m["mountPath"].as_str().unwrap();
@@ -219,80 +222,38 @@ fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
         .unwrap();
     assert_eq!(threads.1, "1", "limits.cpu 1 gives one worker thread");
     let bin = env!("CARGO_BIN_EXE_docmesh-netns-proxy");
-    let log = root.path().join("proxy.log");
-    let mut logs = Logs::default();
+    let log = root.join("proxy.log");
     logs.0.push(log.clone());
-    // A private mount namespace with a tmpfs on /etc: the volumes appear at the manifest's
-    // own paths, nothing on the host changes.
-    // The cluster's DNS, as far as this Pod needs it: the Services its config names resolve
-    // (to an address where nothing answers; only readiness is tested here).
-    let etc = root.path().join("etc");
+    let etc = root.join("etc");
     std::fs::create_dir(&etc).unwrap();
-    let services = "127.0.0.1 localhost\n10.77.0.99 integrator postgresql rabbitmq redis storage\n";
-    std::fs::write(etc.join("hosts"), services).unwrap();
+    std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{hosts}")).unwrap();
     std::fs::write(etc.join("resolv.conf"), "").unwrap();
     let etc = etc.display();
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs docmesh /etc && cp -a {etc}/. /etc/ && \
          {mounts} exec setpriv --reuid {uid} --regid {gid} --clear-groups --inh-caps=-all \"$@\""
     );
-    let mut argv: Vec<String> = vec![
-        "unshare".into(),
-        "--mount".into(),
-        "sh".into(),
-        "-c".into(),
-        script,
-        "sh".into(),
-        "env".into(),
-        "-i".into(),
-    ];
+    let mut argv: Vec<String> = ["unshare", "--mount", "sh", "-c", &script, "sh", "env", "-i"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
     argv.push(bin.into());
     argv.push(proxy_args[2].clone());
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     pod.spawn_logged(None, &argv, &log).unwrap();
+    proxy_c
+}
 
-    // 3. The kubelet probes the sidecar at the Pod IP, as its own probes say.
-    let admin = |c: &Value, probe: &str| {
-        let h = &c[probe]["httpGet"];
-        format!(
-            "http://{pod_ip}:{}{}",
-            h["port"].as_u64().unwrap(),
-            h["path"].as_str().unwrap()
-        )
-    };
-    let ready = admin(proxy_c, "startupProbe");
-    wait_for("the sidecar's startup probe passes", || {
-        probe(kubelet, &ready) == 200
-    });
-
-    // 4. The app's probes, before the app is up: the sidecar performs them and they fail.
-    let containers = spec["containers"].as_sequence().unwrap();
-    let mut app_probes = Vec::new();
-    for c in containers {
-        for p in ["startupProbe", "readinessProbe", "livenessProbe"] {
-            if c.get(p).is_some() {
-                assert_eq!(
-                    c[p]["httpGet"]["port"], 15020,
-                    "{p} of {:?} not rewritten",
-                    c["name"]
-                );
-                app_probes.push(admin(c, p));
-            }
-        }
-    }
-    assert_eq!(app_probes.len(), 3, "{app_probes:?}");
-    for url in &app_probes {
-        assert_eq!(probe(kubelet, url), 503, "{url} before the app listens");
-    }
-
-    // 5. The app: each container's ports serve /index.html (as docs-proxy and docservice do).
-    let www = root.path().join("www");
+/// The app: every container port serves `index.html` (as docs-proxy, docservice and the
+/// example do at their roots).
+fn serve_app(pod: &Pod, spec: &Value, root: &Path) {
+    let www = root.join(format!("www-{}", pod.name));
     std::fs::create_dir(&www).unwrap();
     std::fs::write(www.join("index.html"), "<html>docs</html>").unwrap();
     std::fs::set_permissions(&www, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    for c in containers {
-        for port in c["ports"].as_sequence().unwrap() {
+    for c in spec["containers"].as_sequence().unwrap() {
+        for port in c["ports"].as_sequence().into_iter().flatten() {
             let port = port["containerPort"].as_u64().unwrap().to_string();
             let dir = www.display().to_string();
             let serve = [
@@ -305,15 +266,89 @@ fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
                 "--directory",
                 &dir,
             ];
-            pod.spawn(None, &serve).unwrap();
+            let log = root.join(format!("app-{}-{port}.log", pod.name));
+            pod.spawn_logged(None, &serve, &log).unwrap();
         }
     }
+}
+
+/// `http://IP:PORT/PATH` of a probe's httpGet.
+fn probe_url(ip: &str, c: &Value, probe: &str) -> String {
+    let h = &c[probe]["httpGet"];
+    format!(
+        "http://{ip}:{}{}",
+        h["port"].as_u64().unwrap(),
+        h["path"].as_str().unwrap()
+    )
+}
+
+fn dev_ca() -> CertificateAuthority {
+    let td: TrustDomain = "onlyoffice.local".parse().unwrap();
+    CertificateAuthority::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
+        .unwrap()
+}
+
+fn topology(names: &[&str]) -> Topology {
+    Topology::new(names).unwrap_or_else(|e| panic!("cannot build the test topology: {e}"))
+}
+
+const SERVICES: &str = "10.77.0.99 integrator postgresql rabbitmq redis storage documentserver\n";
+
+#[test]
+fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
+    let topo = topology(&["docservice", "kubelet"]);
+    let (pod, kubelet) = (topo.pod("docservice"), topo.pod("kubelet"));
+    let pod_ip = pod.ipv4.to_string();
+    let docs = documents(&repo().join("examples/kubernetes/onlyoffice-docs.injected.yaml"));
+    let spec = pod_spec(&docs, "Deployment", "docservice");
+    let root = tempfile::tempdir().unwrap();
+    let mut logs = Logs::default();
+    let proxy_c = run_injected_pod(
+        pod,
+        spec,
+        &docs,
+        &dev_ca(),
+        root.path(),
+        SERVICES,
+        &mut logs,
+    );
+
+    // The kubelet probes the sidecar at the Pod IP, as its own probes say.
+    let ready = probe_url(&pod_ip, proxy_c, "startupProbe");
+    wait_for("the sidecar's startup probe passes", || {
+        probe(kubelet, &ready) == 200
+    });
+
+    // The app's probes, before the app is up: the sidecar performs them and they fail.
+    let containers = spec["containers"].as_sequence().unwrap();
+    let mut app_probes = Vec::new();
+    for c in containers {
+        for p in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            if c.get(p).is_some() {
+                assert_eq!(
+                    c[p]["httpGet"]["port"], 15020,
+                    "{p} of {:?} not rewritten",
+                    c["name"]
+                );
+                app_probes.push(probe_url(&pod_ip, c, p));
+            }
+        }
+    }
+    assert_eq!(app_probes.len(), 3, "{app_probes:?}");
+    for url in &app_probes {
+        assert_eq!(probe(kubelet, url), 503, "{url} before the app listens");
+    }
+    serve_app(pod, spec, root.path());
     for url in &app_probes {
         wait_for(&format!("{url} passes"), || probe(kubelet, url) == 200);
     }
 
-    // 6. The original probes, sent as the kubelet would without the rewrite, are refused by
+    // The original probes, sent as the kubelet would without the rewrite, are refused by
     // the strict inbound: the rewrite is what makes the Pod ready.
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "docservice")
+        .unwrap();
     let originals: serde_json::Value = serde_json::from_str(
         deployment["spec"]["template"]["metadata"]["annotations"]["docmesh.io/original-probes"]
             .as_str()
@@ -333,5 +368,64 @@ fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
             "{key}: {url} reached the app in plaintext"
         );
     }
-    drop(logs);
+}
+
+/// The example (the chart's integrator) calls the document server through both sidecars:
+/// mTLS with the SVIDs of their own ServiceAccounts, authorized by the document server's
+/// policy, which allows only the integrator's ID on this path.
+#[test]
+fn two_injected_pods_talk_mtls_with_their_own_spiffe_ids() {
+    let topo = topology(&["docservice", "example"]);
+    let (ds, ex) = (topo.pod("docservice"), topo.pod("example"));
+    let docs = documents(&repo().join("examples/kubernetes/onlyoffice-docs.injected.yaml"));
+    let ds_spec = pod_spec(&docs, "Deployment", "docservice");
+    let ex_spec = pod_spec(&docs, "StatefulSet", "example");
+    let root = tempfile::tempdir().unwrap();
+    let mut logs = Logs::default();
+    let ca = dev_ca();
+    let hosts = format!(
+        "{} documentserver\n{} integrator\n10.77.0.99 postgresql rabbitmq redis storage\n",
+        ds.ipv4, ex.ipv4
+    );
+    let ds_proxy = run_injected_pod(ds, ds_spec, &docs, &ca, root.path(), &hosts, &mut logs);
+    let ex_proxy = run_injected_pod(ex, ex_spec, &docs, &ca, root.path(), &hosts, &mut logs);
+    serve_app(ds, ds_spec, root.path());
+    serve_app(ex, ex_spec, root.path());
+    for (pod, c, app_port) in [(ds, ds_proxy, 8888), (ex, ex_proxy, 3000)] {
+        let ready = probe_url("127.0.0.1", c, "readinessProbe");
+        wait_for(&format!("{} ready", pod.name), || probe(pod, &ready) == 200);
+        let app = format!("http://127.0.0.1:{app_port}/index.html");
+        wait_for(&format!("{} app listening", pod.name), || {
+            probe(pod, &app) == 200
+        });
+    }
+    for (pod, sa) in [(ds, "documentserver"), (ex, "integrator")] {
+        let certs = pod
+            .stdout(&["curl", "-sS", "http://127.0.0.1:15020/certs"])
+            .unwrap();
+        let id = format!("spiffe://onlyoffice.local/ns/onlyoffice/sa/{sa}");
+        assert!(certs.contains(&id), "{}: {certs}", pod.name);
+    }
+    let url = format!("http://{}:8888/index.html", ds.ipv4);
+    let (status, text, _) = sidecar::curl(ex, &[&url]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("<html>docs</html>"), "{text}");
+    // The document server's sidecar saw the integrator's SPIFFE ID on the inbound side.
+    let log = root.path().join("docservice/proxy.log");
+    wait_for(
+        "the document server's inbound access log names the integrator",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains("\"direction\":\"inbound\"")
+                        && l.contains(
+                            "\"source\":\"spiffe://onlyoffice.local/ns/onlyoffice/sa/integrator\"",
+                        )
+                        && l.contains("\"path\":\"/index.html\"")
+                        && l.contains("\"status\":200")
+                })
+        },
+    );
 }
