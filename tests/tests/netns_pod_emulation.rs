@@ -156,7 +156,7 @@ fn pod_spec<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 /// Runs the injected Pod `spec` in `pod` as the kubelet would: the init container's command
 /// and args, then the native sidecar with its env, its volumes at their mount paths (a private
 /// mount namespace with a tmpfs on /etc, `hosts` as the cluster DNS) and its user. Returns the
-/// sidecar's container.
+/// sidecar's container and its process id.
 fn run_injected_pod<'a>(
     pod: &Pod,
     spec: &'a Value,
@@ -165,7 +165,7 @@ fn run_injected_pod<'a>(
     root: &Path,
     hosts: &str,
     logs: &mut Logs,
-) -> &'a Value {
+) -> (&'a Value, u32) {
     let sa = spec["serviceAccountName"].as_str().unwrap();
     let inits = spec["initContainers"].as_sequence().unwrap();
     let root = root.join(&pod.name);
@@ -228,10 +228,9 @@ fn run_injected_pod<'a>(
     std::fs::create_dir(&etc).unwrap();
     std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{hosts}")).unwrap();
     std::fs::write(etc.join("resolv.conf"), "").unwrap();
-    let etc = etc.display();
     let script = format!(
-        "mount --make-rprivate / && mount -t tmpfs docmesh /etc && cp -a {etc}/. /etc/ && \
-         {mounts} exec setpriv --reuid {uid} --regid {gid} --clear-groups --inh-caps=-all \"$@\""
+        "{} && {mounts} exec setpriv --reuid {uid} --regid {gid} --clear-groups --inh-caps=-all \"$@\"",
+        private_etc(&etc)
     );
     let mut argv: Vec<String> = ["unshare", "--mount", "sh", "-c", &script, "sh", "env", "-i"]
         .iter()
@@ -241,8 +240,28 @@ fn run_injected_pod<'a>(
     argv.push(bin.into());
     argv.push(proxy_args[2].clone());
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    pod.spawn_logged(None, &argv, &log).unwrap();
-    proxy_c
+    let pid = pod.spawn_logged(None, &argv, &log).unwrap();
+    (proxy_c, pid)
+}
+
+/// Shell commands that give the current (new) mount namespace a tmpfs on /etc holding the
+/// files of `etc` (hosts, resolv.conf): the Pod's own view of the cluster DNS.
+fn private_etc(etc: &Path) -> String {
+    format!(
+        "mount --make-rprivate / && mount -t tmpfs docmesh /etc && cp -a {}/. /etc/",
+        etc.display()
+    )
+}
+
+/// Whether process `pid` has ended (gone or a zombie waiting to be reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
 }
 
 /// The app: every container port serves `index.html` (as docs-proxy, docservice and the
@@ -303,7 +322,7 @@ fn docservice_pod_runs_as_its_manifest_says_and_the_kubelet_probes_pass() {
     let spec = pod_spec(&docs, "Deployment", "docservice");
     let root = tempfile::tempdir().unwrap();
     let mut logs = Logs::default();
-    let proxy_c = run_injected_pod(
+    let (proxy_c, _) = run_injected_pod(
         pod,
         spec,
         &docs,
@@ -387,8 +406,8 @@ fn two_injected_pods_talk_mtls_with_their_own_spiffe_ids() {
         "{} documentserver\n{} integrator\n10.77.0.99 postgresql rabbitmq redis storage\n",
         ds.ipv4, ex.ipv4
     );
-    let ds_proxy = run_injected_pod(ds, ds_spec, &docs, &ca, root.path(), &hosts, &mut logs);
-    let ex_proxy = run_injected_pod(ex, ex_spec, &docs, &ca, root.path(), &hosts, &mut logs);
+    let (ds_proxy, _) = run_injected_pod(ds, ds_spec, &docs, &ca, root.path(), &hosts, &mut logs);
+    let (ex_proxy, _) = run_injected_pod(ex, ex_spec, &docs, &ca, root.path(), &hosts, &mut logs);
     serve_app(ds, ds_spec, root.path());
     serve_app(ex, ex_spec, root.path());
     for (pod, c, app_port) in [(ds, ds_proxy, 8888), (ex, ex_proxy, 3000)] {
@@ -428,4 +447,81 @@ fn two_injected_pods_talk_mtls_with_their_own_spiffe_ids() {
                 })
         },
     );
+}
+
+/// A Job of `jobs.injected.yaml`: its sidecar starts first, the job's own command (run as
+/// the manifest says, with the Pod's DNS view) reaches the document server through the mesh
+/// and exits 0; then the kubelet stops the sidecar with SIGTERM, as it does for native
+/// sidecars once the main containers are done, and the sidecar ends, so the Job completes.
+#[test]
+fn a_jobs_app_exits_and_its_sidecar_ends() {
+    let topo = topology(&["docservice", "job"]);
+    let (ds, job) = (topo.pod("docservice"), topo.pod("job"));
+    let ds_docs = documents(&repo().join("examples/kubernetes/onlyoffice-docs.injected.yaml"));
+    let job_docs = documents(&repo().join("examples/kubernetes/jobs.injected.yaml"));
+    let ds_spec = pod_spec(&ds_docs, "Deployment", "docservice");
+    let job_spec = pod_spec(&job_docs, "Job", "healthcheck-once");
+    let root = tempfile::tempdir().unwrap();
+    let mut logs = Logs::default();
+    let ca = dev_ca();
+    let hosts = format!(
+        "{} documentserver\n10.77.0.99 integrator postgresql rabbitmq redis storage\n",
+        ds.ipv4
+    );
+    let (ds_proxy, _) =
+        run_injected_pod(ds, ds_spec, &ds_docs, &ca, root.path(), &hosts, &mut logs);
+    serve_app(ds, ds_spec, root.path());
+    std::fs::write(root.path().join("www-docservice/healthcheck"), "true").unwrap();
+    let (job_proxy, sidecar_pid) = run_injected_pod(
+        job,
+        job_spec,
+        &job_docs,
+        &ca,
+        root.path(),
+        &hosts,
+        &mut logs,
+    );
+    for (pod, c) in [(ds, ds_proxy), (job, job_proxy)] {
+        let ready = probe_url("127.0.0.1", c, "startupProbe");
+        wait_for(&format!("{} sidecar started", pod.name), || {
+            probe(pod, &ready) == 200
+        });
+    }
+    let app_ready = "http://127.0.0.1:8888/healthcheck";
+    wait_for("the document server's app listening", || {
+        probe(ds, app_ready) == 200
+    });
+
+    // The job's container: its command as written, as an app user, with the Pod's DNS.
+    let c = &job_spec["containers"][0];
+    let command = strings(&c["command"]);
+    assert!(c.get("args").is_none());
+    let etc = root.path().join("job/etc");
+    let script = format!(
+        "{} && exec setpriv --reuid 1000 --regid 1000 --clear-groups \"$@\"",
+        private_etc(&etc)
+    );
+    let mut argv = vec!["unshare", "--mount", "sh", "-c", &script, "sh"];
+    argv.extend(command.iter().map(String::as_str));
+    let out = job.exec(&argv);
+    assert!(out.is_ok(), "the job's command failed: {out:?}");
+
+    // The kubelet ends the sidecar; it drains and exits.
+    assert!(
+        !exited(sidecar_pid),
+        "the sidecar ended before the job's container"
+    );
+    job.exec(&["kill", "-TERM", &sidecar_pid.to_string()])
+        .unwrap();
+    let grace = job_spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or(30);
+    let deadline = Instant::now() + Duration::from_secs(grace);
+    while !exited(sidecar_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar outlived terminationGracePeriodSeconds ({grace} s)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
