@@ -321,3 +321,60 @@ fn examples_inject_without_warnings() {
         }
     }
 }
+
+/// The Helm overlay's Pod annotations are ones `inject` accepts, and the ConfigMaps and SVID
+/// Secrets they name are those the quick start creates from `examples/onlyoffice/`.
+#[test]
+fn helm_overlay_annotations_inject_and_name_existing_profiles() {
+    use docmesh_init::cli::{Cli, Command};
+    let overlay: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(k8s_dir().join("helm/values-docmesh.yaml")).unwrap(),
+    )
+    .unwrap();
+    let cli = Cli::try_parse_from_args(["docmesh-init", "inject"]).unwrap();
+    let Some(Command::Inject(args)) = cli.command else {
+        panic!("not inject")
+    };
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/onlyoffice");
+    let mut checked = 0;
+    for (component, values) in overlay.as_mapping().unwrap() {
+        let annotations = values
+            .get("podAnnotations")
+            .or_else(|| values.get("job").and_then(|j| j.get("podAnnotations")))
+            .unwrap_or_else(|| panic!("{component:?}: no podAnnotations"));
+        let pod = serde_yaml_ng::to_string(&serde_yaml_ng::from_str::<Value>(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  annotations: {}\nspec:\n  containers:\n  - name: app\n    image: app\n",
+            serde_json::to_string(annotations).unwrap()
+        ))
+        .unwrap())
+        .unwrap();
+        let (out, report) = docmesh_init::inject::inject(&pod, &args, &cli.rules)
+            .unwrap_or_else(|e| panic!("{component:?}: {e}"));
+        assert!(
+            report.warnings.is_empty(),
+            "{component:?}: {:?}",
+            report.warnings
+        );
+        if annotations.get("docmesh.io/inject").and_then(Value::as_str) == Some("false") {
+            assert!(!out.contains("docmesh-proxy"), "{component:?}");
+            continue;
+        }
+        let cm = annotations["docmesh.io/config-map"].as_str().unwrap();
+        let sa = cm.strip_prefix("docmesh-").unwrap();
+        assert!(
+            profiles.join(format!("{sa}.toml")).exists(),
+            "{component:?}: {cm}"
+        );
+        assert_eq!(
+            annotations["docmesh.io/svid-secret"].as_str(),
+            Some(format!("docmesh-svid-{sa}").as_str()),
+            "{component:?}"
+        );
+        assert!(
+            out.contains(&format!("secretName: docmesh-svid-{sa}")),
+            "{out}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked}");
+}
