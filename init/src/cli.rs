@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backend::{self, BackendChoice};
+pub use crate::args::RuleArgs;
+use crate::backend;
 use crate::host::Host;
-use crate::install::{self, Action, InstallError, Ipv6Mode, Plan};
-use crate::options::{OptionsError, RawOptions};
+use crate::install::{self, Action, InstallError, Plan};
+use crate::options::OptionsError;
 use crate::validate::{self, ValidateError, ValidateOptions};
 
 /// Installs (or removes) the nat-table redirects that send a pod's TCP through the docmesh
@@ -23,8 +24,11 @@ pub struct Cli {
     /// Subcommand; without one, install the rules.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Rule options.
-    #[command(flatten)]
+    /// Rule options (under their own heading, so `inject --help` keeps its flags apart).
+    #[command(
+        flatten,
+        next_help_heading = "Capture options (iptables; inject passes them to the init container)"
+    )]
     pub rules: RuleArgs,
     /// Remove docmesh's chains and jumps (and nothing else) instead of installing.
     #[arg(long, env = "DOCMESH_INIT_CLEANUP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
@@ -41,80 +45,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Add docmesh (init container, native proxy sidecar, SVID, probes) to Kubernetes YAML.
     Inject(crate::inject::InjectArgs),
-}
-
-/// Options that decide the rules (shared by install, cleanup and validate).
-#[derive(Debug, Args)]
-pub struct RuleArgs {
-    /// Port of the proxy's inbound listener.
-    #[arg(long, env = "DOCMESH_INIT_INBOUND_PORT", default_value_t = crate::options::DEFAULT_INBOUND_PORT, global = true)]
-    pub inbound_port: u16,
-    /// Port of the proxy's outbound listener.
-    #[arg(long, env = "DOCMESH_INIT_OUTBOUND_PORT", default_value_t = crate::options::DEFAULT_OUTBOUND_PORT, global = true)]
-    pub outbound_port: u16,
-    /// Inbound ports to capture: `*` for all, a comma-separated list, or empty for none.
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_INBOUND_PORTS",
-        default_value = "*",
-        global = true
-    )]
-    pub inbound_ports: String,
-    /// Inbound ports never captured (comma-separated), e.g. ssh or a health port.
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_EXCLUDE_INBOUND_PORTS",
-        default_value = "",
-        global = true
-    )]
-    pub exclude_inbound_ports: String,
-    /// Outbound destination ports never captured (comma-separated).
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_EXCLUDE_OUTBOUND_PORTS",
-        default_value = "",
-        global = true
-    )]
-    pub exclude_outbound_ports: String,
-    /// Outbound destination networks never captured (comma-separated CIDRs, IPv4 or IPv6).
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_EXCLUDE_OUTBOUND_CIDRS",
-        default_value = "",
-        global = true
-    )]
-    pub exclude_outbound_cidrs: String,
-    /// When set, only outbound traffic to these networks is captured (comma-separated CIDRs;
-    /// a family without any captures nothing).
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_INCLUDE_OUTBOUND_CIDRS",
-        default_value = "",
-        global = true
-    )]
-    pub include_outbound_cidrs: String,
-    /// UID(s) of the proxy, whose traffic is never redirected (comma-separated).
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_PROXY_UID",
-        default_value = "1337",
-        global = true
-    )]
-    pub proxy_uid: String,
-    /// GID(s) of the proxy, whose traffic is never redirected (comma-separated; may be empty).
-    #[arg(
-        long,
-        env = "DOCMESH_INIT_PROXY_GID",
-        default_value = "1337",
-        global = true
-    )]
-    pub proxy_gid: String,
-    /// iptables backend.
-    #[arg(long, env = "DOCMESH_INIT_BACKEND", value_enum, default_value_t = BackendChoice::Auto, global = true)]
-    pub backend: BackendChoice,
-    /// IPv6 rules: auto (when the namespace has IPv6), on, or off.
-    #[arg(long, env = "DOCMESH_INIT_IPV6", value_enum, default_value_t = Ipv6Mode::Auto, global = true)]
-    pub ipv6: Ipv6Mode,
+    /// Serve a mutating admission webhook (AdmissionReview v1, HTTPS) that injects Pods.
+    #[command(mut_arg("file", |a| a.hide(true)), mut_arg("output", |a| a.hide(true)))]
+    Webhook(crate::webhook::WebhookArgs),
 }
 
 /// `validate` options.
@@ -146,24 +79,22 @@ pub enum CliError {
     /// Validation failed.
     #[error("validate: {0}")]
     Validate(#[from] ValidateError),
+    /// The webhook could not serve.
+    #[error("webhook: {0}")]
+    Webhook(#[from] crate::webhook::WebhookError),
     /// `inject` failed.
     #[error("inject: {0}")]
     Inject(#[from] crate::inject::InjectError),
 }
 
-impl RuleArgs {
-    fn raw(&self) -> RawOptions {
-        RawOptions {
-            inbound_port: self.inbound_port,
-            outbound_port: self.outbound_port,
-            inbound_ports: self.inbound_ports.clone(),
-            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
-            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
-            exclude_outbound_cidrs: self.exclude_outbound_cidrs.clone(),
-            include_outbound_cidrs: self.include_outbound_cidrs.clone(),
-            proxy_uid: self.proxy_uid.clone(),
-            proxy_gid: self.proxy_gid.clone(),
-        }
+impl Cli {
+    /// Parses a command line (including the program name) without running it.
+    pub fn try_parse_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
     }
 }
 
@@ -203,6 +134,7 @@ where
             validate::validate(host, backend, &opts, out)?;
         }
         Some(Command::Inject(a)) => crate::inject::run(&a, &cli.rules, out)?,
+        Some(Command::Webhook(w)) => crate::webhook::run(&w, &cli.rules)?,
     }
     Ok(())
 }

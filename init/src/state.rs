@@ -1,7 +1,7 @@
 //! What docmesh already has in a nat table, read from `iptables-save -t nat` output, so that an
 //! install only adds what is missing and a cleanup removes exactly what is ours.
 
-use crate::rules::{is_docmesh_chain, BUILTIN_CHAINS};
+use crate::chains::{is_docmesh_chain, BUILTIN_CHAINS};
 
 /// The docmesh-relevant part of one family's nat table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -176,13 +176,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         })
     };
-    let _admin = AdminServer::bind(
+    let app_probes = crate::admin::probe::AppProbes::from_env()?;
+    let _admin = AdminServer::bind_with_probes(
         config.admin.listen,
         AdminState {
             lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             identity: Some(identity.clone()),
         },
+        app_probes,
     )
     .await?;
     let tls = Arc::new(identity.clone());

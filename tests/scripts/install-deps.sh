@@ -43,16 +43,17 @@ fi
 
 # kubernetes-validate: Kubernetes' OpenAPI schemas, offline, to validate the manifests that
 # `docmesh-init inject` writes (tests/tests/deploy_kubernetes.rs runs `python3 -m
-# kubernetes_validate`).
-if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
-  echo "install-deps: installing kubernetes-validate" >&2
+# kubernetes_validate`); jsonpatch: an independent RFC 6902 implementation that applies the
+# admission webhook's patches (tests/tests/webhook_admission.rs).
+if ! python3 -c 'import kubernetes_validate, jsonpatch' >/dev/null 2>&1; then
+  echo "install-deps: installing kubernetes-validate and jsonpatch" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-      kubernetes-validate >/dev/null 2>&1 \
+      kubernetes-validate jsonpatch >/dev/null 2>&1 \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
-      kubernetes-validate >/dev/null 2>&1 \
+      kubernetes-validate jsonpatch >/dev/null 2>&1 \
     || true
-  if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
-    echo "install-deps: kubernetes-validate could not be installed (python3 -m pip install kubernetes-validate)" >&2
+  if ! python3 -c 'import kubernetes_validate, jsonpatch' >/dev/null 2>&1; then
+    echo "install-deps: kubernetes-validate could not be installed (python3 -m pip install kubernetes-validate jsonpatch)" >&2
     exit 1
   fi
 fi

@@ -189,10 +189,70 @@ fn injection_adds_docmesh_and_keeps_everything_else() {
                     m.insert(key.into(), Value::Sequence(keep));
                 }
             }
+            restore_probes(&mut stripped, path);
             assert_eq!(&stripped, b, "{what}: fields changed beyond docmesh's own");
         }
     }
     assert!(workloads >= 8, "only {workloads} workloads in the examples");
+}
+
+/// Undoes the probe rewriting from the `docmesh.io/original-probes` annotation (which it
+/// removes): each `/app-health/<container>/<probe>` handler gets its original back.
+fn restore_probes(doc: &mut Value, spec_path: &[&str]) {
+    let mut template = &mut *doc;
+    for k in &spec_path[..spec_path.len() - 1] {
+        template = template.get_mut(*k).unwrap();
+    }
+    let Some(anns) = template
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+        .and_then(Value::as_mapping_mut)
+    else {
+        return;
+    };
+    let Some(Value::String(json)) = anns.remove("docmesh.io/original-probes") else {
+        return;
+    };
+    if anns.is_empty() {
+        template["metadata"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("annotations");
+    }
+    let originals: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).unwrap();
+    let containers = template["spec"]["containers"].as_sequence_mut().unwrap();
+    for (key, original) in originals {
+        let (cname, probe) = key.split_once('/').unwrap();
+        let field = format!("{probe}Probe");
+        let c = containers
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(cname))
+            .unwrap();
+        let p = c[field.as_str()].as_mapping_mut().unwrap();
+        assert_eq!(
+            p["httpGet"]["path"].as_str(),
+            Some(format!("/app-health/{key}").as_str())
+        );
+        assert_eq!(p["httpGet"]["port"], 15020);
+        let (handler, value) = original
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| *k != "timeoutSeconds")
+            .unwrap();
+        let value: Value = serde_yaml_ng::to_value(value).unwrap();
+        *p = std::mem::take(p)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "httpGet" {
+                    (Value::from(handler.as_str()), value.clone())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+    }
 }
 
 #[test]
@@ -233,4 +293,88 @@ fn the_validator_rejects_an_unknown_field() {
         .expect("python3 with kubernetes-validate (tests/scripts/install-deps.sh)");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("restartPolicyy"));
+}
+
+/// The committed examples (the chart's shapes, with its httpGet probes) inject without a
+/// single warning: every app probe on a captured port is rewritten to the sidecar.
+#[test]
+fn examples_inject_without_warnings() {
+    use docmesh_init::cli::{Cli, Command};
+    let cli = Cli::try_parse_from_args(["docmesh-init", "inject"]).unwrap();
+    let Some(Command::Inject(args)) = cli.command else {
+        panic!("not inject")
+    };
+    for src in sources() {
+        let text = std::fs::read_to_string(&src).unwrap();
+        let (out, report) = docmesh_init::inject::inject(&text, &args, &cli.rules).unwrap();
+        assert!(
+            report.warnings.is_empty(),
+            "{}: {:?}",
+            src.display(),
+            report.warnings
+        );
+        if src.ends_with("onlyoffice-docs.yaml") {
+            assert!(
+                out.contains("path: /app-health/docservice/readiness"),
+                "{out}"
+            );
+        }
+    }
+}
+
+/// The Helm overlay's Pod annotations are ones `inject` accepts, and the ConfigMaps and SVID
+/// Secrets they name are those the quick start creates from `examples/onlyoffice/`.
+#[test]
+fn helm_overlay_annotations_inject_and_name_existing_profiles() {
+    use docmesh_init::cli::{Cli, Command};
+    let overlay: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(k8s_dir().join("helm/values-docmesh.yaml")).unwrap(),
+    )
+    .unwrap();
+    let cli = Cli::try_parse_from_args(["docmesh-init", "inject"]).unwrap();
+    let Some(Command::Inject(args)) = cli.command else {
+        panic!("not inject")
+    };
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/onlyoffice");
+    let mut checked = 0;
+    for (component, values) in overlay.as_mapping().unwrap() {
+        let annotations = values
+            .get("podAnnotations")
+            .or_else(|| values.get("job").and_then(|j| j.get("podAnnotations")))
+            .unwrap_or_else(|| panic!("{component:?}: no podAnnotations"));
+        let pod = serde_yaml_ng::to_string(&serde_yaml_ng::from_str::<Value>(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n  annotations: {}\nspec:\n  containers:\n  - name: app\n    image: app\n",
+            serde_json::to_string(annotations).unwrap()
+        ))
+        .unwrap())
+        .unwrap();
+        let (out, report) = docmesh_init::inject::inject(&pod, &args, &cli.rules)
+            .unwrap_or_else(|e| panic!("{component:?}: {e}"));
+        assert!(
+            report.warnings.is_empty(),
+            "{component:?}: {:?}",
+            report.warnings
+        );
+        if annotations.get("docmesh.io/inject").and_then(Value::as_str) == Some("false") {
+            assert!(!out.contains("docmesh-proxy"), "{component:?}");
+            continue;
+        }
+        let cm = annotations["docmesh.io/config-map"].as_str().unwrap();
+        let sa = cm.strip_prefix("docmesh-").unwrap();
+        assert!(
+            profiles.join(format!("{sa}.toml")).exists(),
+            "{component:?}: {cm}"
+        );
+        assert_eq!(
+            annotations["docmesh.io/svid-secret"].as_str(),
+            Some(format!("docmesh-svid-{sa}").as_str()),
+            "{component:?}"
+        );
+        assert!(
+            out.contains(&format!("secretName: docmesh-svid-{sa}")),
+            "{out}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked}");
 }

@@ -18,6 +18,7 @@
 //! every workload; annotation lists are added to them.
 
 mod documents;
+pub mod probes;
 mod sidecar;
 mod workload;
 
@@ -30,7 +31,9 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_yaml_ng::Value;
 
-use crate::cli::RuleArgs;
+use crate::args::RuleArgs;
+use crate::backend::BackendChoice;
+use crate::install::Ipv6Mode;
 use crate::options::{RawOptions, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT};
 
 pub use sidecar::{INIT_NAME, PROXY_NAME};
@@ -63,6 +66,19 @@ pub mod annotations {
     pub const EXCLUDE_OUTBOUND_CIDRS: &str = "docmesh.io/exclude-outbound-cidrs";
     /// Only these outbound networks are captured; added to `--include-outbound-cidrs`.
     pub const INCLUDE_OUTBOUND_CIDRS: &str = "docmesh.io/include-outbound-cidrs";
+    /// `"false"` keeps the app's probes as they are (they are then refused on captured
+    /// ports); by default they are rewritten to the sidecar's `/app-health/...`.
+    pub const REWRITE_APP_PROBES: &str = "docmesh.io/rewrite-app-probes";
+    /// CPU request of the proxy (default `50m`).
+    pub const PROXY_CPU_REQUEST: &str = "docmesh.io/proxy-cpu-request";
+    /// CPU limit of the proxy (default `1`); its tokio worker threads follow it, rounded up.
+    pub const PROXY_CPU_LIMIT: &str = "docmesh.io/proxy-cpu-limit";
+    /// Memory request of the proxy (default `64Mi`).
+    pub const PROXY_MEMORY_REQUEST: &str = "docmesh.io/proxy-memory-request";
+    /// Memory limit of the proxy (default `256Mi`).
+    pub const PROXY_MEMORY_LIMIT: &str = "docmesh.io/proxy-memory-limit";
+    /// Set by `inject`: the app's original probes, JSON (see [`super::probes`]).
+    pub const ORIGINAL_PROBES: &str = super::probes::ORIGINAL_PROBES;
 }
 
 /// Where the proxy's SVID comes from.
@@ -127,6 +143,14 @@ pub enum InjectError {
         /// What is wrong and what is expected.
         reason: String,
     },
+    /// `--kubernetes-version` is not `MAJOR.MINOR` or is older than native sidecars allow.
+    #[error("--kubernetes-version {value:?}: {reason}")]
+    KubernetesVersion {
+        /// The flag's value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The capture options (flags plus annotations) are invalid for a workload.
     #[error("{workload}: {source} (from the flags and the docmesh.io/* annotations)")]
     Options {
@@ -168,6 +192,47 @@ pub struct InjectArgs {
     /// File name of the Workload API socket inside the CSI or SPIRE directory.
     #[arg(long, default_value = "spire-agent.sock")]
     pub workload_api_socket: String,
+    /// Kubernetes version of the target cluster (`MAJOR.MINOR`). The proxy runs as a native
+    /// sidecar (an init container with `restartPolicy: Always`): on by default from 1.29,
+    /// behind the `SidecarContainers` feature gate in 1.28, unknown before.
+    #[arg(
+        long,
+        env = "DOCMESH_INJECT_KUBERNETES_VERSION",
+        default_value = "1.29"
+    )]
+    pub kubernetes_version: String,
+}
+
+/// The first Kubernetes minor version with native sidecars on by default.
+pub const NATIVE_SIDECAR_MINOR: u32 = 29;
+
+/// Checks `--kubernetes-version`: `Ok(Some(warning))` for 1.28 (feature gate needed), an error
+/// for older versions, whose API server drops or rejects `restartPolicy` on init containers.
+pub fn check_kubernetes_version(value: &str) -> Result<Option<String>, InjectError> {
+    let bad = |reason: &str| InjectError::KubernetesVersion {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let v = value.trim().trim_start_matches('v');
+    let mut parts = v.split('.');
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+        return Err(bad("expected MAJOR.MINOR, e.g. 1.29"));
+    };
+    let minor = minor.trim_end_matches('+');
+    let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+        return Err(bad("expected MAJOR.MINOR, e.g. 1.29"));
+    };
+    match (major, minor) {
+        (1, m) if m >= NATIVE_SIDECAR_MINOR => Ok(None),
+        (1, 28) => Ok(Some(
+            "Kubernetes 1.28: native sidecars need the SidecarContainers feature gate on the API server and every kubelet; without it Pods stay in Init:1/2".to_owned(),
+        )),
+        (1, _) => Err(bad(
+            "native sidecars (init containers with restartPolicy: Always) need Kubernetes 1.29 or later (1.28 with the SidecarContainers feature gate); older API servers drop the field and Pods hang in Init",
+        )),
+        (m, _) if m > 1 => Ok(None),
+        _ => Err(bad("expected a Kubernetes version such as 1.29")),
+    }
 }
 
 /// What `inject` did with each document, for the operator (written to stderr by the CLI).
@@ -187,6 +252,9 @@ pub fn inject(
 ) -> Result<(String, Report), InjectError> {
     let mut out = String::with_capacity(text.len() * 2);
     let mut report = Report::default();
+    if let Some(w) = check_kubernetes_version(&args.kubernetes_version)? {
+        report.warnings.push(w);
+    }
     for (i, doc) in documents::split(text).iter().enumerate() {
         let parsed: Value =
             serde_yaml_ng::from_str(&doc.parse_text()).map_err(|e| InjectError::Yaml {
@@ -209,6 +277,21 @@ pub fn inject(
         }
     }
     Ok((out, report))
+}
+
+/// Injects one object (a Pod, a workload or a `List`) in place, as `inject` does each
+/// document; the admission webhook calls this.
+pub fn inject_object(
+    value: &mut Value,
+    args: &InjectArgs,
+    rules: &RuleArgs,
+) -> Result<Report, InjectError> {
+    let mut report = Report::default();
+    if let Some(w) = check_kubernetes_version(&args.kubernetes_version)? {
+        report.warnings.push(w);
+    }
+    inject_value(value, args, rules, &mut report)?;
+    Ok(report)
 }
 
 /// Injects one parsed document (recursing into `List` items).
@@ -264,11 +347,34 @@ fn inject_value(
         .or_else(|| workload::get_str(spec, "serviceAccount"))
         .unwrap_or("default")
         .to_owned();
-    let plan = plan(&workload, &sa, args, rules, &annotations)?;
-    probe_warnings(&workload, spec, &plan.1, &mut report.warnings);
-    let before = spec.clone();
-    plan.0.apply(spec);
-    report.lines.push(if *spec == before {
+    let (mut pod, options) = plan(&workload, &sa, args, rules, &annotations)?;
+    let before = template.clone();
+    let rewrite = match lookup(&annotations, annotations::REWRITE_APP_PROBES).map(str::trim) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(InjectError::Annotation {
+                workload,
+                annotation: annotations::REWRITE_APP_PROBES,
+                value: v.to_owned(),
+                reason: "expected `true` or `false`".to_owned(),
+            })
+        }
+    };
+    let previous = lookup(&annotations, annotations::ORIGINAL_PROBES).map(str::to_owned);
+    let Some(spec) = template.get_mut("spec").and_then(Value::as_mapping_mut) else {
+        return Ok(());
+    };
+    let rewritten = probes::rewrite(&workload, spec, &options, previous.as_deref(), rewrite);
+    report.warnings.extend(rewritten.warnings.iter().cloned());
+    pod.app_probes = rewritten.json();
+    pod.apply(spec);
+    workload::set_annotation(
+        template,
+        annotations::ORIGINAL_PROBES,
+        pod.app_probes.clone(),
+    );
+    report.lines.push(if *template == before {
         format!("{workload}: already injected, unchanged")
     } else {
         format!("{workload}: injected")
@@ -366,6 +472,23 @@ fn plan(
             init_args.push(format!("--{flag}={v}"));
         }
     }
+    for (flag, v, default) in [
+        (
+            "backend",
+            rules.backend.to_possible_value(),
+            BackendChoice::default().to_possible_value(),
+        ),
+        (
+            "ipv6",
+            rules.ipv6.to_possible_value(),
+            Ipv6Mode::default().to_possible_value(),
+        ),
+    ] {
+        if let Some(v) = v.filter(|v| Some(v.get_name()) != default.as_ref().map(|d| d.get_name()))
+        {
+            init_args.push(format!("--{flag}={}", v.get_name()));
+        }
+    }
     for (flag, v) in [("proxy-uid", &raw.proxy_uid), ("proxy-gid", &raw.proxy_gid)] {
         if v.trim() != "1337" {
             init_args.push(format!("--{flag}={v}"));
@@ -430,8 +553,49 @@ fn plan(
                 .clone()
                 .unwrap_or_else(|| format!("docmesh-{sa}")),
         )?,
+        app_probes: None,
+        resources: sidecar::ProxyResources {
+            cpu_request: quantity(workload, &ann, annotations::PROXY_CPU_REQUEST, "50m")?,
+            cpu_limit: quantity(workload, &ann, annotations::PROXY_CPU_LIMIT, "1")?,
+            memory_request: quantity(workload, &ann, annotations::PROXY_MEMORY_REQUEST, "64Mi")?,
+            memory_limit: quantity(workload, &ann, annotations::PROXY_MEMORY_LIMIT, "256Mi")?,
+        },
     };
     Ok((plan, options))
+}
+
+/// A resource quantity annotation (`500m`, `1`, `128Mi`, ...) or its default.
+fn quantity<'a>(
+    workload: &str,
+    ann: &dyn Fn(&str) -> Option<&'a str>,
+    key: &'static str,
+    default: &str,
+) -> Result<String, InjectError> {
+    let Some(v) = ann(key) else {
+        return Ok(default.to_owned());
+    };
+    let t = v.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &t[digits.len()..];
+    let number_ok = !digits.is_empty()
+        && digits.split('.').count() <= 2
+        && digits
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    );
+    if number_ok && suffix_ok && digits.bytes().any(|b| b != b'0' && b != b'.') {
+        Ok(t.to_owned())
+    } else {
+        Err(InjectError::Annotation {
+            workload: workload.to_owned(),
+            annotation: key,
+            value: v.to_owned(),
+            reason: "not a positive Kubernetes quantity such as 500m, 2 or 128Mi".to_owned(),
+        })
+    }
 }
 
 /// The value of annotation `key`.
@@ -450,59 +614,6 @@ fn is_dns_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// Warns about kubelet probes (plaintext, from the node) on ports the sidecar captures in
-/// strict mode: they would be refused.
-fn probe_warnings(
-    workload: &str,
-    spec: &serde_yaml_ng::Mapping,
-    options: &crate::options::Options,
-    warnings: &mut Vec<String>,
-) {
-    use crate::options::InboundPorts;
-    let captured = |port: u16| {
-        !options.exclude_inbound_ports.contains(&port)
-            && match &options.inbound_ports {
-                InboundPorts::All => true,
-                InboundPorts::List(l) => l.contains(&port),
-            }
-    };
-    let Some(containers) = spec.get("containers").and_then(Value::as_sequence) else {
-        return;
-    };
-    for c in containers {
-        let cname = sidecar::name(c).unwrap_or("<unnamed>");
-        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-            let Some(p) = c.get(probe) else { continue };
-            for handler in ["httpGet", "tcpSocket", "grpc"] {
-                let Some(port) = p.get(handler).and_then(|h| h.get("port")) else {
-                    continue;
-                };
-                let number = match port {
-                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-                    Value::String(named) => c
-                        .get("ports")
-                        .and_then(Value::as_sequence)
-                        .and_then(|ports| {
-                            ports
-                                .iter()
-                                .find(|x| x.get("name").and_then(Value::as_str) == Some(named))
-                        })
-                        .and_then(|x| x.get("containerPort"))
-                        .and_then(Value::as_u64)
-                        .and_then(|n| u16::try_from(n).ok()),
-                    _ => None,
-                };
-                if let Some(port) = number.filter(|p| captured(*p)) {
-                    warnings.push(format!(
-                        "{workload}: container {cname} {probe} {handler} on port {port} goes through the sidecar, which refuses the kubelet's plaintext in strict mode: use an exec probe against 127.0.0.1, or exclude the port ({})",
-                        annotations::EXCLUDE_INBOUND_PORTS
-                    ));
-                }
-            }
-        }
-    }
 }
 
 /// Runs `docmesh-init inject`: reads the file (or stdin), writes the result to `--output` or

@@ -28,6 +28,19 @@ pub const SOCKET_DIR: &str = "/spiffe-workload-api";
 /// Where the binaries live in the images (see `examples/docker/Dockerfile`).
 const BIN_DIR: &str = "/usr/local/bin";
 
+/// The proxy container's requests and limits (Kubernetes quantities).
+#[derive(Debug, Clone)]
+pub struct ProxyResources {
+    /// `requests.cpu`.
+    pub cpu_request: String,
+    /// `limits.cpu`; `TOKIO_WORKER_THREADS` follows it (rounded up by the downward API).
+    pub cpu_limit: String,
+    /// `requests.memory`.
+    pub memory_request: String,
+    /// `limits.memory`.
+    pub memory_limit: String,
+}
+
 /// Everything the containers of one Pod depend on, resolved from flags and annotations.
 #[derive(Debug, Clone)]
 pub struct PodPlan {
@@ -57,6 +70,10 @@ pub struct PodPlan {
     pub config_map: String,
     /// Secret name and key of the JWT secret, mounted as `JWT_DIR/secret`.
     pub jwt: Option<(String, String)>,
+    /// The app probes the sidecar performs (`DOCMESH_APP_PROBES`, JSON), when any.
+    pub app_probes: Option<String>,
+    /// Requests and limits of the proxy container.
+    pub resources: ProxyResources,
 }
 
 fn s(v: &str) -> Value {
@@ -80,11 +97,32 @@ fn list(items: Vec<Value>) -> Value {
 }
 
 fn env(vars: &[(String, String)]) -> Value {
-    list(
-        vars.iter()
-            .map(|(k, v)| map(vec![("name", s(k)), ("value", s(v))]))
-            .collect(),
-    )
+    let mut out: Vec<Value> = vars
+        .iter()
+        .map(|(k, v)| map(vec![("name", s(k)), ("value", s(v))]))
+        .collect();
+    // One tokio worker per core of the CPU limit: the downward API rounds the limit up to
+    // whole cores with divisor 1 (e.g. 500m gives 1).
+    out.push(map(vec![
+        ("name", s("TOKIO_WORKER_THREADS")),
+        (
+            "valueFrom",
+            map(vec![(
+                "resourceFieldRef",
+                map(vec![
+                    ("containerName", s(PROXY_NAME)),
+                    ("resource", s("limits.cpu")),
+                    ("divisor", s("1")),
+                ]),
+            )]),
+        ),
+    ]));
+    list(out)
+}
+
+/// `seccompProfile: RuntimeDefault`, as the `restricted` Pod Security Standard asks.
+fn runtime_default_seccomp() -> Value {
+    map(vec![("type", s("RuntimeDefault"))])
 }
 
 fn http_probe(path: &str, period: u64, failures: u64) -> Value {
@@ -117,6 +155,7 @@ impl PodPlan {
                 ("runAsNonRoot", Value::Bool(false)),
                 ("privileged", Value::Bool(false)),
                 ("allowPrivilegeEscalation", Value::Bool(false)),
+                ("seccompProfile", runtime_default_seccomp()),
                 (
                     "capabilities",
                     map(vec![
@@ -151,6 +190,9 @@ impl PodPlan {
             format!("0.0.0.0:{ADMIN_PORT}"),
         )];
         vars.extend(self.proxy_env.iter().cloned());
+        if let Some(probes) = &self.app_probes {
+            vars.push(("DOCMESH_APP_PROBES".into(), probes.clone()));
+        }
         let mut mounts = vec![map(vec![
             ("name", s(CONFIG_VOLUME)),
             ("mountPath", s(CONFIG_DIR)),
@@ -200,6 +242,7 @@ impl PodPlan {
             ("runAsNonRoot", Value::Bool(true)),
             ("allowPrivilegeEscalation", Value::Bool(false)),
             ("readOnlyRootFilesystem", Value::Bool(true)),
+            ("seccompProfile", runtime_default_seccomp()),
             ("capabilities", map(vec![("drop", list(vec![s("ALL")]))])),
         ];
         if let Some(gid) = self.proxy_gid {
@@ -242,9 +285,18 @@ impl PodPlan {
                 map(vec![
                     (
                         "requests",
-                        map(vec![("cpu", s("50m")), ("memory", s("64Mi"))]),
+                        map(vec![
+                            ("cpu", s(&self.resources.cpu_request)),
+                            ("memory", s(&self.resources.memory_request)),
+                        ]),
                     ),
-                    ("limits", map(vec![("memory", s("256Mi"))])),
+                    (
+                        "limits",
+                        map(vec![
+                            ("cpu", s(&self.resources.cpu_limit)),
+                            ("memory", s(&self.resources.memory_limit)),
+                        ]),
+                    ),
                 ]),
             ),
             ("volumeMounts", list(mounts)),

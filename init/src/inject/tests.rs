@@ -2,17 +2,24 @@ use clap::Parser;
 use serde_yaml_ng::Value;
 
 use super::*;
-use crate::cli::{Cli, Command};
+use crate::args::RuleArgs;
 
-/// Runs `docmesh-init inject <flags>` on `input` through the real argument parser.
+/// `inject`'s own flags and the capture flags, as `docmesh-init inject` takes them (the test
+/// stays below `cli`, which depends on this module).
+#[derive(Debug, clap::Parser)]
+struct InjectCli {
+    #[command(flatten)]
+    rules: RuleArgs,
+    #[command(flatten)]
+    inject: InjectArgs,
+}
+
+/// Runs `inject <flags>` on `input` through the real argument definitions.
 fn run_inject(input: &str, flags: &[&str]) -> Result<(String, Report), InjectError> {
-    let mut argv = vec!["docmesh-init", "inject"];
+    let mut argv = vec!["inject"];
     argv.extend_from_slice(flags);
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let Some(Command::Inject(args)) = &cli.command else {
-        panic!("not inject: {cli:?}")
-    };
-    inject(input, args, &cli.rules)
+    let cli = InjectCli::try_parse_from(argv).unwrap();
+    inject(input, &cli.inject, &cli.rules)
 }
 
 fn docs(text: &str) -> Vec<Value> {
@@ -121,7 +128,7 @@ fn deployment_gets_init_container_and_native_sidecar() {
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .filter_map(|e| Some((e["name"].as_str()?, e.get("value")?.as_str()?)))
         .collect();
     assert!(env.contains(&("DOCMESH_ADMIN__LISTEN", "0.0.0.0:15020")));
     assert!(env.contains(&("DOCMESH_IDENTITY__CERT", "/etc/docmesh/svid/svid.pem")));
@@ -364,15 +371,78 @@ fn flags_apply_to_every_workload_and_annotations_add_to_them() {
     assert!(env.contains("0.0.0.0:16006"), "{env}");
 }
 
-#[test]
-fn kubelet_probes_on_captured_ports_are_warned_about() {
-    let probed = DEPLOYMENT.replace(
+fn probed() -> String {
+    DEPLOYMENT.replace(
         "        env:\n",
-        "        readinessProbe:\n          httpGet: {path: /index.html, port: http}\n        livenessProbe:\n          tcpSocket: {port: 9090}\n        env:\n",
+        "        startupProbe:\n          grpc: {port: 8000, service: docs}\n          timeoutSeconds: 3\n        readinessProbe:\n          httpGet: {path: /index.html, port: http}\n          periodSeconds: 7\n        livenessProbe:\n          tcpSocket: {port: 9090}\n        env:\n",
+    )
+}
+
+#[test]
+fn app_probes_on_captured_ports_go_to_the_sidecar_and_the_originals_are_kept() {
+    let (out, report) = run_inject(&probed(), &[]).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let doc = &docs(&out)[0];
+    let app = &pod_spec(doc)["containers"][0];
+    let ready = &app["readinessProbe"];
+    assert_eq!(ready["httpGet"]["path"], "/app-health/docservice/readiness");
+    assert_eq!(ready["httpGet"]["port"], 15020);
+    assert_eq!(ready["periodSeconds"], 7);
+    let startup = &app["startupProbe"];
+    assert!(startup.get("grpc").is_none(), "{startup:?}");
+    assert_eq!(startup["httpGet"]["path"], "/app-health/docservice/startup");
+    // 9090 is excluded from capture: the kubelet reaches it directly, left alone.
+    assert_eq!(app["livenessProbe"]["tcpSocket"]["port"], 9090);
+    let ann = doc["spec"]["template"]["metadata"]["annotations"]["docmesh.io/original-probes"]
+        .as_str()
+        .unwrap();
+    let originals: serde_json::Value = serde_json::from_str(ann).unwrap();
+    assert_eq!(
+        originals,
+        serde_json::json!({
+            "docservice/readiness": {"httpGet": {"path": "/index.html", "port": 8000}},
+            "docservice/startup": {"grpc": {"port": 8000, "service": "docs"}, "timeoutSeconds": 3},
+        })
     );
-    let (_, report) = run_inject(&probed, &[]).unwrap();
+    let env = &pod_spec(doc)["initContainers"][1]["env"];
+    let var = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DOCMESH_APP_PROBES")
+        .unwrap();
+    assert_eq!(var["value"].as_str(), Some(ann));
+    // Injecting the output again changes nothing.
+    let (again, report) = run_inject(&out, &[]).unwrap();
+    assert_eq!(again, out);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+}
+
+#[test]
+fn probe_rewriting_can_be_turned_off_and_https_probes_are_warned_about() {
+    let off = probed().replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/exclude-inbound-ports: \"9090\"\n        docmesh.io/rewrite-app-probes: \"false\"",
+    );
+    let (out, report) = run_inject(&off, &[]).unwrap();
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    assert!(report.warnings[1].contains("readinessProbe httpGet on port 8000"));
+    assert!(!out.contains("/app-health/"), "{out}");
+    assert!(!out.contains("DOCMESH_APP_PROBES"), "{out}");
+    let https = probed().replace("path: /index.html,", "path: /index.html, scheme: HTTPS,");
+    let (_, report) = run_inject(&https, &[]).unwrap();
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
-    assert!(report.warnings[0].contains("readinessProbe httpGet on port 8000"));
+    assert!(
+        report.warnings[0].contains("HTTPS"),
+        "{:?}",
+        report.warnings
+    );
+    let bad = probed().replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/rewrite-app-probes: \"no\"",
+    );
+    let e = run_inject(&bad, &[]).unwrap_err().to_string();
+    assert!(e.contains("docmesh.io/rewrite-app-probes"), "{e}");
 }
 
 #[test]
@@ -400,4 +470,76 @@ fn jwt_secret_annotation_mounts_the_key_and_goes_away_with_it() {
     );
     let e = run_inject(&bad, &[]).unwrap_err().to_string();
     assert!(e.contains("docmesh.io/jwt-secret"), "{e}");
+}
+
+#[test]
+fn backend_and_ipv6_reach_the_init_container_only_when_set() {
+    let (out, _) = run_inject(DEPLOYMENT, &["--backend", "legacy", "--ipv6", "off"]).unwrap();
+    let args =
+        serde_yaml_ng::to_string(&pod_spec(&docs(&out)[0])["initContainers"][0]["args"]).unwrap();
+    assert!(args.contains("--backend=legacy"), "{args}");
+    assert!(args.contains("--ipv6=off"), "{args}");
+    let (out, _) = run_inject(DEPLOYMENT, &[]).unwrap();
+    let args =
+        serde_yaml_ng::to_string(&pod_spec(&docs(&out)[0])["initContainers"][0]["args"]).unwrap();
+    assert!(
+        !args.contains("--backend") && !args.contains("--ipv6"),
+        "{args}"
+    );
+}
+
+#[test]
+fn kubernetes_versions_without_native_sidecars_are_refused_or_warned_about() {
+    let (_, report) = run_inject(DEPLOYMENT, &["--kubernetes-version", "1.31"]).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let (_, report) = run_inject(DEPLOYMENT, &["--kubernetes-version", "v1.28"]).unwrap();
+    assert!(
+        report.warnings[0].contains("SidecarContainers"),
+        "{:?}",
+        report.warnings
+    );
+    for bad in ["1.27", "1", "one.two", ""] {
+        let e = run_inject(DEPLOYMENT, &["--kubernetes-version", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kubernetes-version"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn proxy_threads_follow_its_cpu_limit_and_containers_are_restricted() {
+    let sized = DEPLOYMENT.replace(
+        "docmesh.io/exclude-inbound-ports: \"9090\"",
+        "docmesh.io/proxy-cpu-limit: 1500m\n        docmesh.io/proxy-memory-limit: 128Mi",
+    );
+    let (out, _) = run_inject(&sized, &[]).unwrap();
+    let spec = pod_spec(&docs(&out)[0]).clone();
+    let proxy = &spec["initContainers"][1];
+    assert_eq!(proxy["resources"]["limits"]["cpu"], "1500m");
+    assert_eq!(proxy["resources"]["limits"]["memory"], "128Mi");
+    assert_eq!(proxy["resources"]["requests"]["cpu"], "50m");
+    let threads = proxy["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "TOKIO_WORKER_THREADS")
+        .unwrap();
+    let field = &threads["valueFrom"]["resourceFieldRef"];
+    assert_eq!(field["resource"], "limits.cpu");
+    assert_eq!(field["containerName"], "docmesh-proxy");
+    assert_eq!(field["divisor"], "1");
+    for c in [&spec["initContainers"][0], proxy] {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{c:?}");
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{c:?}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{c:?}");
+    }
+    for bad in ["-1", "0", "1.5.2", "2 cores", "5x"] {
+        let input = DEPLOYMENT.replace(
+            "docmesh.io/exclude-inbound-ports: \"9090\"",
+            &format!("docmesh.io/proxy-cpu-limit: \"{bad}\""),
+        );
+        let e = run_inject(&input, &[]).unwrap_err().to_string();
+        assert!(e.contains("docmesh.io/proxy-cpu-limit"), "{bad}: {e}");
+    }
 }

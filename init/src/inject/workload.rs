@@ -76,3 +76,36 @@ fn scalar_text(v: &Value) -> Option<String> {
         _ => None,
     }
 }
+
+/// Sets (or with `None` removes) a Pod template annotation, creating `metadata.annotations`
+/// only when there is something to set.
+pub fn set_annotation(template: &mut Value, key: &str, value: Option<String>) {
+    let Some(t) = template.as_mapping_mut() else {
+        return;
+    };
+    match value {
+        Some(v) => {
+            let meta = t
+                .entry(Value::from("metadata"))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            let Some(meta) = meta.as_mapping_mut() else {
+                return;
+            };
+            let anns = meta
+                .entry(Value::from("annotations"))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            if let Some(anns) = anns.as_mapping_mut() {
+                anns.insert(Value::from(key), Value::from(v));
+            }
+        }
+        None => {
+            if let Some(anns) = t
+                .get_mut("metadata")
+                .and_then(|m| m.get_mut("annotations"))
+                .and_then(Value::as_mapping_mut)
+            {
+                anns.remove(key);
+            }
+        }
+    }
+}

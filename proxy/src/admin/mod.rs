@@ -4,6 +4,7 @@
 //! It keeps answering while the proxy drains, so `/ready` can say "draining" and the
 //! orchestrator takes the Pod out of rotation.
 
+pub mod probe;
 pub mod ready;
 
 use std::convert::Infallible;
@@ -64,6 +65,16 @@ impl AdminServer {
     /// Binds `addr` (port 0 picks a free port) and serves the admin endpoints in the
     /// background.
     pub async fn bind(addr: SocketAddr, state: AdminState) -> Result<AdminServer, AdminError> {
+        Self::bind_with_probes(addr, state, probe::AppProbes::default()).await
+    }
+
+    /// Like [`AdminServer::bind`], also answering the app's probes at
+    /// `/app-health/<container>/<probe>` (see [`probe`]).
+    pub async fn bind_with_probes(
+        addr: SocketAddr,
+        state: AdminState,
+        probes: probe::AppProbes,
+    ) -> Result<AdminServer, AdminError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
@@ -71,7 +82,7 @@ impl AdminServer {
             .local_addr()
             .map_err(|source| AdminError::Bind { addr, source })?;
         tracing::info!(%local_addr, "admin server listening");
-        let task = tokio::spawn(accept_loop(listener, Arc::new(state)));
+        let task = tokio::spawn(accept_loop(listener, Arc::new(state), Arc::new(probes)));
         Ok(AdminServer { local_addr, task })
     }
 
@@ -81,7 +92,7 @@ impl AdminServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
+async fn accept_loop(listener: TcpListener, state: Arc<AdminState>, probes: Arc<probe::AppProbes>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -93,10 +104,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             }
         };
         let state = state.clone();
+        let probes = probes.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, peer, req)) }
+                let probes = probes.clone();
+                async move {
+                    let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
+                    if is_get && req.uri().path().starts_with(probe::PATH_PREFIX) {
+                        return Ok::<_, Infallible>(probes.answer(req.uri().path()).await);
+                    }
+                    Ok::<_, Infallible>(route(&state, peer, req))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
