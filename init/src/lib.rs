@@ -8,6 +8,7 @@
 //! - [`install`]: the install/cleanup flow; [`validate`]: the post-install check.
 //! - [`inject`]: `docmesh-init inject`, adds docmesh to Kubernetes manifests.
 //! - [`cli`]: the command line (every option also as a `DOCMESH_INIT_*` variable).
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod cidr;

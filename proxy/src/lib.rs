@@ -1,5 +1,6 @@
 //! docmesh-proxy: the sidecar data path (inbound and outbound mTLS with SPIFFE identities),
 //! its admin server and its lifecycle. See `docs/architecture.md` for the module map.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

@@ -1,3 +1,4 @@
 //! Shared harness for docmesh integration tests.
+#![forbid(unsafe_code)]
 pub mod bench;
 pub mod netns;
