@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use docmesh_proxy::classify;
 use docmesh_proxy::errors::Cause;
-use docmesh_proxy::resilience::classify;
 use docmesh_proxy::resilience::policy::HealthCheckPolicy;
 use http::Method;
 use resilience_support::*;

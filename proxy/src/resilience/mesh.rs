@@ -60,8 +60,12 @@ pub(crate) fn mesh_send(
             Box::pin(async move {
                 let svc = services.by_name(&ep.service).cloned().ok_or_else(|| {
                     ProxyError::new(
-                        Cause::NoHealthyEndpoint,
-                        format!("service `{}` is not configured (internal)", ep.service),
+                        Cause::Internal,
+                        format!(
+                            "service `{}` has an endpoint but no configuration; this is a bug \
+                             in docmesh, please report it with this message",
+                            ep.service
+                        ),
                     )
                 })?;
                 let version = req
@@ -165,8 +169,12 @@ impl MeshStacks {
     {
         let Some(stack) = self.stack(svc) else {
             return Err(ProxyError::new(
-                crate::errors::Cause::NoHealthyEndpoint,
-                format!("service `{}` has no resilience stack (internal)", svc.name),
+                crate::errors::Cause::Internal,
+                format!(
+                    "service `{}` has no resilience stack; this is a bug in docmesh, please \
+                     report it with this message",
+                    svc.name
+                ),
             ));
         };
         let rsp = stack.call(req).await?;

@@ -19,7 +19,6 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod budget;
-pub mod classify;
 pub mod endpoint;
 pub mod guard;
 pub mod health;
@@ -39,8 +38,8 @@ use http_body::Body;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
+pub use crate::classify::AttemptError;
 pub use body::{BoxError, ReplayBody};
-pub use classify::AttemptError;
 pub use endpoint::{Endpoint, NewService};
 pub use guard::Guarded;
 pub use policy::{RoutePolicy, ServicePolicy};

@@ -1,9 +1,18 @@
-//! Maps every failure of an upstream call to a [`Cause`] with a detail written for the operator
-//! (what failed, where, what to check). The HTTP stack and the opaque TCP path use the same
-//! functions, so both report the same causes.
+//! The one failure classifier: maps every failure of an upstream call (TCP connect, TLS
+//! handshake, peer identity, HTTP exchange) to a [`Cause`] with a detail written for the
+//! operator (what failed, where, what to check). The data path (`net`, `outbound::connect`,
+//! `http::pool`, `resilience`) and `diagnose` call these functions, so they name the same cause
+//! for the same failure.
+//!
+//! Classification is typed (`io::ErrorKind`, `rustls::Error`, the certs crate's `SvidError`,
+//! `h2::Reason`, `hyper::Error`). Two facts only exist as text, each read by one function whose
+//! test pins the text: hyper-util's resolver failure ([`is_dns_error`]) and a TLS alert that
+//! tokio-rustls reports as an `io::Error` message ([`alert_in_text`]).
 
 use std::error::Error as StdError;
 use std::io;
+
+use docmesh_certs::svid::SvidError;
 
 use crate::errors::{Cause, ProxyError};
 
@@ -75,7 +84,7 @@ pub fn connect_error(err: &(dyn StdError + 'static), upstream: &str) -> ProxyErr
             return connect_timeout(upstream);
         }
     }
-    if chain(err).any(|e| e.to_string().starts_with("dns error")) {
+    if chain(err).any(is_dns_error) {
         return ProxyError::new(
             Cause::DnsFailure,
             format!(
@@ -160,40 +169,67 @@ pub fn tls_error(err: &rustls::Error, upstream: &str) -> ProxyError {
                      port excluded from redirection?"
             ),
         ),
-        E::AlertReceived(alert) => ProxyError::new(
-            Cause::TlsRejectedByPeer,
-            format!(
-                "{upstream} rejected our TLS client certificate (alert {alert:?}): our SVID may be \
-                 expired, or the peer's bundle does not trust our trust domain"
-            ),
-        ),
-        E::InvalidCertificate(rustls::CertificateError::Other(other))
-            if other.to_string().to_ascii_lowercase().contains("expected") =>
-        {
-            ProxyError::new(
+        E::AlertReceived(alert) => rejected_by_peer(&format!("{alert:?}"), upstream),
+        _ => match docmesh_certs::tls::svid_error_of(err) {
+            Some(SvidError::IdentityMismatch { expected, got }) => ProxyError::new(
                 Cause::IdentityMismatch,
                 format!(
-                    "{upstream} presented a valid SVID with the wrong SPIFFE ID ({other}); check \
-                     the service's `spiffe_id` in the config against the peer's SVID \
-                     (`docmesh-certs inspect`)"
+                    "{upstream} presented a valid SVID for {got}, expected {expected}; check the \
+                     service's `spiffe_id` in outbound.services, or which workload really \
+                     listens at that address (`docmesh-certs inspect`)"
                 ),
-            )
-        }
-        E::InvalidCertificate(_) | E::NoCertificatesPresented | E::UnsupportedNameType => {
-            ProxyError::new(
+            ),
+            Some(svid) => ProxyError::new(
                 Cause::TlsUntrustedPeer,
-                format!(
-                    "{upstream} presented a certificate our trust bundle does not accept ({err}); \
-                     check that both sidecars share a trust bundle (during a CA rotation the \
-                     bundle must hold the old and the new root) and that the peer's SVID is valid"
-                ),
-            )
-        }
-        _ => ProxyError::new(
-            Cause::TlsUntrustedPeer,
-            format!("TLS handshake with {upstream} failed ({err}); check both sidecars' logs"),
-        ),
+                format!("the SVID of {upstream} is not trusted: {svid}"),
+            ),
+            None if matches!(
+                err,
+                E::InvalidCertificate(_) | E::NoCertificatesPresented | E::UnsupportedNameType
+            ) =>
+            {
+                ProxyError::new(
+                    Cause::TlsUntrustedPeer,
+                    format!(
+                        "{upstream} presented a certificate our trust bundle does not accept \
+                         ({err}); check that both sidecars share a trust bundle (during a CA \
+                         rotation the bundle must hold the old and the new root) and that the \
+                         peer's SVID is valid"
+                    ),
+                )
+            }
+            None => ProxyError::new(
+                Cause::UpstreamReset,
+                format!("TLS handshake with {upstream} failed ({err}); check both sidecars' logs"),
+            ),
+        },
     }
+}
+
+fn rejected_by_peer(alert: &str, upstream: &str) -> ProxyError {
+    ProxyError::new(
+        Cause::TlsRejectedByPeer,
+        format!(
+            "{upstream} rejected our TLS client certificate (alert {alert}): our SVID may be \
+             expired, or the peer's bundle does not trust our trust domain"
+        ),
+    )
+}
+
+/// Whether `e` is hyper-util's resolver failure, which exists only as text
+/// (`dns error: ...`); the one place that text is read.
+pub fn is_dns_error(e: &(dyn StdError + 'static)) -> bool {
+    e.to_string().starts_with("dns error")
+}
+
+/// The name of a fatal TLS alert that tokio-rustls reports only as the text of an `io::Error`
+/// (`received fatal alert: <name>`), as it does when the peer rejects our client SVID after
+/// our side of a TLS 1.3 handshake finished; the one place that text is read.
+pub fn alert_in_text(e: &(dyn StdError + 'static)) -> Option<String> {
+    let io = e.downcast_ref::<io::Error>()?;
+    let text = io.get_ref()?.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    Some(name.to_owned())
 }
 
 /// Classifies an error of an HTTP exchange through a hyper(-util) client. Connect-phase errors
@@ -230,7 +266,36 @@ pub fn http_error(
                 };
             }
         }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_library() && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR) {
+                return ProxyError::new(
+                    Cause::UpstreamNotHttp2,
+                    format!(
+                        "{upstream} does not speak HTTP/2: it answered the HTTP/2 connection \
+                         preface with bytes that are no HTTP/2 frame ({h2}), most likely an \
+                         HTTP/1.1 response. Call it with HTTP/1.1, or make the app accept \
+                         HTTP/2 without TLS (h2c prior knowledge)"
+                    ),
+                )
+                .into();
+            }
+        }
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            if let rustls::Error::AlertReceived(a) = tls {
+                return rejected_by_peer(&format!("{a:?}"), upstream).into();
+            }
+        }
+        if let Some(a) = alert_in_text(e) {
+            return rejected_by_peer(&a, upstream).into();
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return ProxyError::new(
+                    Cause::ResponseTimeout,
+                    format!("no complete response from {upstream} in time ({h})"),
+                )
+                .into();
+            }
             if h.is_canceled() {
                 return AttemptError {
                     error: reset(
@@ -257,18 +322,6 @@ fn reset(upstream: &str, what: &str) -> ProxyError {
              is longer than docmesh's `pool_idle`"
         ),
     )
-}
-
-/// Classifies an I/O error in the middle of an opaque TCP or upgraded stream (for logs and
-/// metrics: no response can be synthesized at that point).
-pub fn stream_error(err: &io::Error, upstream: &str) -> ProxyError {
-    if err.kind() == io::ErrorKind::TimedOut {
-        return ProxyError::new(
-            Cause::ResponseTimeout,
-            format!("no byte to or from {upstream} within the stream idle timeout"),
-        );
-    }
-    reset(upstream, &err.to_string())
 }
 
 /// The innermost message of an error chain (usually the most specific one).
