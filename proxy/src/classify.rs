@@ -280,10 +280,8 @@ pub fn http_error(
                 .into();
             }
         }
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            if let rustls::Error::AlertReceived(a) = tls {
-                return rejected_by_peer(&format!("{a:?}"), upstream).into();
-            }
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return rejected_by_peer(&format!("{a:?}"), upstream).into();
         }
         if let Some(a) = alert_in_text(e) {
             return rejected_by_peer(&a, upstream).into();
@@ -348,6 +346,81 @@ mod tests {
         let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         assert_eq!(tls_error(&untrusted, up).cause, Cause::TlsUntrustedPeer);
         assert!(connect_error(&plain, up).detail.contains(up));
+    }
+
+    #[test]
+    fn identity_mismatch_is_read_from_the_typed_svid_error() {
+        let id = |s: &str| s.parse::<docmesh_certs::SpiffeId>().unwrap();
+        let svid = SvidError::IdentityMismatch {
+            expected: id("spiffe://onlyoffice.local/ns/oo/sa/docservice"),
+            got: id("spiffe://onlyoffice.local/ns/oo/sa/converter"),
+        };
+        let err = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(svid)),
+        ));
+        let got = tls_error(&err, "ds");
+        assert_eq!(got.cause, Cause::IdentityMismatch, "{got}");
+        assert!(got.detail.contains("sa/converter"), "{got}");
+        let other = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(io::Error::other("expected nothing"))),
+        ));
+        assert_eq!(tls_error(&other, "ds").cause, Cause::TlsUntrustedPeer);
+    }
+
+    #[test]
+    fn the_two_texts_read_are_pinned() {
+        // hyper-util's resolver error and tokio-rustls's alert message: if a dependency update
+        // changes these texts, this test names the function to fix.
+        let dns = io::Error::other("dns error: failed to lookup address information");
+        assert!(is_dns_error(&dns));
+        assert_eq!(connect_error(&dns, "ds").cause, Cause::DnsFailure);
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired),
+        );
+        let as_text = io::Error::new(io::ErrorKind::InvalidData, alert.to_string());
+        assert_eq!(
+            alert_in_text(&as_text).as_deref(),
+            Some("CertificateExpired")
+        );
+    }
+
+    #[test]
+    fn unreachable_hosts_are_connect_timeouts() {
+        let e = io::Error::from(io::ErrorKind::HostUnreachable);
+        assert_eq!(io_connect_error(&e, "ds").cause, Cause::ConnectTimeout);
+    }
+
+    /// An HTTP/2 client against a real HTTP/1.1-only server (a socket answering the preface
+    /// with an HTTP/1.1 400, as hyper or nginx do) gets `upstream-not-http2`.
+    #[tokio::test]
+    async fn http2_to_an_http1_server_is_upstream_not_http2() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            // Like a real server, keep the socket open until the client hangs up.
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+        let err = tx.send_request(req).await.unwrap_err();
+        let got = http_error(&err, false, "the app at 127.0.0.1").error;
+        assert_eq!(got.cause, Cause::UpstreamNotHttp2, "{got}");
+        assert!(got.detail.contains("HTTP/1.1"), "{got}");
     }
 
     #[test]
