@@ -12,6 +12,7 @@ pub mod demo;
 pub mod diagnose;
 pub mod errors;
 pub mod fuzz;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod inbound;
