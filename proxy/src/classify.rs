@@ -181,7 +181,11 @@ pub fn tls_error(err: &rustls::Error, upstream: &str) -> ProxyError {
             ),
             Some(svid) => ProxyError::new(
                 Cause::TlsUntrustedPeer,
-                format!("the SVID of {upstream} is not trusted: {svid}"),
+                format!(
+                    "the SVID of {upstream} is not trusted ({svid}); check that both sidecars \
+                     share a trust bundle (during a CA rotation the bundle must hold the old and \
+                     the new root) and that the peer's SVID is valid"
+                ),
             ),
             None if matches!(
                 err,

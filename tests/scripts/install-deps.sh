@@ -53,3 +53,15 @@ if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# grpcio: a real gRPC client for proxy/tests/grpc_errors.rs (synthesized errors as gRPC status).
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  echo "install-deps: installing grpcio" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      grpcio >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      grpcio >/dev/null 2>&1 \
+    || true
+  python3 -c 'import grpc' >/dev/null 2>&1 \
+    || { echo "install-deps: grpcio could not be installed (python3 -m pip install grpcio)" >&2; exit 1; }
+fi
