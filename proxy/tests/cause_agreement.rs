@@ -20,7 +20,10 @@ use tokio::io::AsyncReadExt;
 /// How the failing peer is reached.
 enum Hop {
     /// Mesh hop with mTLS: our SVID `ours`, trusting the PEM roots `roots`.
-    Mtls { ours: IssuedSvid, roots: String },
+    Mtls {
+        ours: Box<IssuedSvid>,
+        roots: String,
+    },
     /// Plaintext (an app reached without TLS).
     Plain,
 }
@@ -121,7 +124,7 @@ async fn proxy_and_diagnose_name_the_same_cause() {
     let ca = dev_ca("example.org");
     let rogue = dev_ca("example.org");
     let mesh = |roots: &[&CertificateAuthority]| Hop::Mtls {
-        ours: svid(&ca, CLIENT_ID),
+        ours: Box::new(svid(&ca, CLIENT_ID)),
         roots: roots.iter().map(|c| c.root_cert_pem()).collect(),
     };
     let impostor = "spiffe://example.org/ns/oo/sa/impostor";
