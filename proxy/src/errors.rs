@@ -236,7 +236,8 @@ impl ProxyError {
 }
 
 /// Builds a synthesized error response for `cause` (see [`ProxyError::to_response`]); the only
-/// place an error body is serialized. The response carries [`Synthesized`] in its extensions
+/// place an error response is built (for the data path, limits and authorization alike; a
+/// `401` also carries `WWW-Authenticate: Bearer`). The response carries [`Synthesized`] in its extensions
 /// and an exact `content-length`.
 pub fn error_response(
     cause: Cause,
@@ -273,6 +274,13 @@ pub fn error_response(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    if cause == Cause::Unauthenticated {
+        // RFC 9110 §15.5.2: a 401 names the scheme the client should use.
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
     resp
 }
 
