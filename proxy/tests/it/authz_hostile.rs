@@ -1,9 +1,7 @@
 //! The hostile token corpus: every token is refused with the right status and a detail naming
 //! the check that failed, and nothing panics.
 
-mod authz_support;
-
-use authz_support::*;
+use crate::authz_support::*;
 use docmesh_proxy::authz::{Decision, CLIENT_ID_HEADER, TENANT_HEADER};
 use docmesh_proxy::errors::Cause;
 use jsonwebtoken::Algorithm::{HS256, HS384, HS512};

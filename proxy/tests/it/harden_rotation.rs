@@ -4,10 +4,10 @@
 //! Afterwards an old SVID is refused (`tls-untrusted-peer` where we verify a server,
 //! `tls-rejected-by-peer` where the server refuses us).
 
-mod harden_support;
-mod support;
+use crate::harden_support;
+use crate::support;
 #[allow(dead_code)]
-#[path = "../src/identity/tests/workload_server.rs"]
+#[path = "../../src/identity/tests/workload_server.rs"]
 mod workload_server;
 
 use std::net::SocketAddr;
@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::harden_support::{
+    dev_ca, start_inbound, InboundOptions, RecordingApp, Sidecar, DEADLINE,
+};
+use crate::support::{full, h1_client, PairOptions, CLIENT_ID, SERVER_ID};
 use docmesh_certs::ca::{CertificateAuthority, IssuedSvid};
 use docmesh_proxy::config::identity::{IdentityConfig, IdentitySource};
 use docmesh_proxy::config::inbound::InboundMode;
@@ -24,8 +28,6 @@ use docmesh_proxy::inbound::MeshServer;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::outbound::connect::MeshClient;
-use harden_support::{dev_ca, start_inbound, InboundOptions, RecordingApp, Sidecar, DEADLINE};
-use support::{full, h1_client, PairOptions, CLIENT_ID, SERVER_ID};
 use tokio::net::{TcpListener, TcpStream};
 use workload_server::{WorkloadApiServer, X509Svid, X509SvidResponse};
 

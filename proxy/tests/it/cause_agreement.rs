@@ -5,16 +5,14 @@
 //! address with the same identity. Both must be the expected cause. (Dropped packets are in
 //! the network-namespace tier: `diagnose_net` proves `diagnose`'s side here.)
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::support::*;
 use docmesh_certs::tls::{ExpectedPeer, SpiffeServerVerifier};
 use docmesh_proxy::diagnose::{diagnose, Target, Timeouts, TlsClient};
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
-use support::*;
 use tokio::io::AsyncReadExt;
 
 /// How the failing peer is reached.

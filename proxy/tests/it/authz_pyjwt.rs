@@ -1,11 +1,9 @@
 //! Interoperability: tokens made by PyJWT (an independent implementation) in both OnlyOffice
 //! shapes verify, and the RFC 7515 appendix A.1 HS256 vector verifies.
 
-mod authz_support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use authz_support::*;
+use crate::authz_support::*;
 use docmesh_proxy::authz::{CLIENT_ID_HEADER, TENANT_HEADER};
 use docmesh_proxy::errors::Cause;
 

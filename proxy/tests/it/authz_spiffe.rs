@@ -1,9 +1,7 @@
 //! SPIFFE ID rules per port and route, the host's tenant as OnlyOffice computes it, and key
 //! reloads.
 
-mod authz_support;
-
-use authz_support::*;
+use crate::authz_support::*;
 use docmesh_proxy::authz::tenant::host_tenant;
 use docmesh_proxy::authz::{Decision, CLIENT_ID_HEADER, TENANT_HEADER};
 use docmesh_proxy::errors::Cause;

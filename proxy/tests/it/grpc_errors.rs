@@ -3,11 +3,9 @@
 //! in the message, `docmesh-error` in the metadata) instead of "Received http2 header with
 //! status: 502".
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// A unary call with grpcio to `target`; prints the outcome as JSON.
 const CLIENT: &str = r#"
