@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # PyJWT and cryptography: an independent JWT implementation for the authz interop tests
-# (proxy/tests/authz_pyjwt.rs). pip first (works as root in CI), then Debian's packages.
+# (proxy/tests/it/authz_pyjwt.rs). pip first (works as root in CI), then Debian's packages.
 if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   echo "install-deps: installing PyJWT and cryptography" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
@@ -54,7 +54,7 @@ if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   fi
 fi
 
-# grpcio: a real gRPC client for proxy/tests/grpc_errors.rs (synthesized errors as gRPC status).
+# grpcio: a real gRPC client for proxy/tests/it/grpc_errors.rs (synthesized errors as gRPC status).
 if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   echo "install-deps: installing grpcio" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \

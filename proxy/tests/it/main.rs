@@ -4,7 +4,7 @@
 
 // Shared setup.
 mod authz_support;
-mod harden_support;
+mod limits_support;
 mod resilience_support;
 mod support;
 
@@ -22,15 +22,15 @@ mod diagnose_tls;
 mod drain_e2e;
 mod fuzz_corpus;
 mod grpc_errors;
-mod harden_hostile;
-mod harden_limits;
-mod harden_process;
-mod harden_rotation;
+mod identity_rotation;
+mod limits_hostile;
+mod limits_http;
 mod mtls_path;
 mod observe_access_log;
 mod observe_metrics;
 mod observe_pair;
 mod plaintext_path;
+mod process_limits;
 mod resilience_breaker;
 mod resilience_causes;
 mod resilience_config;

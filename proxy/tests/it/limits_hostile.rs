@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::harden_support::*;
+use crate::limits_support::*;
 use docmesh_proxy::authz::Authorizer;
 use docmesh_proxy::config::authz::AuthzConfig;
 use docmesh_proxy::config::inbound::InboundMode;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harden_support::*;
+use crate::limits_support::*;
 use docmesh_proxy::config::limits::{BodyLimitRoute, LimitsConfig};
 use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::inbound::MeshServer;

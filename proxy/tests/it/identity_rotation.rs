@@ -4,7 +4,7 @@
 //! Afterwards an old SVID is refused (`tls-untrusted-peer` where we verify a server,
 //! `tls-rejected-by-peer` where the server refuses us).
 
-use crate::harden_support;
+use crate::limits_support;
 use crate::support;
 #[allow(dead_code)]
 #[path = "../../src/identity/tests/workload_server.rs"]
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harden_support::{
+use crate::limits_support::{
     dev_ca, start_inbound, InboundOptions, RecordingApp, Sidecar, DEADLINE,
 };
 use crate::support::{full, h1_client, PairOptions, CLIENT_ID, SERVER_ID};
@@ -225,9 +225,9 @@ impl StalePeers {
         client: &Identity,
         inbound: SocketAddr,
     ) -> StalePeers {
-        let stale_server = harden_support::identity_for(old, SERVER_ID, &[old, new]);
+        let stale_server = limits_support::identity_for(old, SERVER_ID, &[old, new]);
         let (server, to_stale) = mtls_hop(app, stale_server, Arc::new(client.clone())).await;
-        let stale = harden_support::identity_for(old, CLIENT_ID, &[old, new]);
+        let stale = limits_support::identity_for(old, CLIENT_ID, &[old, new]);
         let from_stale = outbound_to(inbound, MeshClient::Mtls(stale.clone())).await;
         assert_eq!(one_request(from_stale).await, (200, String::new()));
         StalePeers {
@@ -412,7 +412,7 @@ async fn server_leaf(
     ca: &CertificateAuthority,
     roots: &[&CertificateAuthority],
 ) -> String {
-    let probe = harden_support::identity_for(ca, "spiffe://example.org/ns/oo/sa/probe", roots);
+    let probe = limits_support::identity_for(ca, "spiffe://example.org/ns/oo/sa/probe", roots);
     let cfg = probe.client_config(&SERVER_ID.parse().unwrap(), &[b"http/1.1"]);
     let s = TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
