@@ -74,10 +74,7 @@ fn proxy_modules_have_no_cycles() {
 const PROXY_KNOWN: &[(&str, &str)] = &[
     ("config", "authz"),      // config builds an `Authorizer` to validate
     ("config", "resilience"), // policy resolution lives in config/resilience.rs
-    ("limits", "http"),
-    ("observe", "http"),
     ("observe", "resilience"),
-    ("resilience", "outbound"), // resilience/mesh.rs is outbound wiring
 ];
 
 #[test]

@@ -23,7 +23,6 @@ pub mod endpoint;
 pub mod guard;
 pub mod health;
 pub mod limit;
-pub mod mesh;
 pub mod observer;
 pub mod policy;
 pub mod retry;
