@@ -26,6 +26,7 @@
 //! let _server_side = SpiffeClientVerifier::new(shared);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod ca;

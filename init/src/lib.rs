@@ -11,6 +11,7 @@
 //! - [`args`]: the capture flags shared by every subcommand.
 //! - [`webhook`]: `docmesh-init webhook`, the mutating admission webhook.
 //! - [`cli`]: the command line (every option also as a `DOCMESH_INIT_*` variable).
+#![forbid(unsafe_code)]
 
 pub mod args;
 pub mod backend;

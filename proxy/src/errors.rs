@@ -34,6 +34,9 @@ pub enum Cause {
     TlsRejectedByPeer,
     /// The upstream closed or reset before a complete response.
     UpstreamReset,
+    /// The upstream (on the inbound hop: the app) does not speak HTTP/2, which the caller used
+    /// (it answered the HTTP/2 preface with HTTP/1.x).
+    UpstreamNotHttp2,
     /// No response headers within the response timeout.
     ResponseTimeout,
     /// The endpoint's circuit breaker is open.
@@ -59,11 +62,14 @@ pub enum Cause {
     BadRequest,
     /// The client stopped sending its request body for `limits.body_idle_timeout`.
     RequestBodyTimeout,
+    /// A bug in docmesh (a state its own code should have ruled out); reported with its detail
+    /// instead of posing as a network cause.
+    Internal,
 }
 
 impl Cause {
     /// Every cause, in documentation order.
-    pub const ALL: [Cause; 19] = [
+    pub const ALL: [Cause; 21] = [
         Cause::DnsFailure,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
@@ -72,6 +78,7 @@ impl Cause {
         Cause::IdentityMismatch,
         Cause::TlsRejectedByPeer,
         Cause::UpstreamReset,
+        Cause::UpstreamNotHttp2,
         Cause::ResponseTimeout,
         Cause::CircuitOpen,
         Cause::Overloaded,
@@ -83,6 +90,7 @@ impl Cause {
         Cause::PayloadTooLarge,
         Cause::BadRequest,
         Cause::RequestBodyTimeout,
+        Cause::Internal,
     ];
 
     /// The stable, kebab-case name used in headers, logs and metrics.
@@ -96,6 +104,7 @@ impl Cause {
             Cause::IdentityMismatch => "identity-mismatch",
             Cause::TlsRejectedByPeer => "tls-rejected-by-peer",
             Cause::UpstreamReset => "upstream-reset",
+            Cause::UpstreamNotHttp2 => "upstream-not-http2",
             Cause::ResponseTimeout => "response-timeout",
             Cause::CircuitOpen => "circuit-open",
             Cause::Overloaded => "overloaded",
@@ -107,6 +116,7 @@ impl Cause {
             Cause::PayloadTooLarge => "payload-too-large",
             Cause::BadRequest => "bad-request",
             Cause::RequestBodyTimeout => "request-body-timeout",
+            Cause::Internal => "internal-error",
         }
     }
 
@@ -120,7 +130,8 @@ impl Cause {
             | Cause::TlsUntrustedPeer
             | Cause::IdentityMismatch
             | Cause::TlsRejectedByPeer
-            | Cause::UpstreamReset => S::BAD_GATEWAY,
+            | Cause::UpstreamReset
+            | Cause::UpstreamNotHttp2 => S::BAD_GATEWAY,
             Cause::ConnectTimeout | Cause::ResponseTimeout => S::GATEWAY_TIMEOUT,
             Cause::CircuitOpen | Cause::Overloaded | Cause::NoHealthyEndpoint => {
                 S::SERVICE_UNAVAILABLE
@@ -132,6 +143,7 @@ impl Cause {
             Cause::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Cause::BadRequest => S::BAD_REQUEST,
             Cause::RequestBodyTimeout => S::REQUEST_TIMEOUT,
+            Cause::Internal => S::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -224,7 +236,8 @@ impl ProxyError {
 }
 
 /// Builds a synthesized error response for `cause` (see [`ProxyError::to_response`]); the only
-/// place an error body is serialized. The response carries [`Synthesized`] in its extensions
+/// place an error response is built (for the data path, limits and authorization alike; a
+/// `401` also carries `WWW-Authenticate: Bearer`). The response carries [`Synthesized`] in its extensions
 /// and an exact `content-length`.
 pub fn error_response(
     cause: Cause,
@@ -261,6 +274,13 @@ pub fn error_response(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    if cause == Cause::Unauthenticated {
+        // RFC 9110 §15.5.2: a 401 names the scheme the client should use.
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
     resp
 }
 
@@ -299,9 +319,9 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Cause::ALL.len());
-        assert!(names
-            .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
+        assert!(names.iter().all(|n| n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! HTTP header handling docmesh does itself (hop-by-hop stripping, `[limits]` checks and
 //! request normalisation). Each function must return normally for any input: a panic is a
 //! finding. They are driven by the `cargo fuzz` targets in `proxy/fuzz/` and, over a seed
-//! corpus with a small mutator, by `proxy/tests/fuzz_corpus.rs` in the normal test run.
+//! corpus with a small mutator, by `proxy/tests/it/fuzz_corpus.rs` in the normal test run.
 
 use std::sync::{Arc, OnceLock};
 

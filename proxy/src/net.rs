@@ -78,29 +78,17 @@ pub async fn connect(
 /// point the operator at the app rather than at a remote peer.
 pub const APP: &str = "the app";
 
-/// Classifies a failed `connect()`.
+/// Classifies a failed `connect()` with the shared classifier ([`crate::classify`]); a
+/// refused connection to the local app says what to check on the app.
 pub fn connect_error(e: &io::Error, addr: SocketAddr, what: &str) -> ProxyError {
-    match e.kind() {
-        io::ErrorKind::TimedOut => ProxyError::new(
-            Cause::ConnectTimeout,
-            format!("TCP connect to {what} at {addr} timed out ({e})"),
-        ),
-        io::ErrorKind::ConnectionRefused => {
-            let check = if what == APP {
-                "is the app running, and listening on that port on loopback or all addresses?"
-            } else {
-                "is the peer and its sidecar running, and is the port right?"
-            };
-            ProxyError::new(
-                Cause::ConnectRefused,
-                format!("connection to {what} at {addr} refused: nothing listens there ({check})"),
-            )
-        }
-        _ => ProxyError::new(
-            Cause::ConnectRefused,
-            format!("TCP connect to {what} at {addr} failed: {e}"),
-        ),
+    let mut err = crate::classify::io_connect_error(e, &format!("{what} at {addr}"));
+    if what == APP && err.cause == Cause::ConnectRefused {
+        err.detail = format!(
+            "connection to the app at {addr} refused: nothing listens there (is the app \
+             running, and listening on that port on loopback or all addresses?)"
+        );
     }
+    err
 }
 
 /// Copies both directions until both are closed; an EOF in one direction is passed on as a
@@ -194,7 +182,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.cause, Cause::ConnectRefused, "{e}");
         assert!(e.detail.contains("svc"), "{e}");
-        assert!(e.detail.contains("its sidecar running"), "{e}");
+        assert!(e.detail.contains("sidecar"), "{e}");
     }
 
     #[test]

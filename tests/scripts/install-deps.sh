@@ -24,7 +24,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # PyJWT and cryptography: an independent JWT implementation for the authz interop tests
-# (proxy/tests/authz_pyjwt.rs) and an independent SPIFFE bundle JSON reader
+# (proxy/tests/it/authz_pyjwt.rs) and an independent SPIFFE bundle JSON reader
 # (certs/tests/interop.rs). pip first (works as root in CI), then Debian's packages.
 if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   echo "install-deps: installing PyJWT and cryptography" >&2
@@ -56,4 +56,16 @@ if ! python3 -c 'import kubernetes_validate, jsonpatch' >/dev/null 2>&1; then
     echo "install-deps: kubernetes-validate could not be installed (python3 -m pip install kubernetes-validate jsonpatch)" >&2
     exit 1
   fi
+fi
+
+# grpcio: a real gRPC client for proxy/tests/it/grpc_errors.rs (synthesized errors as gRPC status).
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  echo "install-deps: installing grpcio" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      grpcio >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      grpcio >/dev/null 2>&1 \
+    || true
+  python3 -c 'import grpc' >/dev/null 2>&1 \
+    || { echo "install-deps: grpcio could not be installed (python3 -m pip install grpcio)" >&2; exit 1; }
 fi

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use docmesh_certs::spiffe_id::SpiffeId;
-use docmesh_proxy::authz::{Authorizer, Decision, DenyCause};
+use docmesh_proxy::authz::{Authorizer, Decision};
 use docmesh_proxy::config::Config;
+use docmesh_proxy::errors::Cause;
 use http::Method;
 
 mod deploy_support;
@@ -255,7 +256,7 @@ async fn http(
         .0
 }
 
-fn denied(d: &Decision) -> Option<DenyCause> {
+fn denied(d: &Decision) -> Option<Cause> {
     match d {
         Decision::Allow { .. } => None,
         Decision::Deny { cause, .. } => Some(*cause),
@@ -287,12 +288,12 @@ async fn authz_allows_exactly_the_onlyoffice_pairs() {
     let d = http(&ds, 8888, "integrator", Method::POST, cmd, Some(&token)).await;
     assert_eq!(denied(&d), None);
     let d = http(&ds, 8888, "integrator", Method::POST, cmd, None).await;
-    assert_eq!(denied(&d), Some(DenyCause::Unauthenticated));
+    assert_eq!(denied(&d), Some(Cause::Unauthenticated));
     let d = http(&ds, 8888, "integrator", Method::GET, "/healthcheck", None).await;
     assert_eq!(denied(&d), None);
     // The converter never calls the document server; the integrator may not POST elsewhere.
     let d = http(&ds, 8888, "converter", Method::POST, cmd, Some(&token)).await;
-    assert_eq!(denied(&d), Some(DenyCause::Forbidden));
+    assert_eq!(denied(&d), Some(Cause::Forbidden));
     let d = http(
         &ds,
         8888,
@@ -302,7 +303,7 @@ async fn authz_allows_exactly_the_onlyoffice_pairs() {
         Some(&token),
     )
     .await;
-    assert_eq!(denied(&d), Some(DenyCause::Forbidden));
+    assert_eq!(denied(&d), Some(Cause::Forbidden));
 
     // documentserver/converter -> integrator: callbacks and downloads.
     let integ = authorizer("integrator", dir.path());
@@ -335,7 +336,7 @@ async fn authz_allows_exactly_the_onlyoffice_pairs() {
         None,
     )
     .await;
-    assert_eq!(denied(&d), Some(DenyCause::Forbidden));
+    assert_eq!(denied(&d), Some(Cause::Forbidden));
 
     // Opaque backends: only the services that use them.
     for (svc, port, allowed, refused) in [
@@ -369,7 +370,7 @@ async fn authz_allows_exactly_the_onlyoffice_pairs() {
         for c in refused {
             assert_eq!(
                 denied(&a.authorize_tcp(port, Some(&id(c)))),
-                Some(DenyCause::Forbidden),
+                Some(Cause::Forbidden),
                 "{c} -> {svc}"
             );
         }

@@ -5,46 +5,6 @@ use std::path::PathBuf;
 use super::SpiffeId;
 use crate::errors::Cause;
 
-/// Why a call was refused; each maps to one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DenyCause {
-    /// 401: the token is missing or invalid.
-    Unauthenticated,
-    /// 403: the SPIFFE ID or the tenant is not permitted.
-    Forbidden,
-    /// 413: the body had to be read for a token but exceeds the buffer limit.
-    PayloadTooLarge,
-}
-
-impl DenyCause {
-    /// The HTTP status of the refusal.
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            DenyCause::Unauthenticated => Cause::Unauthenticated.status(),
-            DenyCause::Forbidden => Cause::Forbidden.status(),
-            DenyCause::PayloadTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-        }
-    }
-
-    /// The stable name for the `docmesh-error` header, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyCause::Unauthenticated => Cause::Unauthenticated.as_str(),
-            DenyCause::Forbidden => Cause::Forbidden.as_str(),
-            DenyCause::PayloadTooLarge => "payload-too-large",
-        }
-    }
-
-    /// The proxy-wide cause, where the taxonomy has one (413 is not a proxy failure cause).
-    pub fn proxy_cause(self) -> Option<Cause> {
-        match self {
-            DenyCause::Unauthenticated => Some(Cause::Unauthenticated),
-            DenyCause::Forbidden => Some(Cause::Forbidden),
-            DenyCause::PayloadTooLarge => None,
-        }
-    }
-}
-
 /// The outcome of authorizing one connection or request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -58,7 +18,7 @@ pub enum Decision {
     /// Refuse it.
     Deny {
         /// Which status to answer with.
-        cause: DenyCause,
+        cause: Cause,
         /// Exactly which check failed, for the operator (never contains secrets).
         detail: String,
         /// Stable kebab-case name of the failed check, for metric labels
@@ -273,13 +233,13 @@ impl AuthzError {
     }
 
     /// The status class of this refusal.
-    pub fn cause(&self) -> DenyCause {
+    pub fn cause(&self) -> Cause {
         match self {
             AuthzError::SpiffeDenied { .. }
             | AuthzError::TenantNotPermitted { .. }
-            | AuthzError::UnsafePath { .. } => DenyCause::Forbidden,
-            AuthzError::BodyTooLarge { .. } => DenyCause::PayloadTooLarge,
-            _ => DenyCause::Unauthenticated,
+            | AuthzError::UnsafePath { .. } => Cause::Forbidden,
+            AuthzError::BodyTooLarge { .. } => Cause::PayloadTooLarge,
+            _ => Cause::Unauthenticated,
         }
     }
 }
@@ -298,31 +258,4 @@ pub enum AuthzConfigError {
         /// What is wrong (never the key material).
         reason: String,
     },
-}
-
-impl DenyCause {
-    /// The synthesized refusal: the cause's status, `docmesh-error: <cause>` and the JSON body
-    /// `{"cause","status","hop":"inbound","detail","trace_id"}` every proxy error carries
-    /// (built by [`crate::errors::error_response`]), plus `WWW-Authenticate` on 401.
-    pub fn to_response(
-        self,
-        detail: &str,
-        trace_id: Option<&str>,
-    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-        let cause = match self {
-            DenyCause::Unauthenticated => Cause::Unauthenticated,
-            DenyCause::Forbidden => Cause::Forbidden,
-            DenyCause::PayloadTooLarge => Cause::PayloadTooLarge,
-        };
-        let mut resp =
-            crate::errors::error_response(cause, detail, crate::errors::Hop::Inbound, trace_id);
-        let h = resp.headers_mut();
-        if self == DenyCause::Unauthenticated {
-            h.insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-        }
-        resp
-    }
 }

@@ -27,7 +27,7 @@ use jsonwebtoken::Algorithm;
 use crate::config::authz::AuthzConfig;
 
 pub use body::AuthzBody;
-pub use decision::{AuthzConfigError, AuthzError, Decision, DenyCause};
+pub use decision::{AuthzConfigError, AuthzError, Decision};
 pub use docmesh_certs::spiffe_id::SpiffeId;
 
 /// Header carrying the verified client SPIFFE ID to the app.

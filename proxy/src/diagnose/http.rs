@@ -92,7 +92,7 @@ fn lost(e: &hyper::Error, upstream: &str) -> Finding {
         }
         source = err.source();
     }
-    advice::from_error(&crate::resilience::classify::http_error(e, false, upstream).error)
+    advice::from_error(&crate::classify::http_error(e, false, upstream).error)
 }
 
 /// Judges an answer: `Ok(summary)` for a healthy one, else the finding.

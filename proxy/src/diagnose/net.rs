@@ -11,7 +11,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::advice;
 use super::report::Finding;
-use crate::resilience::classify::{io_connect_error, tls_error};
+use crate::classify::{io_connect_error, tls_error};
 
 /// Resolves `host:port`; an IP literal resolves to itself.
 pub async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, Finding> {

@@ -12,14 +12,9 @@ pub mod pool;
 pub mod serve;
 pub mod upgrade;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
-/// Body of every response the data path returns: the upstream's streamed body, or a small
-/// synthesized one (error responses). An enum, so no per-request boxing.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub use crate::body::ProxyBody;
 
 /// Headers that apply to one connection only and are never forwarded (RFC 9110 §7.6.1, plus
 /// the legacy `proxy-connection` and `keep-alive`).

@@ -264,13 +264,6 @@ where
 /// The alert of a TLS error that reached us as text only: the HTTP/2 connection keeps an
 /// I/O error's kind and message, not the error itself, so rustls' `AlertReceived` arrives as
 /// its display form ("received fatal alert: NAME").
-fn alert_in_text(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let io = e.downcast_ref::<std::io::Error>()?;
-    let text = io.get_ref()?.to_string();
-    let name = text.strip_prefix("received fatal alert: ")?;
-    Some(name.to_owned())
-}
-
 fn closed_before_request() -> ProxyError {
     ProxyError::new(
         Cause::UpstreamReset,
@@ -278,44 +271,11 @@ fn closed_before_request() -> ProxyError {
     )
 }
 
-/// Maps a hyper client error to a cause: everything after the connection was established is
-/// `upstream-reset` (closed or reset before a complete response) unless it is a timeout, or a
-/// TLS alert from the peer (with TLS 1.3 a server rejects our client SVID only after our side
-/// of the handshake finished, so the alert arrives with the first response read).
+/// Maps a hyper client error to a cause with the shared classifier ([`crate::classify`]):
+/// everything after the connection was established is `upstream-reset` unless it is a
+/// timeout, a TLS alert from the peer (with TLS 1.3 a server rejects our client SVID only after
+/// our side of the handshake finished, so the alert arrives with the first response read), or
+/// an HTTP/1.x answer to HTTP/2 (`upstream-not-http2`).
 pub fn upstream_error(e: &hyper::Error) -> ProxyError {
-    use std::error::Error as _;
-    let mut detail =
-        format!("the upstream closed or reset the connection before a complete response: {e}");
-    let mut alert = None;
-    let mut src = e.source();
-    while let Some(s) = src {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
-            s.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::AlertReceived(a)) = tls {
-            alert = Some(format!("{a:?}"));
-        } else if alert.is_none() {
-            alert = alert_in_text(s);
-        }
-        src = s.source();
-    }
-    if let Some(a) = alert {
-        return ProxyError::new(
-            Cause::TlsRejectedByPeer,
-            format!(
-                "the peer rejected our TLS client certificate (alert {a}): our SVID may be \
-                 expired, or the peer's bundle does not trust our trust domain"
-            ),
-        );
-    }
-    let cause = if e.is_timeout() {
-        Cause::ResponseTimeout
-    } else {
-        Cause::UpstreamReset
-    };
-    ProxyError::new(cause, detail)
+    crate::classify::http_error(e, false, "the upstream").error
 }

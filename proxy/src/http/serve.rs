@@ -106,9 +106,16 @@ pub async fn serve_connection_limited<Io, H, Fut>(
         let upgrade = watch
             .as_ref()
             .and_then(|w| w.on_request(&mut req).map(|epoch| (Arc::clone(w), epoch)));
+        let grpc = crate::grpc::is_grpc(&req);
         let fut = handler(req);
         async move {
-            let resp = fut.await;
+            let mut resp = fut.await;
+            if grpc {
+                resp = crate::grpc::into_trailers_only(
+                    resp,
+                    http_body_util::Either::Right(http_body_util::Full::default()),
+                );
+            }
             if let Some((w, epoch)) = upgrade {
                 w.on_response(epoch, resp.status());
             }

@@ -600,9 +600,9 @@ async fn to_app(
     let reason = crate::observe::AuthzReason(decision.reason());
     if let Decision::Deny { cause, detail, .. } = decision {
         let trace_id = trace_id.map(|t| t.to_string());
-        let mut resp = cause
-            .to_response(&detail, trace_id.as_deref())
-            .map(http_body_util::Either::Right);
+        let mut resp =
+            crate::errors::error_response(cause, &detail, Hop::Inbound, trace_id.as_deref())
+                .map(http_body_util::Either::Right);
         resp.extensions_mut().insert(reason);
         return resp;
     }

@@ -16,8 +16,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::head::BodyEnd;
 use super::Limits;
+use crate::body::ProxyBody;
 use crate::errors::{Cause, Hop, ProxyError};
-use crate::http::ProxyBody;
 use crate::observe::TraceId;
 
 /// Why a guarded body failed.

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext, TraceId};
+use crate::body::ProxyBody;
 use crate::errors::{Cause, ProxyError, Synthesized, ERROR_HEADER};
-use crate::http::ProxyBody;
 use crate::resilience::Attempts;
 
 /// What the access log keeps of a request while it is in flight.

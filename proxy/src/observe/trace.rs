@@ -49,6 +49,11 @@ impl TraceParent {
             value: s.chars().take(80).collect(),
             why,
         };
+        // Every field is ASCII; rejecting anything else first also keeps the slicing below on
+        // character boundaries.
+        if !s.is_ascii() {
+            return Err(bad("contains non-ASCII characters"));
+        }
         let b = s.as_bytes();
         if b.len() < 2 {
             return Err(bad("shorter than the version field"));

@@ -92,6 +92,9 @@ fn invalid_traceparents_are_rejected_with_the_rule_broken() {
         (tp("00", "0F"), "trace-flags"),
         (String::new(), "shorter"),
         (format!("00-{TRACE}x-{PARENT}-1"), "separated"),
+        // A multi-byte character across the version field's end used to panic on slicing.
+        (format!("0\u{e9}{}", &tp("00", "01")[3..]), "non-ASCII"),
+        (format!("00-{TRACE}-{PARENT}-\u{e9}"), "non-ASCII"),
     ];
     for (value, rule) in cases {
         let err = TraceParent::parse(&value).unwrap_err().to_string();

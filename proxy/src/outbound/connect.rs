@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use docmesh_certs::{SpiffeId, SvidError};
+use docmesh_certs::SpiffeId;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -154,52 +154,7 @@ impl Connectors {
 
 /// Maps a failed client handshake to its cause.
 pub fn tls_error(e: &io::Error, svc: &Service, addr: SocketAddr) -> ProxyError {
-    let who = format!("`{}` at {addr}", svc.name);
-    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return ProxyError::new(
-            Cause::UpstreamReset,
-            format!("TLS handshake with {who} failed: {e} (the peer closed the connection)"),
-        );
-    };
-    if let Some(svid) = docmesh_certs::tls::svid_error_of(err) {
-        return match svid {
-            SvidError::IdentityMismatch { expected, got } => ProxyError::new(
-                Cause::IdentityMismatch,
-                format!(
-                    "{who} presented {got}, expected {expected} (check outbound.services \
-                     spiffe_id, or which workload really listens at that address)"
-                ),
-            ),
-            other => ProxyError::new(
-                Cause::TlsUntrustedPeer,
-                format!("the SVID of {who} is not trusted: {other}"),
-            ),
-        };
-    }
-    match err {
-        rustls::Error::InvalidMessage(_) => ProxyError::new(
-            Cause::TlsPlaintextPeer,
-            format!(
-                "{who} answered the TLS handshake with non-TLS bytes ({err}): a plaintext \
-                 server without a sidecar, or a port that is not the peer's inbound port"
-            ),
-        ),
-        rustls::Error::InvalidCertificate(_) => ProxyError::new(
-            Cause::TlsUntrustedPeer,
-            format!("the certificate of {who} is not trusted: {err}"),
-        ),
-        rustls::Error::AlertReceived(alert) => ProxyError::new(
-            Cause::TlsRejectedByPeer,
-            format!(
-                "{who} rejected the TLS handshake (alert {alert:?}): our SVID may be expired, \
-                 or the peer's bundle does not trust our trust domain"
-            ),
-        ),
-        other => ProxyError::new(
-            Cause::UpstreamReset,
-            format!("TLS handshake with {who} failed: {other}"),
-        ),
-    }
+    crate::classify::io_connect_error(e, &format!("`{}` at {addr}", svc.name))
 }
 
 /// A connection to a mesh service.

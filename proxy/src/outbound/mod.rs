@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod detect;
+pub mod mesh;
 pub mod services;
 
 use std::net::SocketAddr;
@@ -31,10 +32,10 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
 use crate::observe::{request_trace_id, HopAddrs, Observability};
-use crate::resilience::mesh::{mesh_send, MeshStacks, SendFn};
 use crate::resilience::observer::{NoopObserver, Observer};
 use connect::{Connectors, HopTimeouts, Inner, MeshClient};
 use detect::{DetectEnd, Detected};
+use mesh::{mesh_send, MeshStacks, SendFn};
 use services::{Service, Services};
 
 pub use connect::MeshStream;

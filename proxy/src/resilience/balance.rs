@@ -22,7 +22,6 @@ use tokio::time::Instant;
 
 use super::body::ReplayBody;
 use super::breaker::{open_error, Breaker, BreakerService};
-use super::classify::AttemptError;
 use super::endpoint::{BoxFuture, Endpoint, NewService};
 use super::guard::Guarded;
 use super::health::{check_once, HealthState};
@@ -30,6 +29,7 @@ use super::observer::Observer;
 use super::policy::{BalanceStrategy, ServicePolicy};
 use super::retry::Tried;
 use super::timeout::AttemptTimeout;
+use crate::classify::AttemptError;
 use crate::errors::Cause;
 
 /// The endpoint a request should go to first, in its request extensions: in transparent mode

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use super::backoff::jittered_open;
 use super::body::ReplayBody;
-use super::classify::AttemptError;
 use super::endpoint::BoxFuture;
 use super::observer::Observer;
 use super::policy::BreakerPolicy;
+use crate::classify::AttemptError;
 use crate::errors::Cause;
 
 /// Circuit state, as exported to metrics and the admin server.

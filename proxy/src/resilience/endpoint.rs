@@ -15,7 +15,7 @@ use http::{Request, Response, Uri};
 use hyper_util::client::legacy::{connect::Connect, Client};
 
 use super::body::ReplayBody;
-use super::classify::{http_error, AttemptError};
+use crate::classify::{http_error, AttemptError};
 use crate::errors::ProxyError;
 
 /// Boxed, sendable future used by the layers.

@@ -13,9 +13,9 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use super::body::ReplayBody;
-use super::classify::AttemptError;
 use super::endpoint::Endpoint;
 use super::policy::HealthCheckPolicy;
+use crate::classify::AttemptError;
 
 /// Largest health-check body read.
 const MAX_BODY: usize = 4096;

@@ -10,11 +10,11 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 
 use super::body::ReplayBody;
-use super::classify::AttemptError;
 use super::endpoint::BoxFuture;
 use super::guard::Guarded;
 use super::policy::LimitsPolicy;
 use super::timeout::route_of;
+use crate::classify::AttemptError;
 use crate::errors::Cause;
 
 /// The concurrency-limit layer of a service.

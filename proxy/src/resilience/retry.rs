@@ -20,11 +20,11 @@ use http::{Request, Response};
 use super::backoff::full_jitter;
 use super::body::ReplayBody;
 use super::budget::RetryBudget;
-use super::classify::AttemptError;
 use super::endpoint::BoxFuture;
 use super::observer::Observer;
 use super::policy::is_idempotent;
 use super::timeout::route_of;
+use crate::classify::AttemptError;
 use crate::errors::Cause;
 
 pub use crate::errors::Attempts;

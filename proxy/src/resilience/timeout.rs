@@ -15,9 +15,9 @@ use std::time::Duration;
 use http::{Request, Response};
 
 use super::body::ReplayBody;
-use super::classify::AttemptError;
 use super::endpoint::BoxFuture;
 use super::policy::RoutePolicy;
+use crate::classify::AttemptError;
 use crate::errors::Cause;
 
 /// The route policy of a request (from its extensions, else the defaults).

@@ -6,7 +6,7 @@
 //! response the test publishes. Calls without the `workload.spiffe.io: true` metadata header are
 //! rejected with `InvalidArgument`, as SPIRE does.
 //!
-//! Self-contained (no `super::` imports) because `proxy/tests/harden_rotation.rs` includes
+//! Self-contained (no `super::` imports) because `proxy/tests/it/identity_rotation.rs` includes
 //! this same file with `#[path]` to drive sidecars through the Workload API source.
 
 use std::collections::HashMap;

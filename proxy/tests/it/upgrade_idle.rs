@@ -2,14 +2,12 @@
 //! upgraded connection that stays silent is closed on both sides. The timer itself (reset by
 //! traffic either way, exact deadline) is tested on paused time in `http::upgrade`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use docmesh_proxy::config::resilience::ResilienceConfig;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
-use support::*;
 use tokio::io::AsyncReadExt;
 
 const IDLE: Duration = Duration::from_millis(300);

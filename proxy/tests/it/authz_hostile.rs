@@ -1,10 +1,9 @@
 //! The hostile token corpus: every token is refused with the right status and a detail naming
 //! the check that failed, and nothing panics.
 
-mod authz_support;
-
-use authz_support::*;
-use docmesh_proxy::authz::{Decision, DenyCause, CLIENT_ID_HEADER, TENANT_HEADER};
+use crate::authz_support::*;
+use docmesh_proxy::authz::{Decision, CLIENT_ID_HEADER, TENANT_HEADER};
+use docmesh_proxy::errors::Cause;
 use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
 use serde_json::json;
 
@@ -104,8 +103,8 @@ async fn expect(
             assert_eq!(expect, "allow");
             return assert!(out.decision.is_allow(), "{auth:?}: {:?}", out.decision);
         }
-        Some(("401", needle)) => (DenyCause::Unauthenticated, needle),
-        Some(("403", needle)) => (DenyCause::Forbidden, needle),
+        Some(("401", needle)) => (Cause::Unauthenticated, needle),
+        Some(("403", needle)) => (Cause::Forbidden, needle),
         Some(_) => panic!("bad expectation {expect:?}"),
     };
     match &out.decision {
@@ -298,7 +297,7 @@ async fn hostile_tokens_are_refused_with_the_right_status_and_detail() {
     let (mut parts, body) = req.into_parts();
     let (d, _) = az.authorize_http(8000, None, &mut parts, body).await;
     assert!(
-        matches!(d, Decision::Deny { cause: DenyCause::Unauthenticated, ref detail, .. } if detail.contains("not visible ASCII")),
+        matches!(d, Decision::Deny { cause: Cause::Unauthenticated, ref detail, .. } if detail.contains("not visible ASCII")),
         "{d:?}"
     );
     // Denied requests never carry identity headers, even client-forged ones.
@@ -333,7 +332,7 @@ async fn algorithm_confusion_never_passes() {
     let h = headers(&confusion);
     let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
     post(&az, &h, b"").await.denied(
-        DenyCause::Unauthenticated,
+        Cause::Unauthenticated,
         "algorithm HS256 not accepted: no shared secret is configured",
     );
     // The RS256 token itself is fine.
@@ -349,7 +348,7 @@ async fn algorithm_confusion_never_passes() {
     .with_clock(|| NOW);
     post(&az, &h, b"")
         .await
-        .denied(DenyCause::Unauthenticated, "bad signature (HS256)");
+        .denied(Cause::Unauthenticated, "bad signature (HS256)");
 
     // Even when the configured secret *is* the PEM text, an RS256 token relabelled HS256 fails
     // (its RSA signature is not an HMAC), and the JWKS never offers an HMAC key.
@@ -359,7 +358,7 @@ async fn algorithm_confusion_never_passes() {
     ))
     .with_clock(|| NOW);
     post(&az, &h, b"").await.denied(
-        DenyCause::Unauthenticated,
+        Cause::Unauthenticated,
         "algorithm HS256 not accepted: not listed in authz.jwt.algorithms",
     );
     let mut relabelled: Vec<String> = py.tokens["rs256"].split('.').map(str::to_string).collect();
@@ -368,7 +367,7 @@ async fn algorithm_confusion_never_passes() {
     post(&az, &[("authorization", tok.as_str())], b"")
         .await
         .denied(
-            DenyCause::Unauthenticated,
+            Cause::Unauthenticated,
             "algorithm ES256 not accepted: no JWKS key with kid \"rsa-1\"",
         );
 
@@ -412,29 +411,29 @@ async fn body_tokens_are_bounded_and_oversized_bodies_get_413() {
     let big = json!({"c": "info", "token": tok, "pad": "x".repeat(8192)}).to_string();
     let out = post(&az, &[], big.as_bytes()).await;
     out.denied(
-        DenyCause::PayloadTooLarge,
+        Cause::PayloadTooLarge,
         "request body larger than authz.jwt.max_body_bytes (4096 bytes)",
     );
     let out = post(&az, &[("content-length", "10485760")], b"{}").await;
     out.denied(
-        DenyCause::PayloadTooLarge,
+        Cause::PayloadTooLarge,
         "while a token is looked for in the body field \"token\"",
     );
-    assert_eq!(DenyCause::PayloadTooLarge.status(), 413);
+    assert_eq!(Cause::PayloadTooLarge.status(), 413);
 
     // A body token that is not a string, and a body without a token and no header.
     post(&az, &[], br#"{"token": 42}"#).await.denied(
-        DenyCause::Unauthenticated,
+        Cause::Unauthenticated,
         "JSON body field \"token\" is not a string",
     );
     post(&az, &[], b"not json")
         .await
-        .denied(DenyCause::Unauthenticated, "missing token");
+        .denied(Cause::Unauthenticated, "missing token");
     // A 1 MB token in the body is caught by the body limit first.
     let huge = json!({"token": "a".repeat(1024 * 1024)}).to_string();
     post(&az, &[], huge.as_bytes())
         .await
-        .denied(DenyCause::PayloadTooLarge, "max_body_bytes");
+        .denied(Cause::PayloadTooLarge, "max_body_bytes");
 }
 
 #[tokio::test]
@@ -479,7 +478,7 @@ async fn issuer_audience_and_required_exp() {
     for (c, needle) in cases {
         decide(&az, 1, None, "GET", "/", &[("authorization", &go(c))], b"")
             .await
-            .denied(DenyCause::Unauthenticated, needle);
+            .denied(Cause::Unauthenticated, needle);
     }
 }
 
@@ -551,7 +550,7 @@ async fn a_streamed_oversized_body_is_refused_without_reading_it_all() {
     drop(body);
     match decision {
         docmesh_proxy::authz::Decision::Deny { cause, detail, .. } => {
-            assert_eq!(cause, DenyCause::PayloadTooLarge);
+            assert_eq!(cause, Cause::PayloadTooLarge);
             assert!(detail.contains("max_body_bytes (4096 bytes)"), "{detail}");
         }
         other => panic!("{other:?}"),

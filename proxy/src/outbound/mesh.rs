@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::endpoint::{EndpointFn, NewFnEndpoint};
-use super::observer::Observer;
-use super::policy::ServicePolicy;
-use super::ServiceStack;
+use super::connect::{Connectors, HopTimeouts, Inner};
+use super::services::{Service, Services};
 use crate::errors::{Cause, ProxyError};
 use crate::http::pool::{HttpVersion, Pool};
-use crate::outbound::connect::{Connectors, HopTimeouts, Inner};
-use crate::outbound::services::{Service, Services};
+use crate::resilience::endpoint::{EndpointFn, NewFnEndpoint};
+use crate::resilience::observer::Observer;
+use crate::resilience::policy::ServicePolicy;
+use crate::resilience::ServiceStack;
 
 /// Sends one request to one endpoint over the mesh (pooled connection, mTLS hop). The route's
 /// connect and TLS-handshake timeouts are in the request extensions (`Arc<RoutePolicy>`).
@@ -26,7 +26,7 @@ pub type MeshStack = ServiceStack<NewFnEndpoint<Incoming>, Incoming>;
 
 /// Key of a pooled mesh connection: endpoint, service (whose SPIFFE ID it verified),
 /// protocol, and the identity generation it was verified under (connections of an older
-/// generation are retired: see [`crate::outbound::connect::ClientTls::generation`]).
+/// generation are retired: see [`super::connect::ClientTls::generation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PoolKey {
     addr: std::net::SocketAddr,
@@ -44,10 +44,12 @@ pub(crate) fn mesh_send(
     connectors: Arc<Connectors>,
     pool_idle: std::time::Duration,
 ) -> SendFn {
-    let pool = Arc::new(Pool::<PoolKey, super::ReplayBody>::new(pool_idle));
+    let pool = Arc::new(Pool::<PoolKey, crate::resilience::ReplayBody>::new(
+        pool_idle,
+    ));
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(connectors.generation()));
     Arc::new(
-        move |ep: super::Endpoint, req: Request<super::ReplayBody>| {
+        move |ep: crate::resilience::Endpoint, req: Request<crate::resilience::ReplayBody>| {
             let (pool, connectors, services) = (pool.clone(), connectors.clone(), services.clone());
             let current = connectors.generation();
             if generation.swap(current, std::sync::atomic::Ordering::AcqRel) != current {
@@ -60,8 +62,12 @@ pub(crate) fn mesh_send(
             Box::pin(async move {
                 let svc = services.by_name(&ep.service).cloned().ok_or_else(|| {
                     ProxyError::new(
-                        Cause::NoHealthyEndpoint,
-                        format!("service `{}` is not configured (internal)", ep.service),
+                        Cause::Internal,
+                        format!(
+                            "service `{}` has an endpoint but no configuration; this is a bug \
+                             in docmesh, please report it with this message",
+                            ep.service
+                        ),
                     )
                 })?;
                 let version = req
@@ -69,7 +75,7 @@ pub(crate) fn mesh_send(
                     .get::<HttpVersion>()
                     .copied()
                     .unwrap_or(HttpVersion::Http1);
-                let t = super::timeout::route_of(&req).timeouts.clone();
+                let t = crate::resilience::timeout::route_of(&req).timeouts.clone();
                 let timeouts = HopTimeouts {
                     connect: t.connect,
                     handshake: t.tls_handshake,
@@ -161,15 +167,19 @@ impl MeshStacks {
     ) -> Result<Response<Incoming>, ProxyError>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<super::BoxError>,
+        B::Error: Into<crate::resilience::BoxError>,
     {
         let Some(stack) = self.stack(svc) else {
             return Err(ProxyError::new(
-                crate::errors::Cause::NoHealthyEndpoint,
-                format!("service `{}` has no resilience stack (internal)", svc.name),
+                crate::errors::Cause::Internal,
+                format!(
+                    "service `{}` has no resilience stack; this is a bug in docmesh, please \
+                     report it with this message",
+                    svc.name
+                ),
             ));
         };
         let rsp = stack.call(req).await?;
-        Ok(rsp.map(super::Guarded::into_inner))
+        Ok(rsp.map(crate::resilience::Guarded::into_inner))
     }
 }

@@ -2,11 +2,9 @@
 //! without being held in memory: the peak RSS of each proxy process (VmHWM from
 //! /proc/PID/status, which the proxy cannot influence) stays far below the body size.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::*;
 
 const BODY: u64 = 100 * 1024 * 1024;
 /// Peak RSS allowed per proxy process: a buffered body alone would exceed it twice over.

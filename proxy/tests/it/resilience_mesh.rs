@@ -2,21 +2,22 @@
 //! SPIFFE IDs): retries that recover, callbacks that are not replayed once sent, and an open
 //! circuit that fails fast without connecting and closes after a probe.
 
-mod resilience_support;
-mod support;
+use crate::resilience_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::resilience_support::{Kind, Upstream};
+use crate::support::{
+    bounded, dev_ca, full, h1_client, healthy_mtls, start_inbound, text, PairOptions,
+};
 use docmesh_proxy::config::outbound::{OutboundConfig, ServiceConfig};
 use docmesh_proxy::config::resilience::ResilienceConfig;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::outbound::Outbound;
-use resilience_support::{Kind, Upstream};
-use support::{bounded, dev_ca, full, h1_client, healthy_mtls, start_inbound, text, PairOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An outbound sidecar for service `svc` at `address` with the given `[resilience]` TOML.

@@ -1,18 +1,16 @@
 //! Retries against misbehaving upstreams on real sockets: recovery, the non-idempotent rule,
 //! refused HTTP/2 streams, body replay limits and the retry budget.
 
-mod resilience_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::resilience_support::*;
 use bytes::Bytes;
 use docmesh_proxy::errors::Cause;
 use docmesh_proxy::resilience::endpoint::NewHyperEndpoint;
 use docmesh_proxy::resilience::ServiceStack;
 use http::Method;
-use resilience_support::*;
 
 #[tokio::test]
 async fn get_recovers_from_503s() {

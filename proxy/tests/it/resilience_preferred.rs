@@ -1,8 +1,6 @@
 //! Transparent mode: the original destination is the preferred endpoint of a request. Its first
 //! attempt goes there while that endpoint is usable; a retry falls back to the other endpoints.
 
-mod resilience_support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,8 +9,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 
+use crate::resilience_support::*;
 use docmesh_proxy::resilience::balance::PreferredEndpoint;
-use resilience_support::*;
 
 async fn get_preferring(s: &Stack, preferred: SocketAddr) -> u16 {
     let mut req = Request::get("/")

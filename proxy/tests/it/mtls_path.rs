@@ -2,13 +2,11 @@
 //! and WebSocket through an explicit-mode sidecar pair, and refusals with a clear cause for a
 //! plaintext peer, an untrusted CA, a wrong SPIFFE ID and expired SVIDs.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use docmesh_proxy::config::inbound::InboundMode;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

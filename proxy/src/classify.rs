@@ -1,9 +1,18 @@
-//! Maps every failure of an upstream call to a [`Cause`] with a detail written for the operator
-//! (what failed, where, what to check). The HTTP stack and the opaque TCP path use the same
-//! functions, so both report the same causes.
+//! The one failure classifier: maps every failure of an upstream call (TCP connect, TLS
+//! handshake, peer identity, HTTP exchange) to a [`Cause`] with a detail written for the
+//! operator (what failed, where, what to check). The data path (`net`, `outbound::connect`,
+//! `http::pool`, `resilience`) and `diagnose` call these functions, so they name the same cause
+//! for the same failure.
+//!
+//! Classification is typed (`io::ErrorKind`, `rustls::Error`, the certs crate's `SvidError`,
+//! `h2::Reason`, `hyper::Error`). Two facts only exist as text, each read by one function whose
+//! test pins the text: hyper-util's resolver failure ([`is_dns_error`]) and a TLS alert that
+//! tokio-rustls reports as an `io::Error` message ([`alert_in_text`]).
 
 use std::error::Error as StdError;
 use std::io;
+
+use docmesh_certs::svid::SvidError;
 
 use crate::errors::{Cause, ProxyError};
 
@@ -75,7 +84,7 @@ pub fn connect_error(err: &(dyn StdError + 'static), upstream: &str) -> ProxyErr
             return connect_timeout(upstream);
         }
     }
-    if chain(err).any(|e| e.to_string().starts_with("dns error")) {
+    if chain(err).any(is_dns_error) {
         return ProxyError::new(
             Cause::DnsFailure,
             format!(
@@ -160,40 +169,71 @@ pub fn tls_error(err: &rustls::Error, upstream: &str) -> ProxyError {
                      port excluded from redirection?"
             ),
         ),
-        E::AlertReceived(alert) => ProxyError::new(
-            Cause::TlsRejectedByPeer,
-            format!(
-                "{upstream} rejected our TLS client certificate (alert {alert:?}): our SVID may be \
-                 expired, or the peer's bundle does not trust our trust domain"
-            ),
-        ),
-        E::InvalidCertificate(rustls::CertificateError::Other(other))
-            if other.to_string().to_ascii_lowercase().contains("expected") =>
-        {
-            ProxyError::new(
+        E::AlertReceived(alert) => rejected_by_peer(&format!("{alert:?}"), upstream),
+        _ => match docmesh_certs::tls::svid_error_of(err) {
+            Some(SvidError::IdentityMismatch { expected, got }) => ProxyError::new(
                 Cause::IdentityMismatch,
                 format!(
-                    "{upstream} presented a valid SVID with the wrong SPIFFE ID ({other}); check \
-                     the service's `spiffe_id` in the config against the peer's SVID \
-                     (`docmesh-certs inspect`)"
+                    "{upstream} presented a valid SVID for {got}, expected {expected}; check the \
+                     service's `spiffe_id` in outbound.services, or which workload really \
+                     listens at that address (`docmesh-certs inspect`)"
                 ),
-            )
-        }
-        E::InvalidCertificate(_) | E::NoCertificatesPresented | E::UnsupportedNameType => {
-            ProxyError::new(
+            ),
+            Some(svid) => ProxyError::new(
                 Cause::TlsUntrustedPeer,
                 format!(
-                    "{upstream} presented a certificate our trust bundle does not accept ({err}); \
-                     check that both sidecars share a trust bundle (during a CA rotation the \
-                     bundle must hold the old and the new root) and that the peer's SVID is valid"
+                    "the SVID of {upstream} is not trusted ({svid}); check that both sidecars \
+                     share a trust bundle (during a CA rotation the bundle must hold the old and \
+                     the new root) and that the peer's SVID is valid"
                 ),
-            )
-        }
-        _ => ProxyError::new(
-            Cause::TlsUntrustedPeer,
-            format!("TLS handshake with {upstream} failed ({err}); check both sidecars' logs"),
-        ),
+            ),
+            None if matches!(
+                err,
+                E::InvalidCertificate(_) | E::NoCertificatesPresented | E::UnsupportedNameType
+            ) =>
+            {
+                ProxyError::new(
+                    Cause::TlsUntrustedPeer,
+                    format!(
+                        "{upstream} presented a certificate our trust bundle does not accept \
+                         ({err}); check that both sidecars share a trust bundle (during a CA \
+                         rotation the bundle must hold the old and the new root) and that the \
+                         peer's SVID is valid"
+                    ),
+                )
+            }
+            None => ProxyError::new(
+                Cause::UpstreamReset,
+                format!("TLS handshake with {upstream} failed ({err}); check both sidecars' logs"),
+            ),
+        },
     }
+}
+
+fn rejected_by_peer(alert: &str, upstream: &str) -> ProxyError {
+    ProxyError::new(
+        Cause::TlsRejectedByPeer,
+        format!(
+            "{upstream} rejected our TLS client certificate (alert {alert}): our SVID may be \
+             expired, or the peer's bundle does not trust our trust domain"
+        ),
+    )
+}
+
+/// Whether `e` is hyper-util's resolver failure, which exists only as text
+/// (`dns error: ...`); the one place that text is read.
+pub fn is_dns_error(e: &(dyn StdError + 'static)) -> bool {
+    e.to_string().starts_with("dns error")
+}
+
+/// The name of a fatal TLS alert that tokio-rustls reports only as the text of an `io::Error`
+/// (`received fatal alert: <name>`), as it does when the peer rejects our client SVID after
+/// our side of a TLS 1.3 handshake finished; the one place that text is read.
+pub fn alert_in_text(e: &(dyn StdError + 'static)) -> Option<String> {
+    let io = e.downcast_ref::<io::Error>()?;
+    let text = io.get_ref()?.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    Some(name.to_owned())
 }
 
 /// Classifies an error of an HTTP exchange through a hyper(-util) client. Connect-phase errors
@@ -230,7 +270,34 @@ pub fn http_error(
                 };
             }
         }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_library() && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR) {
+                return ProxyError::new(
+                    Cause::UpstreamNotHttp2,
+                    format!(
+                        "{upstream} does not speak HTTP/2: it answered the HTTP/2 connection \
+                         preface with bytes that are no HTTP/2 frame ({h2}), most likely an \
+                         HTTP/1.1 response. Call it with HTTP/1.1, or make the app accept \
+                         HTTP/2 without TLS (h2c prior knowledge)"
+                    ),
+                )
+                .into();
+            }
+        }
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return rejected_by_peer(&format!("{a:?}"), upstream).into();
+        }
+        if let Some(a) = alert_in_text(e) {
+            return rejected_by_peer(&a, upstream).into();
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return ProxyError::new(
+                    Cause::ResponseTimeout,
+                    format!("no complete response from {upstream} in time ({h})"),
+                )
+                .into();
+            }
             if h.is_canceled() {
                 return AttemptError {
                     error: reset(
@@ -259,18 +326,6 @@ fn reset(upstream: &str, what: &str) -> ProxyError {
     )
 }
 
-/// Classifies an I/O error in the middle of an opaque TCP or upgraded stream (for logs and
-/// metrics: no response can be synthesized at that point).
-pub fn stream_error(err: &io::Error, upstream: &str) -> ProxyError {
-    if err.kind() == io::ErrorKind::TimedOut {
-        return ProxyError::new(
-            Cause::ResponseTimeout,
-            format!("no byte to or from {upstream} within the stream idle timeout"),
-        );
-    }
-    reset(upstream, &err.to_string())
-}
-
 /// The innermost message of an error chain (usually the most specific one).
 fn innermost(err: &(dyn StdError + 'static)) -> String {
     chain(err).last().map(|e| e.to_string()).unwrap_or_default()
@@ -295,6 +350,81 @@ mod tests {
         let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         assert_eq!(tls_error(&untrusted, up).cause, Cause::TlsUntrustedPeer);
         assert!(connect_error(&plain, up).detail.contains(up));
+    }
+
+    #[test]
+    fn identity_mismatch_is_read_from_the_typed_svid_error() {
+        let id = |s: &str| s.parse::<docmesh_certs::SpiffeId>().unwrap();
+        let svid = SvidError::IdentityMismatch {
+            expected: id("spiffe://onlyoffice.local/ns/oo/sa/docservice"),
+            got: id("spiffe://onlyoffice.local/ns/oo/sa/converter"),
+        };
+        let err = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(svid)),
+        ));
+        let got = tls_error(&err, "ds");
+        assert_eq!(got.cause, Cause::IdentityMismatch, "{got}");
+        assert!(got.detail.contains("sa/converter"), "{got}");
+        let other = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(io::Error::other("expected nothing"))),
+        ));
+        assert_eq!(tls_error(&other, "ds").cause, Cause::TlsUntrustedPeer);
+    }
+
+    #[test]
+    fn the_two_texts_read_are_pinned() {
+        // hyper-util's resolver error and tokio-rustls's alert message: if a dependency update
+        // changes these texts, this test names the function to fix.
+        let dns = io::Error::other("dns error: failed to lookup address information");
+        assert!(is_dns_error(&dns));
+        assert_eq!(connect_error(&dns, "ds").cause, Cause::DnsFailure);
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired),
+        );
+        let as_text = io::Error::new(io::ErrorKind::InvalidData, alert.to_string());
+        assert_eq!(
+            alert_in_text(&as_text).as_deref(),
+            Some("CertificateExpired")
+        );
+    }
+
+    #[test]
+    fn unreachable_hosts_are_connect_timeouts() {
+        let e = io::Error::from(io::ErrorKind::HostUnreachable);
+        assert_eq!(io_connect_error(&e, "ds").cause, Cause::ConnectTimeout);
+    }
+
+    /// An HTTP/2 client against a real HTTP/1.1-only server (a socket answering the preface
+    /// with an HTTP/1.1 400, as hyper or nginx do) gets `upstream-not-http2`.
+    #[tokio::test]
+    async fn http2_to_an_http1_server_is_upstream_not_http2() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            // Like a real server, keep the socket open until the client hangs up.
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+        let err = tx.send_request(req).await.unwrap_err();
+        let got = http_error(&err, false, "the app at 127.0.0.1").error;
+        assert_eq!(got.cause, Cause::UpstreamNotHttp2, "{got}");
+        assert!(got.detail.contains("HTTP/1.1"), "{got}");
     }
 
     #[test]

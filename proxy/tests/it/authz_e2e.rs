@@ -3,14 +3,17 @@
 //! Admitted calls reach the app with `docmesh-client-id` and `docmesh-tenant`; a SPIFFE ID
 //! that is not allowed and a tenant that is not permitted get 403, no token gets 401.
 
-mod authz_support;
-mod support;
+use crate::authz_support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::{
+    bounded, full, h1_client, identity, mtls_options, svid, CLIENT_ID, SERVER_ID,
+};
 use bytes::Bytes;
 use docmesh_proxy::config::inbound::{InboundConfig, InboundPortConfig};
 use docmesh_proxy::config::observability::ObservabilityConfig;
@@ -21,7 +24,6 @@ use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::observe::Observability;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{bounded, full, h1_client, identity, mtls_options, svid, CLIENT_ID, SERVER_ID};
 use tokio::net::TcpListener;
 
 const ACME_SECRET: &str = "acme-document-server-secret-0123";

@@ -4,16 +4,14 @@
 //! `/metrics` endpoints, read with a Prometheus text-format parser, count a known traffic mix
 //! by service pair, status class and cause.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+use crate::support::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::Value as Json;
-use support::*;
 use tokio::net::TcpListener;
 
 const BROKEN_ID: &str = "spiffe://example.org/ns/oo/sa/broken";

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
-use docmesh_proxy::authz::{Authorizer, Decision, DenyCause, SpiffeId};
+use docmesh_proxy::authz::{Authorizer, Decision, SpiffeId};
 use docmesh_proxy::config::authz::AuthzConfig;
+use docmesh_proxy::errors::Cause;
 use http_body_util::{BodyExt, Full};
 
 /// Makes keys and tokens with PyJWT + cryptography. Arguments: now, shared secret.
@@ -121,7 +122,7 @@ pub struct Outcome {
 impl Outcome {
     /// Asserts a denial with `cause` whose detail contains `needle`.
     #[track_caller]
-    pub fn denied(&self, cause: DenyCause, needle: &str) {
+    pub fn denied(&self, cause: Cause, needle: &str) {
         match &self.decision {
             Decision::Deny {
                 cause: c, detail, ..

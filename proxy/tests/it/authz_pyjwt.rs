@@ -1,12 +1,11 @@
 //! Interoperability: tokens made by PyJWT (an independent implementation) in both OnlyOffice
 //! shapes verify, and the RFC 7515 appendix A.1 HS256 vector verifies.
 
-mod authz_support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use authz_support::*;
-use docmesh_proxy::authz::{DenyCause, CLIENT_ID_HEADER, TENANT_HEADER};
+use crate::authz_support::*;
+use docmesh_proxy::authz::{CLIENT_ID_HEADER, TENANT_HEADER};
+use docmesh_proxy::errors::Cause;
 
 const SECRET: &str = "onlyoffice-shared-secret-0123456789";
 
@@ -88,7 +87,7 @@ async fn pyjwt_tokens_verify_in_both_onlyoffice_shapes_and_every_algorithm() {
         b"",
     )
     .await
-    .denied(DenyCause::Unauthenticated, "no JWKS key with kid \"ec-1\"");
+    .denied(Cause::Unauthenticated, "no JWKS key with kid \"ec-1\"");
 
     // A PyJWT token with one payload character changed fails its signature.
     let tok = &py.tokens["hs256_header"];
@@ -106,7 +105,7 @@ async fn pyjwt_tokens_verify_in_both_onlyoffice_shapes_and_every_algorithm() {
         b"",
     )
     .await
-    .denied(DenyCause::Unauthenticated, "bad signature (HS256)");
+    .denied(Cause::Unauthenticated, "bad signature (HS256)");
 }
 
 #[tokio::test]
@@ -174,7 +173,7 @@ async fn pyjwt_body_tokens_verify_with_jwt_in_body_and_the_body_reaches_the_app_
         br#"{"c":"info"}"#,
     )
     .await;
-    out.denied(DenyCause::Unauthenticated, "missing token: expected JSON body field \"token\" or header \"AuthorizationJwt: Bearer <jwt>\"");
+    out.denied(Cause::Unauthenticated, "missing token: expected JSON body field \"token\" or header \"AuthorizationJwt: Bearer <jwt>\"");
 }
 
 #[tokio::test]
@@ -206,15 +205,12 @@ async fn rfc7515_appendix_a1_hs256_vector_verifies() {
     let az = authorizer(&cfg).with_clock(move || exp + 61);
     decide(&az, 80, None, "GET", "/", &headers, b"")
         .await
-        .denied(DenyCause::Unauthenticated, "expired token: exp 1300819380");
+        .denied(Cause::Unauthenticated, "expired token: exp 1300819380");
 
     // With a different required issuer it is refused for that reason.
     let cfg = cfg.replace("\"joe\"", "\"mallory\"");
     let az = authorizer(&cfg).with_clock(move || exp - 10);
     decide(&az, 80, None, "GET", "/", &headers, b"")
         .await
-        .denied(
-            DenyCause::Unauthenticated,
-            "wrong issuer: got Some(\"joe\")",
-        );
+        .denied(Cause::Unauthenticated, "wrong issuer: got Some(\"joe\")");
 }

@@ -1,16 +1,14 @@
 //! Every upstream failure maps to its cause and status, with real sockets on 127.0.0.1.
 
-mod resilience_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::resilience_support::*;
 use bytes::Bytes;
+use docmesh_proxy::classify;
 use docmesh_proxy::errors::Cause;
-use docmesh_proxy::resilience::classify;
 use docmesh_proxy::resilience::policy::HealthCheckPolicy;
 use http::Method;
-use resilience_support::*;
 
 fn assert_cause(
     r: Result<(u16, Bytes), docmesh_proxy::errors::ProxyError>,

@@ -1,13 +1,11 @@
 //! Circuit breaking and ejection with real sockets: an open circuit fails fast without any
 //! connection attempt, and the probe closes it once the upstream recovers.
 
-mod resilience_support;
-
 use std::time::{Duration, Instant};
 
+use crate::resilience_support::*;
 use docmesh_proxy::errors::Cause;
 use docmesh_proxy::resilience::breaker::CircuitState;
-use resilience_support::*;
 
 fn breaker_policy(name: &str) -> docmesh_proxy::resilience::policy::ServicePolicy {
     let mut p = policy(name);

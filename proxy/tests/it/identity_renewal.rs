@@ -3,15 +3,13 @@
 //! renewed twice by the renewal code `docmesh-certs renew --watch` runs. No request may fail,
 //! and each proxy's admin `/certs` must show new serials (the served certificate changed).
 
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use docmesh_certs::renew::{renew_all, Outcome, RenewPolicy};
-use support::*;
 
 /// SVID lifetime: short, so that renewal happens during the test.
 const TTL: Duration = Duration::from_secs(20);

@@ -4,14 +4,12 @@
 //! certificate or from another trust domain. The app records exactly what reaches it; after
 //! every attack the proxy still serves normal traffic.
 
-mod harden_support;
-
 use std::sync::Arc;
 
+use crate::limits_support::*;
 use docmesh_proxy::authz::Authorizer;
 use docmesh_proxy::config::authz::AuthzConfig;
 use docmesh_proxy::config::inbound::InboundMode;
-use harden_support::*;
 
 const SECRET: &str = "document-server-secret-0123456789";
 

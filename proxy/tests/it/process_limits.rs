@@ -3,14 +3,12 @@
 //! docs/hardening.md), and accept under file-descriptor exhaustion (EMFILE: the listener backs
 //! off and serves again once descriptors are free; the process never exits).
 
-mod harden_support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harden_support::{bounded, dev_ca, status_of, RecordingApp};
+use crate::limits_support::{bounded, dev_ca, status_of, RecordingApp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};

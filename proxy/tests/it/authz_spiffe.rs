@@ -1,11 +1,10 @@
 //! SPIFFE ID rules per port and route, the host's tenant as OnlyOffice computes it, and key
 //! reloads.
 
-mod authz_support;
-
-use authz_support::*;
+use crate::authz_support::*;
 use docmesh_proxy::authz::tenant::host_tenant;
-use docmesh_proxy::authz::{Decision, DenyCause, CLIENT_ID_HEADER, TENANT_HEADER};
+use docmesh_proxy::authz::{Decision, CLIENT_ID_HEADER, TENANT_HEADER};
+use docmesh_proxy::errors::Cause;
 
 const RULES: &str = r#"
 [[spiffe]]
@@ -54,7 +53,7 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
     assert!(out.headers.get(TENANT_HEADER).is_none());
     // Same trust domain, other namespace: the prefix does not match; detail names ID and rules.
     decide(&az, 8000, portal, "POST", cmd, &[], b"").await.denied(
-        DenyCause::Forbidden,
+        Cause::Forbidden,
         "SPIFFE ID spiffe://onlyoffice.local/ns/portal/sa/integrator is not allowed for POST /coauthoring/CommandService.ashx on port 8000 by rules [onlyoffice namespace may call the command service]",
     );
     // A prefix is matched on segment boundaries: ns/onlyoffice-evil is not ns/onlyoffice/.
@@ -68,12 +67,12 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
         b"",
     )
     .await
-    .denied(DenyCause::Forbidden, "not allowed");
+    .denied(Cause::Forbidden, "not allowed");
     // Method restriction: GET on the same path has no rule.
     decide(&az, 8000, docservice, "GET", cmd, &[], b"")
         .await
         .denied(
-            DenyCause::Forbidden,
+            Cause::Forbidden,
             "no rule matches this route (rules on this port:",
         );
     // Whole trust domain and exact ID on /healthcheck.
@@ -86,7 +85,7 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
     decide(&az, 8000, other_prober, "GET", "/healthcheck", &[], b"")
         .await
         .denied(
-            DenyCause::Forbidden,
+            Cause::Forbidden,
             "spiffe://monitoring.local/ns/mon/sa/prober2 is not allowed",
         );
     // A trust domain whose name merely starts with the allowed one.
@@ -100,11 +99,11 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
         b"",
     )
     .await
-    .denied(DenyCause::Forbidden, "not allowed");
+    .denied(Cause::Forbidden, "not allowed");
     // No client ID at all (no mTLS) on a governed port.
     decide(&az, 8000, None, "GET", "/healthcheck", &[], b"")
         .await
-        .denied(DenyCause::Forbidden, "(no client SPIFFE ID)");
+        .denied(Cause::Forbidden, "(no client SPIFFE ID)");
     // Unlisted route: default deny once the port has rules.
     decide(
         &az,
@@ -116,7 +115,7 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
         b"",
     )
     .await
-    .denied(DenyCause::Forbidden, "no rule matches this route");
+    .denied(Cause::Forbidden, "no rule matches this route");
     // Dot segments cannot walk out of an allowed prefix.
     decide(
         &az,
@@ -128,7 +127,7 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
         b"",
     )
     .await
-    .denied(DenyCause::Forbidden, "dot segments");
+    .denied(Cause::Forbidden, "dot segments");
     decide(
         &az,
         8000,
@@ -139,7 +138,7 @@ async fn http_rules_match_exact_ids_trust_domains_and_path_prefixes() {
         b"",
     )
     .await
-    .denied(DenyCause::Forbidden, "dot segments");
+    .denied(Cause::Forbidden, "dot segments");
     // A port without rules is open to every authenticated peer.
     decide(&az, 9000, portal, "DELETE", "/anything", &[], b"")
         .await
@@ -156,7 +155,7 @@ fn tcp_rules_use_only_route_free_rules() {
         Decision::Allow { client_id: Some(ref c), tenant: None } if *c == docservice
     ));
     match az.authorize_tcp(5432, Some(&converter)) {
-        Decision::Deny { cause: DenyCause::Forbidden, detail, .. } => assert_eq!(
+        Decision::Deny { cause: Cause::Forbidden, detail, .. } => assert_eq!(
             detail,
             "SPIFFE ID spiffe://onlyoffice.local/ns/onlyoffice/sa/converter is not allowed for TCP port 5432 by rules [postgres clients]"
         ),
@@ -165,7 +164,7 @@ fn tcp_rules_use_only_route_free_rules() {
     // Port 8000 only has HTTP route rules: opaque TCP to it is refused, and the detail says why.
     match az.authorize_tcp(8000, Some(&docservice)) {
         Decision::Deny {
-            cause: DenyCause::Forbidden,
+            cause: Cause::Forbidden,
             detail,
             reason: "spiffe-id-not-allowed",
         } => {
@@ -352,7 +351,7 @@ async fn tenant_secret_files_are_reloaded_when_they_change() {
     assert_eq!(call(first.clone()).await.allowed().as_deref(), Some("acme"));
     call(second.clone())
         .await
-        .denied(DenyCause::Unauthenticated, "bad signature");
+        .denied(Cause::Unauthenticated, "bad signature");
     // globex has no key yet.
     let globex = [
         ("host", "globex.docs.example.com"),
@@ -361,7 +360,7 @@ async fn tenant_secret_files_are_reloaded_when_they_change() {
     decide(&az, 80, None, "GET", "/", &globex, b"")
         .await
         .denied(
-            DenyCause::Unauthenticated,
+            Cause::Unauthenticated,
             "unknown tenant key: no secret for tenant \"globex\"",
         );
 
@@ -386,7 +385,7 @@ async fn tenant_secret_files_are_reloaded_when_they_change() {
     assert!(reloaded, "the reloader never picked up the new secret");
     call(first)
         .await
-        .denied(DenyCause::Unauthenticated, "bad signature");
+        .denied(Cause::Unauthenticated, "bad signature");
     decide(&az, 80, None, "GET", "/", &globex, b"")
         .await
         .allowed();
@@ -398,13 +397,20 @@ async fn tenant_secret_files_are_reloaded_when_they_change() {
 async fn refusals_become_taxonomy_responses() {
     use http_body_util::BodyExt;
     for (cause, status, name) in [
-        (DenyCause::Unauthenticated, 401, "unauthenticated"),
-        (DenyCause::Forbidden, 403, "forbidden"),
-        (DenyCause::PayloadTooLarge, 413, "payload-too-large"),
+        (Cause::Unauthenticated, 401, "unauthenticated"),
+        (Cause::Forbidden, 403, "forbidden"),
+        (Cause::PayloadTooLarge, 413, "payload-too-large"),
     ] {
-        let resp = cause.to_response("the detail", Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let resp = docmesh_proxy::errors::error_response(
+            cause,
+            "the detail",
+            docmesh_proxy::errors::Hop::Inbound,
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        );
         assert_eq!(resp.status(), status);
         assert_eq!(resp.headers()["docmesh-error"], name);
+        let challenge = resp.headers().get("www-authenticate");
+        assert_eq!(challenge.is_some(), status == 401, "{name}");
         let v: serde_json::Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(v["cause"], name);
@@ -421,7 +427,7 @@ fn tcp_to_a_jwt_port_is_refused_and_check_reports_authz_problems() {
         authorizer("[jwt]\nenabled = true\nsecret = \"s3cret-s3cret-s3cret\"\nports = [8000]\n");
     match az.authorize_tcp(8000, Some(&id("spiffe://td/a"))) {
         Decision::Deny {
-            cause: DenyCause::Unauthenticated,
+            cause: Cause::Unauthenticated,
             detail,
             reason: "jwt-missing",
         } => {

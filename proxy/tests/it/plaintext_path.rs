@@ -2,16 +2,14 @@
 //! HTTP/1.1, HTTP/2, opaque TCP, WebSocket, protocol detection, error causes and the strict
 //! inbound's refusal of plaintext. The mTLS variants are in `mtls_path.rs`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use docmesh_proxy::config::inbound::InboundMode;
 use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,14 +2,14 @@
 //! (checked by diagnose, and refused by an exact-ID verifier), an untrusted chain, and a peer
 //! that rejects our SVID.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::{
+    dev_ca, start_true_peer, svid, CertificateAuthority, IssuedSvid, TrustBundleSet,
+};
 use arc_swap::ArcSwap;
 use docmesh_certs::tls::{ExpectedPeer, SpiffeServerVerifier};
 use docmesh_proxy::diagnose::{diagnose, Report, StepStatus, Target, Timeouts, TlsClient};
-use support::{dev_ca, start_true_peer, svid, CertificateAuthority, IssuedSvid, TrustBundleSet};
 
 const CONVERTER: &str = "spiffe://example.org/ns/office/sa/converter";
 const DOCSERVICE: &str = "spiffe://example.org/ns/office/sa/docservice";

@@ -3,14 +3,12 @@
 //! TLS handshake timeout, HTTP/2 stream limits and rapid reset. After each attack the proxy
 //! still serves normal traffic.
 
-mod harden_support;
-
 use std::time::Duration;
 
+use crate::limits_support::*;
 use docmesh_proxy::config::limits::{BodyLimitRoute, LimitsConfig};
 use docmesh_proxy::config::outbound::Protocol;
 use docmesh_proxy::inbound::MeshServer;
-use harden_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,11 +1,9 @@
 //! The `docmesh-proxy diagnose` command end to end: config file, SVID files, a service name or
 //! a URL, text and JSON output, exit codes.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{dev_ca, start_true_peer, svid, CertificateAuthority};
+use crate::support::{dev_ca, start_true_peer, svid, CertificateAuthority};
 
 const CONVERTER: &str = "spiffe://example.org/ns/office/sa/converter";
 const DOCSERVICE: &str = "spiffe://example.org/ns/office/sa/docservice";

@@ -4,10 +4,10 @@
 //! Afterwards an old SVID is refused (`tls-untrusted-peer` where we verify a server,
 //! `tls-rejected-by-peer` where the server refuses us).
 
-mod harden_support;
-mod support;
+use crate::limits_support;
+use crate::support;
 #[allow(dead_code)]
-#[path = "../src/identity/tests/workload_server.rs"]
+#[path = "../../src/identity/tests/workload_server.rs"]
 mod workload_server;
 
 use std::net::SocketAddr;
@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::limits_support::{
+    dev_ca, start_inbound, InboundOptions, RecordingApp, Sidecar, DEADLINE,
+};
+use crate::support::{full, h1_client, PairOptions, CLIENT_ID, SERVER_ID};
 use docmesh_certs::ca::{CertificateAuthority, IssuedSvid};
 use docmesh_proxy::config::identity::{IdentityConfig, IdentitySource};
 use docmesh_proxy::config::inbound::InboundMode;
@@ -24,8 +28,6 @@ use docmesh_proxy::inbound::MeshServer;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::outbound::connect::MeshClient;
-use harden_support::{dev_ca, start_inbound, InboundOptions, RecordingApp, Sidecar, DEADLINE};
-use support::{full, h1_client, PairOptions, CLIENT_ID, SERVER_ID};
 use tokio::net::{TcpListener, TcpStream};
 use workload_server::{WorkloadApiServer, X509Svid, X509SvidResponse};
 
@@ -223,9 +225,9 @@ impl StalePeers {
         client: &Identity,
         inbound: SocketAddr,
     ) -> StalePeers {
-        let stale_server = harden_support::identity_for(old, SERVER_ID, &[old, new]);
+        let stale_server = limits_support::identity_for(old, SERVER_ID, &[old, new]);
         let (server, to_stale) = mtls_hop(app, stale_server, Arc::new(client.clone())).await;
-        let stale = harden_support::identity_for(old, CLIENT_ID, &[old, new]);
+        let stale = limits_support::identity_for(old, CLIENT_ID, &[old, new]);
         let from_stale = outbound_to(inbound, MeshClient::Mtls(stale.clone())).await;
         assert_eq!(one_request(from_stale).await, (200, String::new()));
         StalePeers {
@@ -410,7 +412,7 @@ async fn server_leaf(
     ca: &CertificateAuthority,
     roots: &[&CertificateAuthority],
 ) -> String {
-    let probe = harden_support::identity_for(ca, "spiffe://example.org/ns/oo/sa/probe", roots);
+    let probe = limits_support::identity_for(ca, "spiffe://example.org/ns/oo/sa/probe", roots);
     let cfg = probe.client_config(&SERVER_ID.parse().unwrap(), &[b"http/1.1"]);
     let s = TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
