@@ -19,7 +19,7 @@ pub(crate) fn export(ca_dir: &Path, format: &str, out: Option<&Path>) -> Result<
         pem_text
     };
     match out {
-        None => print!("{text}"),
+        None => super::emit(&text)?,
         Some(path) => {
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,

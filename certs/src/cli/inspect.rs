@@ -280,7 +280,7 @@ pub(crate) fn inspect(
     }
     if json && first_error.is_none() {
         let text = serde_json::to_string_pretty(&docs).unwrap_or_default();
-        println!("{text}");
+        super::emit(&(text + "\n"))?;
     }
     match first_error {
         Some(e) => Err(e),

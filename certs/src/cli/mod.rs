@@ -201,6 +201,8 @@ pub(crate) enum CliError {
     Export(#[from] docmesh_certs::export::ExportError),
     #[error(transparent)]
     Replace(#[from] docmesh_certs::renew::ReplaceError),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
     /// A combination of arguments clap cannot express.
     #[error("{0}")]
     Usage(String),
@@ -378,6 +380,16 @@ fn run(cmd: Cmd) -> Result<(), CliError> {
                 .transpose()?;
             inspect::verify(&bundle, td.as_ref(), expect.as_ref(), key.as_deref(), &svid)
         }
+    }
+}
+
+/// Writes a document (JSON, PEM) to stdout; a reader that went away (`| head`) is not an error.
+pub(crate) fn emit(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Stdout(e)),
+        _ => Ok(()),
     }
 }
 
