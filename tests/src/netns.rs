@@ -198,6 +198,24 @@ impl Topology {
             run(&v)
         };
         h(&["link", "set", "lo", "up"])?;
+        // The hub is a bridge, not a router: what a pod sends to an address outside the pods'
+        // network is dropped silently, as on an unrouted network. A new namespace copies the
+        // host's forwarding setting, and a host running Docker forwards; the hub would then
+        // answer such packets with ICMP "network unreachable".
+        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            if std::path::Path::new(&path).exists() {
+                run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &hub,
+                    "sysctl",
+                    "-qw",
+                    &format!("{key}=0"),
+                ])?;
+            }
+        }
         h(&["link", "add", "br0", "type", "bridge"])?;
         h(&["addr", "add", &format!("{HUB_V4}/24"), "dev", "br0"])?;
         let ipv6 = ipv6

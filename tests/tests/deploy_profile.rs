@@ -212,14 +212,21 @@ fn explicit_variants_keep_the_same_resilience_and_authz() {
         }
         let c = load(&examples().join(format!("compose/explicit/{svc}.toml")));
         assert!(!c.inbound.transparent && !c.outbound.transparent, "{svc}");
-        // Every mesh service has a local listener on its usual port.
+        // Every mesh service has a local listener on its usual port. The mesh port is the app
+        // port + 20000, except RabbitMQ's: 25672 is its Erlang distribution port, so 25673.
         for s in &c.outbound.services {
             let port: u16 = s.addresses[0].rsplit(':').next().unwrap().parse().unwrap();
+            assert_ne!(
+                port, 25672,
+                "{svc}: {} on RabbitMQ's distribution port",
+                s.name
+            );
+            let offset = if s.name == "rabbitmq" { 20001 } else { 20000 };
             assert!(
                 c.outbound
                     .listeners
                     .iter()
-                    .any(|l| l.service == s.name && l.listen.port() == port - 20000),
+                    .any(|l| l.service == s.name && l.listen.port() == port - offset),
                 "{svc}: no listener for {}",
                 s.name
             );
