@@ -57,11 +57,7 @@ async fn renewing_short_lived_svids_under_traffic_loses_no_request() {
             .unwrap();
     }
     let app = start_http_app().await;
-    let server_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[outbound]\ntransparent = false\n",
-        identity_section(&svids.join("server")),
-        app.port()
-    );
+    let server_cfg = explicit_server_toml(&identity_section(&svids.join("server")), app.port());
     let mut server = ProxyProcess::start(
         dir.path(),
         "server",
@@ -70,10 +66,7 @@ async fn renewing_short_lived_svids_under_traffic_loses_no_request() {
     )
     .await;
     let inbound = server.listening["inbound.ports[0].listen"].clone();
-    let client_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n[[outbound.services]]\nname = \"documentserver\"\naddresses = [\"{inbound}\"]\nspiffe_id = \"{SERVER_ID}\"\n[[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n",
-        identity_section(&svids.join("client")),
-    );
+    let client_cfg = explicit_client_toml(&identity_section(&svids.join("client")), &inbound);
     let mut client = ProxyProcess::start(
         dir.path(),
         "client",

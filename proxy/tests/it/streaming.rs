@@ -43,10 +43,9 @@ async fn a_100_mb_body_streams_through_two_proxy_processes_in_bounded_memory() {
     let ca = dev_ca("example.org");
     let app = start_http_app().await;
 
-    let server_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[outbound]\ntransparent = false\n",
-        identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port()
+    let server_cfg = explicit_server_toml(
+        &identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
+        app.port(),
     );
     let mut server = ProxyProcess::start(
         dir.path(),
@@ -57,9 +56,9 @@ async fn a_100_mb_body_streams_through_two_proxy_processes_in_bounded_memory() {
     .await;
     let inbound = server.listening["inbound.ports[0].listen"].clone();
 
-    let client_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n[[outbound.services]]\nname = \"documentserver\"\naddresses = [\"{inbound}\"]\nspiffe_id = \"{SERVER_ID}\"\n[[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n",
-        identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
+    let client_cfg = explicit_client_toml(
+        &identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
+        &inbound,
     );
     let mut client = ProxyProcess::start(
         dir.path(),

@@ -26,7 +26,7 @@ mod process;
 mod tls_peer;
 // Not every test that includes `support` uses these.
 #[allow(unused_imports)]
-pub use process::{identity_toml, ProxyProcess};
+pub use process::{explicit_client_toml, explicit_server_toml, identity_toml, ProxyProcess};
 #[allow(unused_imports)]
 pub use tls_peer::start_true_peer;
 

@@ -139,3 +139,22 @@ pub fn identity_toml(
         "[identity]\nsource = \"files\"\ncert = {cert:?}\nkey = {key:?}\nbundle = {bundle:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
     )
 }
+
+/// Config of the server sidecar of an explicit-mode pair: `identity` (from `identity_toml`)
+/// plus one inbound port on 127.0.0.1 (port 0, read back as `inbound.ports[0].listen`) in
+/// front of the app at `app_port`.
+pub fn explicit_server_toml(identity: &str, app_port: u16) -> String {
+    format!(
+        "{identity}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {app_port}\n[outbound]\ntransparent = false\n"
+    )
+}
+
+/// Config of the client sidecar of an explicit-mode pair: `identity` plus one outbound
+/// listener on 127.0.0.1 (port 0) for the service `documentserver` at `inbound`, expected to
+/// be SERVER_ID.
+pub fn explicit_client_toml(identity: &str, inbound: &str) -> String {
+    format!(
+        "{identity}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n[[outbound.services]]\nname = \"documentserver\"\naddresses = [\"{inbound}\"]\nspiffe_id = \"{}\"\n[[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n",
+        super::SERVER_ID
+    )
+}
