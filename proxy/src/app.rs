@@ -197,7 +197,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("invalid outbound configuration")?;
     outbound.set_resilience_observed(
         &config.resilience,
-        Arc::new(crate::observe::resilience::MeshObserver::new(
+        Arc::new(crate::resilience::mesh_observer::MeshObserver::new(
             obs.clone(),
             &config.outbound.services,
         )),

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod body;
+pub mod check;
 pub mod classify;
 pub mod cli;
 pub mod config;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use docmesh_proxy::cli::{Cli, Command};
-use docmesh_proxy::config::{Config, ConfigError};
+use docmesh_proxy::config::ConfigError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Command::Diagnose(args) => docmesh_proxy::diagnose::command::run(&args),
         Command::Run(args) => {
             docmesh_proxy::app::init_logging();
-            let config = match Config::load(args.config.as_deref()) {
+            let config = match docmesh_proxy::check::load(args.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("docmesh-proxy: {e}");
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 fn check(path: Option<&std::path::Path>) -> ExitCode {
     let shown = path.map_or_else(|| "<defaults>".to_owned(), |p| p.display().to_string());
-    match Config::load(path) {
+    match docmesh_proxy::check::load(path) {
         Ok(c) => {
             println!("{shown}: configuration is valid");
             println!(

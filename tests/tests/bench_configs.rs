@@ -94,7 +94,7 @@ fn docmesh_loads_both_sides_of_its_pair() {
         "out.toml",
         &configs::docmesh_outbound(&pki, PORTS),
     );
-    let c = docmesh_proxy::config::Config::load(Some(&out)).unwrap();
+    let c = docmesh_proxy::check::load(Some(&out)).unwrap();
     assert!(!c.outbound.transparent && !c.inbound.transparent);
     assert_eq!(c.outbound.listeners.len(), 1);
     assert_eq!(c.outbound.listeners[0].listen.port(), PORTS.outbound);
@@ -104,7 +104,7 @@ fn docmesh_loads_both_sides_of_its_pair() {
         "in.toml",
         &configs::docmesh_inbound(&pki, PORTS),
     );
-    let c = docmesh_proxy::config::Config::load(Some(&inb)).unwrap();
+    let c = docmesh_proxy::check::load(Some(&inb)).unwrap();
     assert_eq!(c.inbound.ports.len(), 1);
     assert_eq!(c.inbound.ports[0].app_port, PORTS.backend);
     assert!(!c.observability.access_log.enabled);

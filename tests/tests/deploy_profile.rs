@@ -58,7 +58,7 @@ fn check_rejects_a_misspelled_field_in_the_profile() {
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("expect_body = \"true\"", "expect_bdy = \"true\"");
-    let e = Config::from_parts(Some(&text), &path, std::iter::empty())
+    let e = docmesh_proxy::check::from_parts(Some(&text), &path, std::iter::empty())
         .unwrap_err()
         .to_string();
     assert!(e.contains("expect_bdy"), "{e}");

@@ -240,13 +240,3 @@ impl Default for TenantPermissionConfig {
         }
     }
 }
-
-impl AuthzConfig {
-    /// Semantic validation (`docmesh-proxy check`): builds the authorizer, which also reads the
-    /// key files, and reports the first problem under `authz`.
-    pub fn validate(&self, p: &mut super::Problems) {
-        if let Err(e) = crate::authz::Authorizer::from_config(self) {
-            p.push("authz", e.to_string());
-        }
-    }
-}

@@ -115,6 +115,15 @@ impl Config {
     /// Loads `path` (or the defaults when `None`), applies `DOCMESH_*` overrides from the
     /// process environment and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_checked(path, &|_, _| {})
+    }
+
+    /// Like [`Config::load`], with more validation from the layers above (see
+    /// [`Config::from_parts_checked`]).
+    pub fn load_checked(
+        path: Option<&Path>,
+        more: &dyn Fn(&Config, &mut Problems),
+    ) -> Result<Config, ConfigError> {
         let text = match path {
             Some(p) => Some(
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -125,7 +134,7 @@ impl Config {
             None => None,
         };
         let name = path.unwrap_or(Path::new("<defaults>"));
-        Self::from_parts(text.as_deref(), name, std::env::vars())
+        Self::from_parts_checked(text.as_deref(), name, std::env::vars(), more)
     }
 
     /// Like [`Config::load`] with the file text and the environment given explicitly.
@@ -133,6 +142,19 @@ impl Config {
         text: Option<&str>,
         name: &Path,
         vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::from_parts_checked(text, name, vars, &|_, _| {})
+    }
+
+    /// Like [`Config::from_parts`], with `more` run after this module's own validation so that
+    /// the layers above (which build runtime objects from the configuration, such as the
+    /// authorizer reading its key files) report their problems in the same list; see
+    /// `crate::check`.
+    pub fn from_parts_checked(
+        text: Option<&str>,
+        name: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+        more: &dyn Fn(&Config, &mut Problems),
     ) -> Result<Config, ConfigError> {
         let mut root = match text {
             Some(t) => toml::from_str::<toml::Table>(t).map_err(|e| ConfigError::Syntax {
@@ -149,6 +171,7 @@ impl Config {
             // dropped field is not reported twice.
             let mut semantic = Problems::default();
             c.validate(&mut semantic);
+            more(c, &mut semantic);
             for p in semantic.0 {
                 let reported = problems.0.iter().any(|q| {
                     !q.path.is_empty()
@@ -174,7 +197,6 @@ impl Config {
         self.outbound.validate(p);
         self.resilience.validate_into(&self.outbound, p);
         self.observability.validate(p);
-        self.authz.validate(p);
         self.limits.validate(p);
         // No two listeners on the same address (port 0 means "any free port").
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();

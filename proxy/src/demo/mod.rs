@@ -18,7 +18,6 @@ use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
 use docmesh_certs::spiffe_id::SpiffeId;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
 use apps::Event;
 
 /// The demo's trust domain.
@@ -312,7 +311,7 @@ pub async fn run(out: &mut dyn Out) -> anyhow::Result<()> {
     let mut configs = Vec::new();
     for (name, text) in [("integrator", &integ_toml), ("documentserver", &docs_toml)] {
         let path = write(&dir.0, &format!("{name}-sidecar.toml"), text)?;
-        let cfg = Config::from_parts(Some(text), &path, std::iter::empty())
+        let cfg = crate::check::from_parts(Some(text), &path, std::iter::empty())
             .with_context(|| format!("the generated {name} sidecar config is invalid"))?;
         configs.push(cfg);
     }

@@ -53,7 +53,7 @@ pub fn run(args: &DiagnoseArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::load(Some(&args.config)) {
+    let config = match crate::check::load(Some(&args.config)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("docmesh-proxy diagnose: {e}");

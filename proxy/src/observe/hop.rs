@@ -7,8 +7,8 @@ use std::time::{Instant, SystemTime};
 
 use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext, TraceId};
 use crate::body::ProxyBody;
+use crate::errors::Attempts;
 use crate::errors::{Cause, ProxyError, Synthesized, ERROR_HEADER};
-use crate::resilience::Attempts;
 
 /// What the access log keeps of a request while it is in flight.
 struct RequestFacts {

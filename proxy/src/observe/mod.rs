@@ -12,7 +12,6 @@ pub mod b3;
 pub mod hop;
 pub mod ids;
 pub mod metrics;
-pub mod resilience;
 pub mod trace;
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod endpoint;
 pub mod guard;
 pub mod health;
 pub mod limit;
+pub mod mesh_observer;
 pub mod observer;
 pub mod policy;
 pub mod retry;

@@ -443,7 +443,7 @@ fn tcp_to_a_jwt_port_is_refused_and_check_reports_authz_problems() {
         .is_allow());
 
     let text = "[[authz.spiffe]]\nport = 8000\nallow = [\"https://nope\"]\n";
-    let err = docmesh_proxy::config::Config::from_parts(
+    let err = docmesh_proxy::check::from_parts(
         Some(text),
         std::path::Path::new("test.toml"),
         Vec::<(String, String)>::new(),

@@ -278,9 +278,9 @@ fn unknown_identities_are_labelled_unknown() {
 async fn resilience_events_are_counted_per_outbound_pair() {
     use docmesh_proxy::config::observability::ObservabilityConfig;
     use docmesh_proxy::config::outbound::ServiceConfig;
-    use docmesh_proxy::observe::resilience::MeshObserver;
     use docmesh_proxy::observe::Observability;
     use docmesh_proxy::resilience::breaker::CircuitState as Breaker;
+    use docmesh_proxy::resilience::mesh_observer::MeshObserver;
     use docmesh_proxy::resilience::observer::Observer;
 
     let shared = Metrics::new();

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     docmesh_proxy::app::init_logging();
-    let config = match docmesh_proxy::config::Config::load(Some(&path)) {
+    let config = match docmesh_proxy::check::load(Some(&path)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("docmesh-netns-proxy: {e}");

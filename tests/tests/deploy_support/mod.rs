@@ -45,5 +45,5 @@ pub fn check(path: &Path) -> Result<Config, String> {
             ));
         }
     }
-    Config::from_parts(Some(&text), path, env).map_err(|e| e.to_string())
+    docmesh_proxy::check::from_parts(Some(&text), path, env).map_err(|e| e.to_string())
 }

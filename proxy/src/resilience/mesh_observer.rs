@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::{metrics, Observability};
+use super::breaker::CircuitState;
+use super::observer::Observer;
 use crate::config::outbound::ServiceConfig;
-use crate::resilience::breaker::CircuitState;
-use crate::resilience::observer::Observer;
+use crate::observe::{metrics, Observability};
 
 /// The resilience [`Observer`] of `docmesh-proxy run`.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ impl MeshObserver {
         }
     }
 
-    fn pair(&self, service: &str) -> super::ServicePair {
+    fn pair(&self, service: &str) -> crate::observe::ServicePair {
         let dest = self
             .destinations
             .get(service)
