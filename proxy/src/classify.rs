@@ -236,6 +236,19 @@ pub fn alert_in_text(e: &(dyn StdError + 'static)) -> Option<String> {
     Some(name.to_owned())
 }
 
+/// The message of an [`crate::http::h2_probe::NotHttp2Answer`], which the HTTP/2 connection
+/// passes on as the text of an `io::Error` only; the one place that text is read.
+pub fn not_http2_in_text(e: &(dyn StdError + 'static)) -> Option<String> {
+    let text = match e.downcast_ref::<io::Error>() {
+        Some(io) => io.get_ref().map(ToString::to_string)?,
+        None => e
+            .downcast_ref::<crate::http::h2_probe::NotHttp2Answer>()?
+            .to_string(),
+    };
+    text.starts_with(crate::http::h2_probe::NOT_HTTP2)
+        .then_some(text)
+}
+
 /// Classifies an error of an HTTP exchange through a hyper(-util) client. Connect-phase errors
 /// go to [`connect_error`]; HTTP/2 `REFUSED_STREAM` and requests cancelled before they were
 /// written are marked unsent (safe to retry even when not idempotent).
@@ -269,6 +282,16 @@ pub fn http_error(
                     unsent: true,
                 };
             }
+        }
+        if let Some(answer) = not_http2_in_text(e) {
+            return ProxyError::new(
+                Cause::UpstreamNotHttp2,
+                format!(
+                    "{upstream}: {answer}. Call it with HTTP/1.1, or make the app accept HTTP/2 \
+                     without TLS (h2c prior knowledge)"
+                ),
+            )
+            .into();
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             if h2.is_library() && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR) {
@@ -387,6 +410,11 @@ mod tests {
             alert_in_text(&as_text).as_deref(),
             Some("CertificateExpired")
         );
+        // The HTTP/2 connection keeps an I/O error's kind and message only.
+        let answer = crate::http::h2_probe::NotHttp2Answer { status_line: None };
+        let as_text = io::Error::new(io::ErrorKind::InvalidData, answer.to_string());
+        let e = http_error(&as_text, false, "the app").error;
+        assert_eq!(e.cause, Cause::UpstreamNotHttp2, "{}", e.detail);
     }
 
     #[test]

@@ -213,23 +213,31 @@ pub async fn diagnose(target: &Target, tls: Option<&TlsClient>, t: &Timeouts) ->
     };
 
     let start = Instant::now();
-    let hs = match net::handshake(tcp, client.config.clone(), &target.host, addr, t.handshake).await
-    {
-        Ok(h) => h,
-        Err(f) if f.cause == crate::errors::Cause::IdentityMismatch.as_str() => {
-            r.ok(
-                "tls",
-                start.elapsed(),
-                "chain trusted; the identity check failed",
-            );
-            r.fail("identity", Duration::ZERO, f, &["http"]);
-            return r;
-        }
-        Err(f) => {
-            r.fail("tls", start.elapsed(), f, &["identity", "http"]);
-            return r;
-        }
-    };
+    let mut hs =
+        match net::handshake(tcp, client.config.clone(), &target.host, addr, t.handshake).await {
+            Ok(h) => h,
+            Err(f) if f.cause == crate::errors::Cause::IdentityMismatch.as_str() => {
+                r.ok(
+                    "tls",
+                    start.elapsed(),
+                    "chain trusted; the identity check failed",
+                );
+                r.fail("identity", Duration::ZERO, f, &["http"]);
+                return r;
+            }
+            Err(f) => {
+                r.fail("tls", start.elapsed(), f, &["identity", "http"]);
+                return r;
+            }
+        };
+    // The peer's verdict on our certificate comes about one round trip after our side of
+    // the handshake: wait twice the handshake's time (at least 50 ms, at most 1 s) unless a
+    // session ticket says it was accepted.
+    let wait = (start.elapsed() * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    if let Err(f) = net::peer_verdict(&mut hs.stream, wait, addr).await {
+        r.fail("tls", start.elapsed(), f, &["identity", "http"]);
+        return r;
+    }
     r.ok(
         "tls",
         start.elapsed(),

@@ -105,3 +105,54 @@ fn classify_tls(e: &io::Error, addr: SocketAddr) -> Finding {
     };
     advice::from_error(&err)
 }
+
+/// Waits for the peer's verdict on our client certificate. With TLS 1.3 the client's handshake
+/// ends before the server has checked the client's certificate: a server that rejects it sends
+/// its alert about one round trip later and closes, and a request written in between can meet
+/// the close (a reset) instead of the alert. So before the HTTP step, read until the verdict
+/// is known: a session ticket (the server sends tickets only after accepting the client's
+/// Finished, as rustls and docmesh do) or `wait` passing mean accepted; an alert means
+/// rejected; a reset or close is classified as the data path would.
+pub async fn peer_verdict(
+    stream: &mut TlsStream<TcpStream>,
+    wait: Duration,
+    addr: SocketAddr,
+) -> Result<(), Finding> {
+    use tokio::io::AsyncReadExt;
+    const STEP: Duration = Duration::from_millis(2);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut byte = [0u8; 1];
+    while stream.get_ref().1.tls13_tickets_received() == 0 {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Cancelling a read of a rustls stream loses nothing: decrypted data stays buffered.
+        match tokio::time::timeout(STEP.min(deadline - now), stream.read(&mut byte)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) => {
+                return Err(advice::upstream_reset(&format!(
+                    "{addr} closed the connection right after the TLS handshake, before any \
+                     request"
+                )))
+            }
+            Ok(Ok(_)) => {
+                return Err(advice::unexpected_answer(format!(
+                    "{addr} sent data before the request: not an HTTP server (a \
+                     server-speaks-first protocol?)"
+                )))
+            }
+            Ok(Err(e)) => {
+                let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                if let Some(rustls::Error::AlertReceived(alert)) = inner {
+                    return Err(advice::rejected_by_peer(&format!(
+                        "alert {alert:?} after the handshake, when the peer checked our \
+                         certificate"
+                    )));
+                }
+                return Err(classify_tls(&e, addr));
+            }
+        }
+    }
+    Ok(())
+}

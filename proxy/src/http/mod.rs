@@ -7,6 +7,7 @@
 
 pub mod coalesce;
 pub mod forward;
+pub mod h2_probe;
 pub mod orig_proto;
 pub mod pool;
 pub mod serve;
@@ -83,9 +84,63 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Gives an HTTP/2 request without `:authority` the authority of its `Host` header (and the
+/// scheme `http`), as an intermediary must (RFC 9113, 8.3.1): an HTTP/2 client may send `Host`
+/// instead, and the next HTTP/2 hop (the h2 crate) refuses a request with neither. Requests
+/// that have an authority, are not HTTP/2, or have no usable `Host` are left as they are.
+pub fn authority_from_host<B>(req: &mut http::Request<B>) {
+    if req.version() != http::Version::HTTP_2 || req.uri().authority().is_some() {
+        return;
+    }
+    let Some(host) = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(host);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http2_request_without_authority_takes_the_host() {
+        let mut req = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("/doc/x?shardkey=1")
+            .header("host", "documentserver:8000")
+            .body(())
+            .unwrap();
+        authority_from_host(&mut req);
+        assert_eq!(req.uri(), "http://documentserver:8000/doc/x?shardkey=1");
+        let mut h1 = http::Request::builder()
+            .uri("/a")
+            .header("host", "ds")
+            .body(())
+            .unwrap();
+        authority_from_host(&mut h1);
+        assert_eq!(h1.uri(), "/a", "HTTP/1.x requests keep their origin form");
+        let mut bad = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("/a")
+            .header("host", "not a host")
+            .body(())
+            .unwrap();
+        authority_from_host(&mut bad);
+        assert_eq!(bad.uri(), "/a");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_and_end_to_end_kept() {

@@ -59,6 +59,8 @@ enum Sender<B> {
 /// A pool of upstream connections keyed by `K`; request bodies of type `B` stream through.
 pub struct Pool<K, B> {
     idle_timeout: Duration,
+    /// Whether the peers are apps, whose HTTP/2 support is in question (see `h2_probe`).
+    apps: bool,
     slots: Mutex<HashMap<K, Slot<B>>>,
 }
 
@@ -81,8 +83,16 @@ where
     pub fn new(idle_timeout: Duration) -> Self {
         Pool {
             idle_timeout,
+            apps: false,
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The peers are apps: a fresh HTTP/2 connection they close before a byte is taken as an
+    /// app that does not speak HTTP/2 (`upstream-not-http2`, see `h2_probe`).
+    pub fn to_apps(mut self) -> Self {
+        self.apps = true;
+        self
     }
 
     /// Sends `req` over a pooled connection for `key`, opening one with `connect` when none is
@@ -107,11 +117,15 @@ where
                 None
             };
             let reused = pooled.is_some();
+            // How a connection opened here ended, to name the cause of a first request that
+            // fails only because its connection did.
+            let mut ended = None;
             let sender = match pooled {
                 Some(s) => s,
                 None => {
                     let io = connect().await?;
-                    let s = handshake(version, io).await?;
+                    let (s, end) = handshake(version, io, self.apps).await?;
+                    ended = Some(end);
                     // The slot exists from the first connection on: a finished HTTP/1.1
                     // connection only goes back to a slot that still exists (see `retain`).
                     let mut slots = self.lock();
@@ -129,7 +143,7 @@ where
                         if reused {
                             continue;
                         }
-                        return Err(closed_before_request());
+                        return Err(ended_cause(ended, closed_before_request()).await);
                     }
                     match tx.try_send_request(req).await {
                         Ok(resp) => {
@@ -138,7 +152,7 @@ where
                         }
                         Err(mut e) => match e.take_message() {
                             Some(r) if reused => req = r,
-                            _ => return Err(upstream_error(e.error())),
+                            _ => return Err(ended_cause(ended, upstream_error(e.error())).await),
                         },
                     }
                 }
@@ -148,7 +162,7 @@ where
                         if reused {
                             continue;
                         }
-                        return Err(closed_before_request());
+                        return Err(ended_cause(ended, closed_before_request()).await);
                     }
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(resp),
@@ -157,7 +171,7 @@ where
                                 self.drop_h2(key);
                                 req = r;
                             }
-                            _ => return Err(upstream_error(e.error())),
+                            _ => return Err(ended_cause(ended, upstream_error(e.error())).await),
                         },
                     }
                 }
@@ -224,7 +238,33 @@ where
     }
 }
 
-async fn handshake<B, Io>(version: HttpVersion, io: Io) -> Result<Sender<B>, ProxyError>
+/// How a connection's task ended: its error, classified; nothing when it ended cleanly.
+type Ended = tokio::sync::oneshot::Receiver<ProxyError>;
+
+/// The cause of a request that failed with `fallback` because its fresh connection failed:
+/// the connection's own error when it says more. With TLS 1.3 a peer rejects our client SVID
+/// after our side of the handshake ended; the alert ends the connection's task, while the
+/// request only learns that the connection closed.
+async fn ended_cause(ended: Option<Ended>, fallback: ProxyError) -> ProxyError {
+    if fallback.cause != Cause::UpstreamReset {
+        return fallback;
+    }
+    let Some(ended) = ended else {
+        return fallback;
+    };
+    // The task ends as soon as the connection failed; the bound only guards against a task
+    // that keeps running (the request failed for another reason).
+    match tokio::time::timeout(Duration::from_millis(250), ended).await {
+        Ok(Ok(e)) if e.cause != Cause::UpstreamReset => e,
+        _ => fallback,
+    }
+}
+
+async fn handshake<B, Io>(
+    version: HttpVersion,
+    io: Io,
+    apps: bool,
+) -> Result<(Sender<B>, Ended), ProxyError>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -238,25 +278,30 @@ where
                 .handshake(io)
                 .await
                 .map_err(|e| upstream_error(&e))?;
+            let (end_tx, end_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream HTTP/1 connection ended with an error");
+                    let _ = end_tx.send(upstream_error(&e));
                 }
             });
-            Ok(Sender::H1(tx))
+            Ok((Sender::H1(tx), end_rx))
         }
         HttpVersion::Http2 => {
-            let io = TokioIo::new(super::coalesce::Coalesced::new(io.into_inner()));
+            let io = super::h2_probe::H2Probe::new(io.into_inner(), apps);
+            let io = TokioIo::new(super::coalesce::Coalesced::new(io));
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
                 .map_err(|e| upstream_error(&e))?;
+            let (end_tx, end_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                    let _ = end_tx.send(upstream_error(&e));
                 }
             });
-            Ok(Sender::H2(tx))
+            Ok((Sender::H2(tx), end_rx))
         }
     }
 }

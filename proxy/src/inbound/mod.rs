@@ -198,7 +198,7 @@ impl Inbound {
                 handshake_timeout: cfg.handshake_timeout,
                 connect_timeout: cfg.connect_timeout,
                 mesh,
-                pool: Pool::new(cfg.pool_idle_timeout),
+                pool: Pool::new(cfg.pool_idle_timeout).to_apps(),
                 authz: arc_swap::ArcSwap::from_pointee(Authorizer::allow_all()),
                 limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
                 lifecycle,

@@ -423,6 +423,7 @@ async fn proxy_request(
     // The local app is a client too: body idle timeout and route body limits apply.
     let (body, body_faults) = limits.guard_body(&mut parts, body, body_limit);
     let mut req = http::Request::from_parts(parts, body);
+    crate::http::authority_from_host(&mut req);
     // The protocol of the mesh hop: HTTP/1.x requests ride HTTP/2 streams (see
     // `http::orig_proto`) unless they switch protocols (WebSocket) or that is turned off.
     let mesh_version = if version == HttpVersion::Http1
