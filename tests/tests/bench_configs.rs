@@ -1,11 +1,12 @@
 //! The benchmark's proxy configurations are accepted by the real programs: `nginx -t` and
-//! `haproxy -c` for both sides of their pairs, and docmesh's own config loader for the
-//! docmesh pair (the benchmark itself is never run by the test suite).
+//! `haproxy -c` for both sides of their pairs (HAProxy with HTTP/1.1 and with HTTP/2 on the
+//! mesh hop), and docmesh's own config loader for the docmesh pair (the benchmark itself is
+//! never run by the test suite).
 
 use std::path::Path;
 use std::process::Command;
 
-use docmesh_tests::bench::configs::{self, PairPorts};
+use docmesh_tests::bench::configs::{self, MeshAlpn, PairPorts};
 use docmesh_tests::bench::pki::{Pki, SERVER_ID};
 use docmesh_tests::bench::tools;
 
@@ -44,10 +45,17 @@ fn nginx_accepts_both_sides_of_its_pair() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path()).unwrap();
     for (role, text) in [
-        ("outbound", configs::nginx_outbound(dir.path(), &pki, PORTS)),
-        ("inbound", configs::nginx_inbound(dir.path(), &pki, PORTS)),
+        (
+            "outbound",
+            configs::nginx_outbound(dir.path(), &pki, PORTS, 11_000),
+        ),
+        (
+            "inbound",
+            configs::nginx_inbound(dir.path(), &pki, PORTS, 11_000),
+        ),
     ] {
         assert!(text.contains("worker_processes 1;"), "{text}");
+        assert!(text.contains("worker_connections 11000;"), "{text}");
         assert!(text.contains("TLSv1.3"), "{text}");
         let cfg = write(dir.path(), &format!("nginx-{role}.conf"), &text);
         assert_accepted(
@@ -66,22 +74,35 @@ fn nginx_accepts_both_sides_of_its_pair() {
 }
 
 #[test]
-fn haproxy_accepts_both_sides_of_its_pair() {
+fn haproxy_accepts_both_sides_of_its_pairs() {
     let haproxy = program("haproxy");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path()).unwrap();
-    for (role, text) in [
-        ("outbound", configs::haproxy_outbound(&pki, PORTS)),
-        ("inbound", configs::haproxy_inbound(&pki, PORTS)),
+    for (alpn, token) in [
+        (MeshAlpn::Http1, "alpn http/1.1"),
+        (MeshAlpn::H2, "alpn h2"),
     ] {
-        assert!(text.contains("nbthread 1"), "{text}");
-        assert!(text.contains("verify required"), "{text}");
-        let cfg = write(dir.path(), &format!("haproxy-{role}.cfg"), &text);
-        assert_accepted(
-            &format!("haproxy -c ({role})"),
-            Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg),
-            &text,
-        );
+        for (role, text) in [
+            (
+                "outbound",
+                configs::haproxy_outbound(&pki, PORTS, alpn, 10_200),
+            ),
+            (
+                "inbound",
+                configs::haproxy_inbound(&pki, PORTS, alpn, 10_200),
+            ),
+        ] {
+            assert!(text.contains("nbthread 1"), "{text}");
+            assert!(text.contains("verify required"), "{text}");
+            assert!(text.contains(token), "{alpn:?} {role}: {text}");
+            assert!(text.contains("maxconn 10200"), "{text}");
+            let cfg = write(dir.path(), &format!("haproxy-{alpn:?}-{role}.cfg"), &text);
+            assert_accepted(
+                &format!("haproxy -c ({alpn:?} {role})"),
+                Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg),
+                &text,
+            );
+        }
     }
 }
 
@@ -108,6 +129,9 @@ fn docmesh_loads_both_sides_of_its_pair() {
     assert_eq!(c.inbound.ports.len(), 1);
     assert_eq!(c.inbound.ports[0].app_port, PORTS.backend);
     assert!(!c.observability.access_log.enabled);
+    // The connection-scale test holds 10 000 idle client connections on one listener.
+    assert!(c.limits.max_connections_per_listener > 10_000);
+    assert!(c.limits.max_connections > 10_000);
 }
 
 #[test]

@@ -94,8 +94,17 @@ fn nibble(c: u8) -> Option<u8> {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        write_hex(f, &self.0)
     }
+}
+
+/// Lower-case hex of `bytes` (at most 16) into `f` through a stack buffer: the ids are
+/// formatted into the trace headers of every request, so no heap allocation per id.
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut buf = [0u8; 32];
+    let out = buf.get_mut(..bytes.len() * 2).ok_or(fmt::Error)?;
+    hex::encode_to_slice(bytes, out).map_err(|_| fmt::Error)?;
+    f.write_str(std::str::from_utf8(out).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Debug for TraceId {
@@ -106,7 +115,7 @@ impl fmt::Debug for TraceId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        write_hex(f, &self.0)
     }
 }
 

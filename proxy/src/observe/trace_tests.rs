@@ -117,6 +117,19 @@ fn no_incoming_context_starts_a_sampled_trace_and_a_request_id() {
     assert_eq!(rid, ctx.request_id);
     assert_eq!(rid.len(), 36);
     assert_eq!(&rid[14..15], "4", "UUID v4 form: {rid}");
+    let groups: Vec<usize> = rid.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "UUID form: {rid}");
+    assert!(
+        rid.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()),
+        "{rid}"
+    );
+    // The ids print as lower-case hex of their bytes.
+    assert_eq!(
+        ctx.trace_id.to_string(),
+        hex::encode(ctx.trace_id.as_bytes())
+    );
+    let span = SpanId::from_bytes([0xab, 0, 1, 2, 3, 4, 5, 0xff]).unwrap();
+    assert_eq!(span.to_string(), "ab000102030405ff");
     assert!(h.get("b3").is_none(), "B3 is off by default");
     // Another request starts another trace.
     let other = propagate(&mut HeaderMap::new(), &cfg());

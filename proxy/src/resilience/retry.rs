@@ -160,15 +160,19 @@ where
                     Err(e) => refuse_error(e, idempotent, body_sent),
                 };
                 let next = replay_src.as_ref().and_then(|t| t.replay());
-                let why_not = why_not.or(if attempt >= max {
-                    Some("attempts exhausted")
-                } else if next.is_none() {
-                    Some("the request body is larger than the replay buffer")
-                } else if !budget.withdraw() {
-                    observer.budget_exhausted(&service);
-                    Some("the retry budget is exhausted")
-                } else {
-                    None
+                // Lazily: only an attempt that wants a retry may take from the budget (and
+                // report it exhausted).
+                let why_not = why_not.or_else(|| {
+                    if attempt >= max {
+                        Some("attempts exhausted")
+                    } else if next.is_none() {
+                        Some("the request body is larger than the replay buffer")
+                    } else if !budget.withdraw() {
+                        observer.budget_exhausted(&service);
+                        Some("the retry budget is exhausted")
+                    } else {
+                        None
+                    }
                 });
                 let Some(why) = why_not else {
                     drop(res);

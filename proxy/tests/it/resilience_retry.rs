@@ -142,6 +142,29 @@ async fn retry_budget_bounds_total_attempts() {
     );
 }
 
+#[tokio::test]
+async fn answered_requests_leave_the_retry_budget_alone() {
+    // A budget with one token in reserve and almost nothing earned per request: if answered
+    // requests took from it, it would be empty after the first few.
+    let up = Upstream::spawn(Kind::Ok).await;
+    let mut p = policy("ds");
+    p.budget.ratio = 0.01;
+    p.budget.min_per_second = 1;
+    p.budget.ttl = Duration::from_secs(1);
+    let rec = Arc::new(Recorder::default());
+    let s = stack_observed(p, &[up.addr], rec.clone());
+    for _ in 0..50 {
+        assert_eq!(get(&s, "/").await.unwrap().0, 200);
+    }
+    assert_eq!(up.counters.requests(), 50);
+    assert_eq!(
+        rec.budget_exhausted.load(Ordering::SeqCst),
+        0,
+        "no request wanted a retry, so none was refused one"
+    );
+    assert_eq!(rec.retries.load(Ordering::SeqCst), 0);
+}
+
 /// An HTTP/2 upstream that refuses the first `refuse` streams with REFUSED_STREAM.
 async fn h2_refusing(refuse: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

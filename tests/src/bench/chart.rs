@@ -69,11 +69,12 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> ChartError {
     ChartError::Draw(format!("{e:?}"))
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(120, 120, 120), // direct
     RGBColor(31, 119, 180),  // docmesh
     RGBColor(44, 160, 44),   // nginx
     RGBColor(214, 39, 40),   // haproxy
+    RGBColor(255, 127, 14),  // haproxy-h2
 ];
 
 const PCTS: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];

@@ -26,7 +26,7 @@ use super::backend::BODY_LEN;
 use super::procs;
 
 /// A request that needs longer than this counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `GET /` with `Connection: close` on a fresh connection; Ok when the answer is 200 with
 /// the backend's 1 KiB body (checks that a set-up really works before it is measured).
@@ -41,7 +41,7 @@ pub fn check_once(addr: SocketAddr) -> anyhow::Result<()> {
     check_response(&buf).with_context(|| format!("bad answer from {addr}"))
 }
 
-fn check_response(buf: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn check_response(buf: &[u8]) -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(buf);
     let status = text.lines().next().unwrap_or("");
     if !status.starts_with("HTTP/1.1 200") {

@@ -3,8 +3,9 @@
 //!
 //! Modules: [`tools`] finds the programs, [`pki`] makes the SVIDs, [`configs`] writes the
 //! pairs' configuration, [`backend`] is the 1 KiB HTTP server, [`setups`] starts the pairs,
-//! [`load`] holds the load generators, [`procs`] reads /proc, [`run`] runs the interleaved
-//! rounds, [`report`] and [`chart`] present the figures.
+//! [`load`] holds the load generators, [`scale`] the connection-scale test, [`procs`] reads
+//! /proc, [`run`] runs the interleaved rounds, [`report`], [`targets`] and [`chart`] present
+//! the figures.
 
 pub mod backend;
 pub mod chart;
@@ -14,5 +15,7 @@ pub mod pki;
 pub mod procs;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod setups;
+pub mod targets;
 pub mod tools;

@@ -1,5 +1,6 @@
-//! Figures of a run: per set-up results, the table (with the ratios docmesh/peer and
-//! docmesh/direct), the targets read off the figures, and the same as JSON.
+//! Figures of a run: per set-up results, the table (with the best peer of each figure, the
+//! ratios docmesh/best peer and docmesh/direct), the targets read off the figures,
+//! and the same as JSON.
 
 use serde_json::{json, Value};
 
@@ -26,6 +27,14 @@ pub struct ProcFigures {
     pub cpu_churn_s: f64,
     /// Context switches during the throughput runs.
     pub ctx_switches_throughput: u64,
+    /// Connection-scale test: CPU seconds during the open-loop runs with the idle client
+    /// connections held.
+    pub cpu_scale_s: f64,
+    /// Connection-scale test: highest VmRSS right after the idle connections were opened, MiB.
+    pub rss_scale_idle_mib: f64,
+    /// Connection-scale test: highest VmHWM during the load with the idle connections held
+    /// (reset after opening them), MiB.
+    pub peak_rss_scale_mib: f64,
 }
 
 /// Everything measured for one set-up, over all rounds.
@@ -59,6 +68,17 @@ pub struct SetupFigures {
     pub backend_cpu_s: f64,
     /// Percent of the machine's CPU left idle during each throughput round.
     pub host_idle_rounds: Vec<f64>,
+    /// Connection-scale test: requests sent at the fixed rate while the idle connections
+    /// were held (warm-up included).
+    pub scale_requests: u64,
+    /// Connection-scale test: latencies (µs) of the measured requests.
+    pub scale_latencies_us: Vec<f64>,
+    /// Connection-scale test: idle connections opened and answered, per round.
+    pub scale_opened_rounds: Vec<u64>,
+    /// Connection-scale test: idle connections still open after the load, per round.
+    pub scale_survived_rounds: Vec<u64>,
+    /// Connection-scale test: failed requests (idle-connection set-up and load).
+    pub scale_errors: u64,
     /// The proxy processes (empty for direct).
     pub procs: Vec<ProcFigures>,
 }
@@ -81,6 +101,11 @@ impl SetupFigures {
             churn_errors: 0,
             backend_cpu_s: 0.0,
             host_idle_rounds: Vec::new(),
+            scale_requests: 0,
+            scale_latencies_us: Vec::new(),
+            scale_opened_rounds: Vec::new(),
+            scale_survived_rounds: Vec::new(),
+            scale_errors: 0,
             procs: Vec::new(),
         }
     }
@@ -100,7 +125,7 @@ impl SetupFigures {
         percentile(&self.latencies_us, p)
     }
 
-    fn per_10k(cpu: f64, requests: u64) -> Option<f64> {
+    pub(crate) fn per_10k(cpu: f64, requests: u64) -> Option<f64> {
         (requests > 0).then(|| cpu / requests as f64 * 1e4)
     }
 
@@ -113,7 +138,7 @@ impl SetupFigures {
         Self::per_10k(cpu, self.throughput_requests)
     }
 
-    fn proc_fig(&self, role: &str) -> Option<&ProcFigures> {
+    pub(crate) fn proc_fig(&self, role: &str) -> Option<&ProcFigures> {
         self.procs.iter().find(|p| p.role == role)
     }
 }
@@ -148,31 +173,63 @@ pub enum Better {
     Lower,
 }
 
-/// One line of the table: a figure per set-up (direct, docmesh, nginx, haproxy).
+/// One line of the table: a figure per set-up (direct, docmesh, nginx, haproxy, haproxy-h2).
 #[derive(Debug, Clone)]
 pub struct Row {
     /// Name of the figure with its unit.
     pub metric: String,
     /// Values in [`Kind::ALL`] order; None where it does not apply.
-    pub values: [Option<f64>; 4],
+    pub values: [Option<f64>; 5],
     /// Which way is better.
     pub better: Better,
 }
 
 impl Row {
-    fn ratio(&self, a: usize, b: usize) -> Option<f64> {
-        match (self.values[a], self.values[b]) {
+    /// The value of `kind`.
+    pub fn of(&self, kind: Kind) -> Option<f64> {
+        let i = Kind::ALL.iter().position(|k| *k == kind)?;
+        self.values[i]
+    }
+
+    /// The best of the peers ([`Kind::PEERS`]) that have this figure, and its value.
+    pub fn best_peer(&self) -> Option<(Kind, f64)> {
+        Kind::PEERS
+            .iter()
+            .filter_map(|k| Some((*k, self.of(*k)?)))
+            .reduce(|a, b| {
+                let b_better = match self.better {
+                    Better::Higher => b.1 > a.1,
+                    Better::Lower => b.1 < a.1,
+                };
+                if b_better {
+                    b
+                } else {
+                    a
+                }
+            })
+    }
+
+    fn docmesh_over(&self, other: Option<f64>) -> Option<f64> {
+        match (self.of(Kind::Docmesh), other) {
             (Some(x), Some(y)) if y != 0.0 => Some(x / y),
             _ => None,
         }
     }
-    /// docmesh/nginx, docmesh/haproxy, docmesh/direct.
-    pub fn ratios(&self) -> [Option<f64>; 3] {
-        [self.ratio(1, 2), self.ratio(1, 3), self.ratio(1, 0)]
+
+    /// docmesh / best peer, docmesh / direct.
+    pub fn ratios(&self) -> [Option<f64>; 2] {
+        [
+            self.docmesh_over(self.best_peer().map(|(_, v)| v)),
+            self.docmesh_over(self.of(Kind::Direct)),
+        ]
     }
 }
 
-fn by_kind(all: &[SetupFigures], f: impl Fn(&SetupFigures) -> Option<f64>) -> [Option<f64>; 4] {
+/// A figure of every set-up, in [`Kind::ALL`] order.
+pub(crate) fn by_kind(
+    all: &[SetupFigures],
+    f: impl Fn(&SetupFigures) -> Option<f64>,
+) -> [Option<f64>; 5] {
     Kind::ALL.map(|k| all.iter().find(|s| s.kind == k).and_then(&f))
 }
 
@@ -259,6 +316,16 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
     });
     for role in ["outbound", "inbound"] {
         rows.push(Row {
+            metric: format!("  {role} CPU s/10k req (1000/s)"),
+            values: by_kind(all, |s| {
+                let p = s.proc_fig(role)?;
+                SetupFigures::per_10k(p.cpu_latency_s, s.latency_requests)
+            }),
+            better: Better::Lower,
+        });
+    }
+    for role in ["outbound", "inbound"] {
+        rows.push(Row {
             metric: format!("{role} idle RSS (MiB)"),
             values: by_kind(all, |s| s.proc_fig(role).map(|p| p.idle_rss_mib)),
             better: Better::Lower,
@@ -278,6 +345,7 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
             better: Better::Lower,
         });
     }
+    super::scale::rows(all, &mut rows);
     rows.push(Row {
         metric: "wrk CPU s/10k req (generator)".into(),
         values: by_kind(all, |s| {
@@ -311,91 +379,38 @@ fn cell(v: Option<f64>) -> String {
     }
 }
 
-/// The table as text.
+/// The table as text: one column per set-up, then the best peer of the figure and the
+/// ratios docmesh / best peer and docmesh / direct.
 pub fn table(rows: &[Row]) -> String {
-    let mut out = format!(
-        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}\n",
-        "figure", "direct", "docmesh", "nginx", "haproxy", "dm/nginx", "dm/hapx", "dm/direct"
-    );
+    let mut out = format!("{:<44}", "figure");
+    for k in Kind::ALL {
+        out.push_str(&format!(" {:>10}", k.name()));
+    }
+    out.push_str(&format!(
+        " {:>10} {:>8} {:>9}\n",
+        "best peer", "dm/best", "dm/direct"
+    ));
     for r in rows {
-        let [a, b, c] = r.ratios();
+        let [best, direct] = r.ratios();
         let ratio = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+        out.push_str(&format!("{:<44}", r.metric));
+        for v in r.values {
+            out.push_str(&format!(" {:>10}", cell(v)));
+        }
         out.push_str(&format!(
-            "{:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}\n",
-            r.metric,
-            cell(r.values[0]),
-            cell(r.values[1]),
-            cell(r.values[2]),
-            cell(r.values[3]),
-            ratio(a),
-            ratio(b),
-            ratio(c)
+            " {:>10} {:>8} {:>9}\n",
+            r.best_peer().map_or("-", |(k, _)| k.name()),
+            ratio(best),
+            ratio(direct)
         ));
     }
     out
 }
 
-fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
+/// The row whose figure name starts with `prefix` (leading spaces ignored).
+pub fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
     rows.iter()
         .find(|r| r.metric.trim_start().starts_with(prefix))
-}
-
-/// The targets, each read off the rows: (description, met, detail).
-pub fn targets(rows: &[Row]) -> Vec<(String, bool, String)> {
-    let mut out = Vec::new();
-    let best_peer = |r: &Row| -> Option<f64> {
-        let (n, h) = (r.values[2]?, r.values[3]?);
-        Some(match r.better {
-            Better::Higher => n.max(h),
-            Better::Lower => n.min(h),
-        })
-    };
-    if let Some(r) = find(rows, "throughput") {
-        if let (Some(d), Some(b)) = (r.values[1], best_peer(r)) {
-            out.push((
-                "throughput >= 1.3 x better peer".into(),
-                d >= 1.3 * b,
-                format!("docmesh {d:.0} req/s, better peer {b:.0} ({:.2}x)", d / b),
-            ));
-        }
-    }
-    for p in ["p50", "p99"] {
-        if let Some(r) = find(rows, &format!("added {p}")) {
-            if let (Some(d), Some(b)) = (r.values[1], best_peer(r)) {
-                out.push((
-                    format!("added {p} <= half of better peer's"),
-                    d <= b / 2.0,
-                    format!("docmesh {d:+.0} us, better peer {b:+.0} us"),
-                ));
-            }
-        }
-    }
-    for role in ["outbound", "inbound"] {
-        if let Some(v) = find(rows, &format!("{role} idle RSS")).and_then(|r| r.values[1]) {
-            out.push((
-                format!("{role} sidecar idle RSS <= 10 MiB"),
-                v <= 10.0,
-                format!("{v:.1} MiB"),
-            ));
-        }
-        if let Some(v) = find(rows, &format!("{role} peak RSS, tput")).and_then(|r| r.values[1]) {
-            out.push((
-                format!("{role} sidecar RSS under throughput <= 25 MiB"),
-                v <= 25.0,
-                format!("{v:.1} MiB"),
-            ));
-        }
-        if let Some(r) = find(rows, &format!("{role} CPU")) {
-            if let (Some(d), Some(b)) = (r.values[1], best_peer(r)) {
-                out.push((
-                    format!("{role} sidecar CPU s/10k < better peer's"),
-                    d < b,
-                    format!("docmesh {d:.3} s, better peer {b:.3} s"),
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// Everything as JSON: settings, raw per-set-up figures, the table rows and the targets.
@@ -424,6 +439,17 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
                 "churn_errors": s.churn_errors,
                 "backend_cpu_s": s.backend_cpu_s,
                 "host_idle_percent_rounds": s.host_idle_rounds,
+                "connection_scale": {
+                    "idle_connections_opened_rounds": s.scale_opened_rounds,
+                    "idle_connections_still_open_rounds": s.scale_survived_rounds,
+                    "requests": s.scale_requests,
+                    "errors": s.scale_errors,
+                    "latency_us": {
+                        "p50": percentile(&s.scale_latencies_us, 0.5),
+                        "p99": percentile(&s.scale_latencies_us, 0.99),
+                        "samples": s.scale_latencies_us.len(),
+                    },
+                },
                 "processes": s.procs.iter().map(|p| json!({
                     "role": p.role, "threads": p.threads,
                     "idle_rss_mib": p.idle_rss_mib,
@@ -433,6 +459,9 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
                     "cpu_latency_s": p.cpu_latency_s,
                     "cpu_churn_s": p.cpu_churn_s,
                     "context_switches_throughput": p.ctx_switches_throughput,
+                    "cpu_connection_scale_s": p.cpu_scale_s,
+                    "rss_connection_scale_idle_mib": p.rss_scale_idle_mib,
+                    "peak_rss_connection_scale_mib": p.peak_rss_scale_mib,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -440,18 +469,66 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
     let table: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let [n, h, d] = r.ratios();
-            json!({
-                "figure": r.metric.trim(),
-                "direct": r.values[0], "docmesh": r.values[1],
-                "nginx": r.values[2], "haproxy": r.values[3],
-                "docmesh_over_nginx": n, "docmesh_over_haproxy": h, "docmesh_over_direct": d,
-            })
+            let [best, direct] = r.ratios();
+            let mut row = serde_json::Map::new();
+            row.insert("figure".into(), r.metric.trim().into());
+            for k in Kind::ALL {
+                row.insert(k.name().into(), json!(r.of(k)));
+            }
+            row.insert(
+                "best_peer".into(),
+                json!(r.best_peer().map(|(k, _)| k.name())),
+            );
+            row.insert("docmesh_over_best_peer".into(), json!(best));
+            row.insert("docmesh_over_direct".into(), json!(direct));
+            for k in Kind::PEERS {
+                row.insert(
+                    format!("docmesh_over_{}", k.name().replace('-', "_")),
+                    json!(r.docmesh_over(r.of(k))),
+                );
+            }
+            Value::Object(row)
         })
         .collect();
-    let targets: Vec<Value> = targets(rows)
+    let targets: Vec<Value> = super::targets::targets(rows)
         .into_iter()
         .map(|(t, met, detail)| json!({"target": t, "met": met, "detail": detail}))
         .collect();
     json!({"settings": settings, "setups": setups, "table": table, "targets": targets})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(metric: &str, better: Better, values: [Option<f64>; 5]) -> Row {
+        Row {
+            metric: metric.into(),
+            values,
+            better,
+        }
+    }
+
+    #[test]
+    fn best_peer_is_the_best_of_the_three_peers_per_figure() {
+        // direct, docmesh, nginx, haproxy, haproxy-h2
+        let cpu = row(
+            "proxy CPU s/10k req (pair, tput)",
+            Better::Lower,
+            [None, Some(0.30), Some(0.34), Some(0.36), Some(0.22)],
+        );
+        assert_eq!(cpu.best_peer(), Some((Kind::HaproxyH2, 0.22)));
+        let [best, direct] = cpu.ratios();
+        assert!((best.unwrap() - 0.30 / 0.22).abs() < 1e-9);
+        assert_eq!(direct, None);
+        let tput = row(
+            "throughput, 16 conns (req/s)",
+            Better::Higher,
+            [Some(150e3), Some(30e3), Some(36e3), Some(32e3), None],
+        );
+        assert_eq!(tput.best_peer(), Some((Kind::Nginx, 36e3)));
+        let none = row("x", Better::Lower, [Some(1.0), Some(1.0), None, None, None]);
+        assert_eq!(none.best_peer(), None);
+        assert_eq!(none.ratios()[0], None);
+    }
 }

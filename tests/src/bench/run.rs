@@ -1,6 +1,7 @@
-//! The benchmark run: start the backend and the four set-ups, then interleaved rounds (each
-//! round runs throughput, open-loop latency and connection churn against every set-up, the
-//! set-up order rotating per round) so that machine drift hits all set-ups alike.
+//! The benchmark run: start the backend and the five set-ups, then interleaved rounds (each
+//! round runs throughput, open-loop latency, connection churn and the connection-scale test
+//! against every set-up, the set-up order rotating per round) so that machine drift hits all
+//! set-ups alike.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use super::load;
 use super::pki::Pki;
 use super::procs;
 use super::report::{self, ProcFigures, SetupFigures};
+use super::scale;
 use super::setups::{Kind, Setup};
 use super::tools;
 
@@ -37,11 +39,13 @@ pub struct Settings {
     pub churn_concurrency: usize,
     /// Time of each churn run.
     pub churn: Duration,
+    /// Idle keep-alive client connections held during the connection-scale test.
+    pub idle_connections: usize,
     /// Where the JSON and the PNG go.
     pub out_dir: PathBuf,
     /// A docmesh-proxy binary to use instead of building one.
     pub docmesh: Option<PathBuf>,
-    /// Run only these set-ups (`--only`, for profiling); empty means all four.
+    /// Run only these set-ups (`--only`, for profiling); empty means all five.
     pub only: Vec<Kind>,
 }
 
@@ -63,6 +67,7 @@ impl Settings {
             latency: Duration::from_secs_f64(lat),
             churn_concurrency: 16,
             churn: Duration::from_secs_f64(churn),
+            idle_connections: 10_000,
             out_dir,
             docmesh,
             only: Vec::new(),
@@ -77,14 +82,14 @@ fn loadavg() -> String {
 }
 
 /// CPU seconds of each proxy process of `s` now.
-fn cpu_now(s: &Setup) -> Vec<f64> {
+pub(crate) fn cpu_now(s: &Setup) -> Vec<f64> {
     s.procs
         .iter()
         .map(|p| procs::tree_cpu_seconds(p.pid()))
         .collect()
 }
 
-fn cpu_delta(s: &Setup, before: &[f64]) -> Vec<f64> {
+pub(crate) fn cpu_delta(s: &Setup, before: &[f64]) -> Vec<f64> {
     cpu_now(s)
         .iter()
         .zip(before)
@@ -113,8 +118,26 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let started = Instant::now();
     let load_start = loadavg();
     let tools = tools::all(settings.docmesh.clone())?;
-    for n in &tools.notes {
-        eprintln!("docmesh-bench: {n}");
+    // Each process holds the idle connections once (the benchmark's clients, the
+    // client-side proxy), plus its other descriptors; HAProxy wants two per `maxconn`.
+    let need = settings.idle_connections as u64 + 1024;
+    let nofile = scale::raise_nofile_limit(2 * need + 4096);
+    let idle_conns = scale::fitting(settings.idle_connections, nofile);
+    if idle_conns < settings.idle_connections {
+        eprintln!(
+            "docmesh-bench: the open-file limit {nofile} cannot be raised (no CAP_SYS_RESOURCE): \
+             the connection-scale test holds {idle_conns} idle connections instead of {} \
+             (HAProxy needs two descriptors per connection)",
+            settings.idle_connections
+        );
+    }
+    if nofile < need {
+        anyhow::bail!(
+            "the open-file limit is {nofile}, too low for {} idle connections: RLIMIT_NOFILE \
+             must allow at least {need} (raise the hard limit with `ulimit -Hn {need}` as \
+             root, then run the benchmark again)",
+            settings.idle_connections
+        );
     }
     let dir = tempfile::Builder::new()
         .prefix("docmesh-bench-")
@@ -129,7 +152,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         if !settings.only.is_empty() && !settings.only.contains(&kind) {
             continue;
         }
-        let s = Setup::start(kind, &tools, &pki, dir.path(), be.addr)
+        let s = Setup::start(kind, &tools, &pki, dir.path(), be.addr, idle_conns)
             .with_context(|| format!("cannot start the {} set-up", kind.name()))?;
         check_with_retries(&s)?;
         eprintln!(
@@ -281,6 +304,19 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
                 per_s,
                 c.errors
             );
+            if !s.procs.is_empty() {
+                scale::run(settings, idle_conns, s, f)
+                    .with_context(|| format!("connection-scale run against {name}"))?;
+                eprintln!(
+                    "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} {} idle conns held, {} still open, outbound RSS {:.1} MiB",
+                    started.elapsed().as_secs_f64(),
+                    round + 1,
+                    settings.rounds,
+                    f.scale_opened_rounds.last().copied().unwrap_or(0),
+                    f.scale_survived_rounds.last().copied().unwrap_or(0),
+                    f.procs.first().map_or(0.0, |p| p.rss_scale_idle_mib),
+                );
+            }
             s.check_alive()?;
         }
     }
@@ -295,9 +331,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         loadavg(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
+    out.push_str(&format!(
+        "connection scale: {idle_conns} idle keep-alive client connections per pair \
+         (open-file limit {nofile})\n\n"
+    ));
     out.push_str(&report::table(&rows));
-    out.push_str("\ntargets (issue 9):\n");
-    for (t, met, detail) in report::targets(&rows) {
+    out.push_str(
+        "\ntargets (issue 20; best peer = best of nginx, haproxy, haproxy-h2 per figure):\n",
+    );
+    for (t, met, detail) in super::targets::targets(&rows) {
         out.push_str(&format!(
             "  [{}] {t}: {detail}\n",
             if met { "met" } else { "NOT met" }
@@ -315,6 +357,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         "latency_warmup_seconds": settings.latency_warmup.as_secs_f64(),
         "churn_concurrency": settings.churn_concurrency,
         "churn_seconds_per_round": settings.churn.as_secs_f64(),
+        "idle_connections_wanted": settings.idle_connections,
+        "idle_connections": idle_conns,
+        "open_file_limit": nofile,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "load_average_start": load_start,
         "load_average_end": loadavg(),
@@ -329,8 +374,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             "backend": "hyper HTTP/1.1 server on a dedicated thread of the benchmark process, 1 KiB body, keep-alive",
             "throughput": "wrk -t1 -c16 (closed loop, keep-alive), median of rounds",
             "latency": "own open-loop generator: requests released at fixed intervals by a dispatcher thread, latency from the intended send time",
+            "connection_scale": "per pair: 10 000 (or as many as the open-file limit allows HAProxy) keep-alive client connections to the client-side proxy (one request each, then idle), RSS with them held, then the open-loop load at 1000 req/s with them held: CPU per 10k requests, peak RSS (VmHWM reset after opening), latency; connections the proxy closed are counted",
+            "best_peer": "per figure the best of nginx, haproxy (HTTP/1.1 mesh hop) and haproxy-h2 (alpn h2 on the mesh hop); ratios are docmesh / best peer",
             "churn": "own client, 16 concurrent, full TLS 1.3 mTLS handshake (no resumption, X25519, ECDSA P-256) to the server-side proxy per request, Connection: close; direct = plain TCP to the backend",
-            "worker_threads": "docmesh TOKIO_WORKER_THREADS=1 (single-threaded runtime), nginx worker_processes 1, haproxy nbthread 1",
+            "worker_threads": "docmesh TOKIO_WORKER_THREADS=1 (single-threaded runtime), nginx worker_processes 1, haproxy and haproxy-h2 nbthread 1",
             "cpu": "utime+stime from /proc/PID/stat over the process tree",
             "rss": "VmRSS after start (idle), VmHWM reset before each throughput run (tput), VmHWM at the end of each round (all)",
         },

@@ -1,4 +1,5 @@
-//! The four set-ups: direct (no proxy), and the docmesh, nginx and HAProxy pairs, each pair
+//! The five set-ups: direct (no proxy), and the docmesh, nginx, HAProxy and HAProxy-with-h2
+//! pairs, each pair
 //! as two real processes (client side and server side) on 127.0.0.1, started from the
 //! configs in [`super::configs`], stopped (SIGTERM, then SIGKILL) when dropped.
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::configs::{self, PairPorts};
+use super::configs::{self, MeshAlpn, PairPorts};
 use super::pki::Pki;
 use super::tools::Tools;
 
@@ -23,13 +24,24 @@ pub enum Kind {
     Docmesh,
     /// nginx pair.
     Nginx,
-    /// HAProxy pair.
+    /// HAProxy pair, HTTP/1.1 on the mesh hop.
     Haproxy,
+    /// HAProxy pair, HTTP/2 on the mesh hop (`alpn h2` on both sides).
+    HaproxyH2,
 }
 
 impl Kind {
     /// All set-ups in the order of a round.
-    pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Docmesh, Kind::Nginx, Kind::Haproxy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Docmesh,
+        Kind::Nginx,
+        Kind::Haproxy,
+        Kind::HaproxyH2,
+    ];
+
+    /// The peers docmesh is compared with ("best peer" is the best of these per figure).
+    pub const PEERS: [Kind; 3] = [Kind::Nginx, Kind::Haproxy, Kind::HaproxyH2];
 
     /// Short name for tables and JSON.
     pub fn name(self) -> &'static str {
@@ -38,6 +50,7 @@ impl Kind {
             Kind::Docmesh => "docmesh",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
+            Kind::HaproxyH2 => "haproxy-h2",
         }
     }
 }
@@ -105,13 +118,17 @@ fn tail(path: &Path) -> String {
 
 impl Setup {
     /// Starts `kind` in front of the backend at `backend` and waits until its ports accept
-    /// connections (at most 20 s), naming the process and its log on failure.
+    /// connections (at most 20 s), naming the process and its log on failure. `idle_conns`:
+    /// the idle client connections of the connection-scale test (nginx's
+    /// `worker_connections` and HAProxy's `maxconn` are sized for them plus 1000; docmesh's
+    /// limits are above any count the test uses).
     pub fn start(
         kind: Kind,
         tools: &Tools,
         pki: &Pki,
         dir: &Path,
         backend: SocketAddr,
+        idle_conns: usize,
     ) -> anyhow::Result<Setup> {
         if kind == Kind::Direct {
             return Ok(Setup {
@@ -127,6 +144,8 @@ impl Setup {
             backend: backend.port(),
         };
         let tag = kind.name();
+        // Room for the load generators' connections beside the idle ones.
+        let max_conns = idle_conns + 1000;
         let mut procs = Vec::new();
         match kind {
             Kind::Direct => {}
@@ -148,8 +167,14 @@ impl Setup {
             }
             Kind::Nginx => {
                 for (role, text) in [
-                    ("inbound", configs::nginx_inbound(dir, pki, ports)),
-                    ("outbound", configs::nginx_outbound(dir, pki, ports)),
+                    (
+                        "inbound",
+                        configs::nginx_inbound(dir, pki, ports, max_conns),
+                    ),
+                    (
+                        "outbound",
+                        configs::nginx_outbound(dir, pki, ports, max_conns),
+                    ),
                 ] {
                     let cfg = write(dir.join(format!("nginx-{role}.conf")), &text)?;
                     let mut cmd = Command::new(&tools.nginx);
@@ -162,12 +187,23 @@ impl Setup {
                     procs.push(spawn(role, dir, tag, &mut cmd)?);
                 }
             }
-            Kind::Haproxy => {
+            Kind::Haproxy | Kind::HaproxyH2 => {
+                let alpn = if kind == Kind::HaproxyH2 {
+                    MeshAlpn::H2
+                } else {
+                    MeshAlpn::Http1
+                };
                 for (role, text) in [
-                    ("inbound", configs::haproxy_inbound(pki, ports)),
-                    ("outbound", configs::haproxy_outbound(pki, ports)),
+                    (
+                        "inbound",
+                        configs::haproxy_inbound(pki, ports, alpn, max_conns),
+                    ),
+                    (
+                        "outbound",
+                        configs::haproxy_outbound(pki, ports, alpn, max_conns),
+                    ),
                 ] {
-                    let cfg = write(dir.join(format!("haproxy-{role}.cfg")), &text)?;
+                    let cfg = write(dir.join(format!("{tag}-{role}.cfg")), &text)?;
                     let mut cmd = Command::new(&tools.haproxy);
                     cmd.arg("-db").arg("-f").arg(cfg);
                     procs.push(spawn(role, dir, tag, &mut cmd)?);

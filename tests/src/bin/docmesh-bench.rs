@@ -1,5 +1,6 @@
 //! `docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N]`:
-//! docmesh against nginx, HAProxy and no proxy at all (issue 9). See docs/benchmark.md.
+//! docmesh against nginx, HAProxy (HTTP/1.1 and HTTP/2 mesh hop) and no proxy at all (issues 9
+//! and 20). See docs/benchmark.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,8 +12,8 @@ const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [
   --quick       a few seconds per set-up (smoke run; noisy figures)
   --out DIR     where docmesh-bench.{json,png,txt} go (default target/docmesh-bench)
   --proxy PATH  use this docmesh-proxy binary instead of building the release one
-  --only NAME   run only this set-up (direct, docmesh, nginx, haproxy; repeatable),
-                e.g. to profile one proxy with perf
+  --only NAME   run only this set-up (direct, docmesh, nginx, haproxy, haproxy-h2;
+                repeatable), e.g. to profile one proxy with perf
   --throughput-seconds N   length of each throughput run
   --rounds N    number of interleaved rounds (full run: 3, quick: 1)";
 
