@@ -69,3 +69,18 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   python3 -c 'import grpc' >/dev/null 2>&1 \
     || { echo "install-deps: grpcio could not be installed (python3 -m pip install grpcio)" >&2; exit 1; }
 fi
+
+# --- issue 22 (OTLP export) ---
+# opentelemetry-proto (the published OpenTelemetry protos, with protobuf) and grpcio: the
+# independent OTLP receiver of proxy/tests/it/otlp_support/receiver.py.
+if ! python3 -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+  echo "install-deps: installing opentelemetry-proto" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      opentelemetry-proto grpcio >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      opentelemetry-proto grpcio >/dev/null 2>&1 \
+    || true
+  python3 -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1 \
+    || { echo "install-deps: opentelemetry-proto could not be installed (python3 -m pip install opentelemetry-proto grpcio)" >&2; exit 1; }
+fi
+# --- end issue 22 ---
