@@ -135,8 +135,6 @@ impl HopRecord {
         let obs = &self.obs;
         let status = self.response.as_ref().map(|r| r.status);
         let cause = self.response.as_ref().and_then(|r| r.cause);
-        obs.metrics
-            .request_finished(&self.pair, status, cause, duration);
         let Some(ctx) = self.ctx.take() else { return };
         let is_error =
             AccessLogEntry::is_error_outcome(status, cause, true) || outcome != Outcome::Complete;
@@ -145,6 +143,11 @@ impl HopRecord {
             .otlp
             .as_ref()
             .filter(|_| ctx.sampled || cause.is_some() || outcome != Outcome::Complete);
+        // The latency bucket's exemplar: only a trace that can be looked up (exported as a
+        // span, or in the access log).
+        let exemplar = (log || span.is_some()).then_some(ctx.trace_id);
+        obs.metrics
+            .request_finished_traced(&self.pair, status, cause, duration, exemplar);
         if !log && span.is_none() {
             return;
         }

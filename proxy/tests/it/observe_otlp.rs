@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::otlp_support::{otlp_toml, Receiver};
+use crate::otlp_support::{openmetrics_exemplars, otlp_toml, Receiver};
 use crate::support::*;
 use http_body_util::BodyExt;
 use prometheus_parse::{Scrape, Value};
@@ -52,12 +52,26 @@ fn attr<'a>(span: &'a Json, key: &str) -> &'a Json {
     &span["attributes"][key]
 }
 
-async fn scrape(admin: &str) -> Vec<prometheus_parse::Sample> {
+async fn metrics_text(admin: &str) -> String {
     let mut c = h1_client(admin.parse().unwrap()).await;
     let resp = bounded(c.send_request(get("/metrics", "admin")))
         .await
         .unwrap();
-    let text = text(resp).await;
+    text(resp).await
+}
+
+/// The trace id exemplars of `service`'s latency histogram.
+fn latency_exemplars(text: &str, service: &str) -> Vec<String> {
+    openmetrics_exemplars(text)
+        .iter()
+        .filter(|s| s["name"] == "docmesh_request_duration_seconds_bucket")
+        .filter(|s| s["labels"]["service"] == service)
+        .map(|s| s["exemplar"]["trace_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn scrape(admin: &str) -> Vec<prometheus_parse::Sample> {
+    let text = metrics_text(admin).await;
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .unwrap()
         .samples
@@ -160,6 +174,14 @@ async fn spans_form_one_tree(protocol: &str, mode: &str) {
     assert_eq!(out["resource"]["service.name"], "integrator");
     assert_eq!(inb["resource"]["service.name"], "documentserver");
     assert_eq!(out["resource"]["docmesh.spiffe_id"], CLIENT_ID);
+    // The latency histogram (served as OpenMetrics, read by a real OpenMetrics parser) leads
+    // to the trace: its bucket's exemplar is this request's trace id.
+    let text = metrics_text(&client.admin).await;
+    assert_eq!(
+        latency_exemplars(&text, "documentserver"),
+        [out_log["trace_id"].as_str().unwrap()],
+        "{text}"
+    );
 
     // 2. An app's unsampled trace is continued unsampled and not exported...
     let caller = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -178,6 +200,12 @@ async fn spans_form_one_tree(protocol: &str, mode: &str) {
     assert_eq!(failed["status_code"], 2, "error status: {failed}");
     assert_eq!(failed["status_message"], "connect-refused");
     assert_eq!(attr(&failed, "docmesh.destination"), BROKEN_ID);
+    let text = metrics_text(&client.admin).await;
+    assert_eq!(
+        latency_exemplars(&text, "broken"),
+        [caller],
+        "a failed request's trace is an exemplar although unsampled"
+    );
     let rest = rx.drain(Duration::from_millis(500)).await;
     assert!(
         rest.iter()

@@ -92,3 +92,40 @@ pub fn otlp_toml(protocol: &str, port: u16, timeout: &str) -> String {
         "[observability.otlp]\nendpoint = \"http://127.0.0.1:{port}\"\nprotocol = \"{protocol}\"\nbatch_delay = \"20ms\"\ntimeout = \"{timeout}\"\n"
     )
 }
+
+/// Parses `text` with the OpenMetrics parser of PyPI's `prometheus-client` (failing the test
+/// if it is not valid OpenMetrics) and returns the samples that carry an exemplar, as
+/// `{"name", "labels", "exemplar"}` objects.
+pub fn openmetrics_exemplars(text: &str) -> Vec<Json> {
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        if s.exemplar is not None:
+            out.append({"name": s.name, "labels": s.labels, "exemplar": s.exemplar.labels})
+print(json.dumps(out))
+"#;
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus-client (tests/scripts/install-deps.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "/metrics is not valid OpenMetrics (or prometheus-client is missing): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Json>>(&out.stdout).unwrap()
+}
