@@ -153,7 +153,10 @@ impl Config {
             // dropped field is not reported twice.
             let mut semantic = Problems::default();
             c.validate(&mut semantic);
-            for p in semantic.0 {
+            for mut p in semantic.0 {
+                if let Some(var) = origins.var_for(&p.path) {
+                    p.message = format!("{} (set by environment variable {var})", p.message);
+                }
                 let reported = problems.0.iter().any(|q| {
                     !q.path.is_empty()
                         && (p.path == q.path

@@ -423,6 +423,44 @@ mod tests {
         assert_eq!(obs.tracing.new_trace_sample_ratio, 0.25);
     }
 
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn check_names_the_otel_variable_and_docmesh_variables_win() {
+        let path = std::path::Path::new("proxy.toml");
+        let err = super::super::Config::from_parts(
+            None,
+            path,
+            vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("observability.otlp.endpoint")
+                && err.contains("set by environment variable OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{err}"
+        );
+        let c = super::super::Config::from_parts(
+            Some("[observability.otlp]\nendpoint = \"http://file:1\"\n"),
+            path,
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+                (
+                    "DOCMESH_OBSERVABILITY__OTLP__ENDPOINT",
+                    "http://docmesh:4318",
+                ),
+                ("OTEL_SERVICE_NAME", "ds"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.observability.otlp.endpoint, "http://docmesh:4318");
+        assert_eq!(c.observability.otlp.service_name, "ds");
+    }
+
     #[test]
     fn unsupported_samplers_and_bad_numbers_are_errors() {
         let vars = vec![
