@@ -66,6 +66,8 @@ pub struct AccessLogEntry {
     pub upstream_addr: Option<SocketAddr>,
     /// How the request ended (HTTP): completed, or cut short by the client or the upstream.
     pub outcome: Outcome,
+    /// The tenant the inbound authorization established (`docmesh-tenant`), when any.
+    pub tenant: Option<String>,
 }
 
 impl AccessLogEntry {
@@ -109,6 +111,7 @@ impl AccessLogEntry {
             peer_addr: None,
             upstream_addr: None,
             outcome: Outcome::Complete,
+            tenant: None,
         }
     }
 
@@ -161,6 +164,7 @@ impl AccessLogEntry {
             peer_addr: self.peer_addr.map(|a| a.to_string()),
             upstream_addr: self.upstream_addr.map(|a| a.to_string()),
             outcome: (self.outcome != Outcome::Complete).then(|| self.outcome.as_str()),
+            tenant: self.tenant.as_deref(),
         };
         serde_json::to_string(&line).unwrap_or_default()
     }
@@ -202,6 +206,8 @@ struct Line<'a> {
     upstream_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
 }
 
 /// Hands entries to the writer task without blocking. Cheap to clone.

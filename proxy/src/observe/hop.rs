@@ -100,7 +100,8 @@ impl Observability {
             }
         }
         let attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
-        record.responded(status, cause, detail, attempts);
+        let tenant = resp.extensions().get::<Tenant>().map(|t| t.0.clone());
+        record.responded(status, cause, detail, attempts, tenant);
         resp.map(|body| ObservedBody::new(body, record))
     }
 
@@ -135,6 +136,12 @@ impl Observability {
 pub fn request_trace_id(extensions: &http::Extensions) -> Option<TraceId> {
     extensions.get::<TraceContext>().map(|c| c.trace_id)
 }
+
+/// The tenant the inbound authorization established for a request (the `docmesh-tenant`
+/// value given to the app); the authorization spot inserts it into the response extensions
+/// for the access log and the span.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub http::HeaderValue);
 
 /// The authorization decision of an inbound request (`allow`, or the failed check's reason);
 /// the authorization spot inserts it into the response extensions for the metrics.

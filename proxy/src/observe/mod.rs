@@ -21,7 +21,7 @@ pub mod trace;
 mod trace_tests;
 
 pub use access_log::{AccessLogEntry, AccessLogger};
-pub use hop::{request_trace_id, AuthzReason, HopAddrs};
+pub use hop::{request_trace_id, AuthzReason, HopAddrs, Tenant};
 pub use ids::{SpanId, TraceId};
 pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
 pub use otlp::SpanExporter;

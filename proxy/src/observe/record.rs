@@ -71,6 +71,7 @@ struct ResponseFacts {
     cause: Option<Cause>,
     detail: Option<String>,
     attempts: u32,
+    tenant: Option<http::HeaderValue>,
 }
 
 /// One request at one hop, from its arrival to the end of its response body (or the drop of
@@ -118,12 +119,14 @@ impl HopRecord {
         cause: Option<Cause>,
         detail: Option<String>,
         attempts: u32,
+        tenant: Option<http::HeaderValue>,
     ) {
         self.response = Some(ResponseFacts {
             status,
             cause,
             detail,
             attempts,
+            tenant,
         });
     }
 
@@ -175,6 +178,10 @@ impl HopRecord {
         if let Some(r) = self.response.as_mut() {
             e.detail = r.detail.take();
             e.attempts = r.attempts;
+            e.tenant = r
+                .tenant
+                .take()
+                .and_then(|t| t.to_str().ok().map(str::to_owned));
         }
         super::hop::fill_pair(&mut e, &self.pair, self.addrs);
         match (span, log) {

@@ -184,6 +184,9 @@ pub(super) fn to_span(e: AccessLogEntry) -> proto::Span {
     if let Some(t) = &e.trace {
         a.push(KeyValue::str("docmesh.request_id", t.request_id.as_str()));
     }
+    if let Some(t) = &e.tenant {
+        a.push(KeyValue::str("docmesh.tenant", t.as_str()));
+    }
     a.push(KeyValue::int("docmesh.attempts", i64::from(e.attempts)));
     a.push(KeyValue::int(
         "docmesh.bytes_received",
@@ -239,6 +242,55 @@ pub(super) fn to_span(e: AccessLogEntry) -> proto::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attr<'a>(s: &'a proto::Span, key: &str) -> Option<&'a proto::Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    #[test]
+    fn an_inbound_request_becomes_a_server_span_with_its_context_and_attributes() {
+        let ctx = crate::observe::TraceContext {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: Some(SpanId::random()),
+            sampled: false,
+            tracestate: Some("k=v".into()),
+            request_id: "r-1".into(),
+            origin: crate::observe::TraceOrigin::W3c,
+        };
+        let start = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10);
+        let mut e =
+            AccessLogEntry::http(start, Direction::Inbound, ctx.clone(), "POST", "/x".into());
+        e.duration = std::time::Duration::from_millis(5);
+        e.status = Some(200);
+        e.tenant = Some("acme".into());
+        e.outcome = Outcome::ClientCancelled;
+        let s = to_span(e);
+        assert_eq!(s.kind, span_kind::SERVER);
+        assert_eq!(s.trace_id, ctx.trace_id.as_bytes());
+        assert_eq!(s.span_id, ctx.span_id.as_bytes());
+        assert_eq!(s.parent_span_id, ctx.parent_span_id.unwrap().as_bytes());
+        assert_eq!((s.flags, s.trace_state.as_str()), (0, "k=v"));
+        assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 5_000_000);
+        assert_eq!(s.start_time_unix_nano, 10_000_000_000);
+        assert_eq!(
+            attr(&s, "docmesh.tenant"),
+            Some(&proto::Value::String("acme".into()))
+        );
+        assert_eq!(
+            attr(&s, "http.response.status_code"),
+            Some(&proto::Value::Int(200))
+        );
+        let status = s.status.unwrap();
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (proto::STATUS_ERROR, "client-cancelled")
+        );
+    }
 
     #[test]
     fn spiffe_ids_name_the_service() {
