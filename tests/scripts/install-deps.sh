@@ -69,3 +69,20 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   python3 -c 'import grpc' >/dev/null 2>&1 \
     || { echo "install-deps: grpcio could not be installed (python3 -m pip install grpcio)" >&2; exit 1; }
 fi
+
+# --- issue 22 (OTLP export) ---
+# opentelemetry-proto (the published OpenTelemetry protos, with protobuf) and grpcio: the
+# independent OTLP receiver of proxy/tests/it/otlp_support/receiver.py; prometheus-client: its
+# OpenMetrics parser reads /metrics with exemplars (proxy/tests/it/observe_otlp.rs).
+OTLP_CHECK='import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, prometheus_client.openmetrics.parser'
+if ! python3 -c "$OTLP_CHECK" >/dev/null 2>&1; then
+  echo "install-deps: installing opentelemetry-proto and prometheus-client" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      opentelemetry-proto grpcio prometheus-client >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      opentelemetry-proto grpcio prometheus-client >/dev/null 2>&1 \
+    || true
+  python3 -c "$OTLP_CHECK" >/dev/null 2>&1 \
+    || { echo "install-deps: could not install opentelemetry-proto grpcio prometheus-client (python3 -m pip install ...)" >&2; exit 1; }
+fi
+# --- end issue 22 ---

@@ -10,6 +10,11 @@ pub const ENV_PREFIX: &str = "DOCMESH_";
 pub(super) struct Origins(Vec<(String, String)>);
 
 impl Origins {
+    /// Records more (field path, variable) pairs, looked up after the `DOCMESH_*` ones.
+    pub(super) fn add(&mut self, more: Vec<(String, String)>) {
+        self.0.extend(more);
+    }
+
     /// The variable that set `path` or one of its parents.
     pub(super) fn var_for(&self, path: &str) -> Option<&str> {
         self.0

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod inbound;
 pub mod limits;
 pub mod observability;
+pub mod otlp;
 pub mod outbound;
 pub mod resilience;
 
@@ -164,7 +165,10 @@ impl Config {
             None => toml::Table::new(),
         };
         let mut problems = Problems::default();
-        let origins = env::apply(&mut root, vars, &mut problems);
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let otel = otlp::apply_otel_env(&mut root, &vars, &mut problems);
+        let mut origins = env::apply(&mut root, vars, &mut problems);
+        origins.add(otel);
         let config = deserialize_all(toml::Value::Table(root), &origins, &mut problems);
         if let Some(c) = &config {
             // Semantic checks also run when some fields were dropped for being malformed; a
@@ -172,7 +176,10 @@ impl Config {
             let mut semantic = Problems::default();
             c.validate(&mut semantic);
             more(c, &mut semantic);
-            for p in semantic.0 {
+            for mut p in semantic.0 {
+                if let Some(var) = origins.var_for(&p.path) {
+                    p.message = format!("{} (set by environment variable {var})", p.message);
+                }
                 let reported = problems.0.iter().any(|q| {
                     !q.path.is_empty()
                         && (p.path == q.path

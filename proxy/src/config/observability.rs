@@ -14,6 +14,8 @@ pub struct ObservabilityConfig {
     pub access_log: AccessLogConfig,
     /// Prometheus metrics (`[observability.metrics]`).
     pub metrics: MetricsConfig,
+    /// OpenTelemetry span export (`[observability.otlp]`).
+    pub otlp: super::otlp::OtlpConfig,
 }
 
 /// Trace context propagation: W3C `traceparent`/`tracestate` always, B3 when enabled.
@@ -111,6 +113,7 @@ impl ObservabilityConfig {
                 "must be at least 1",
             );
         }
+        self.otlp.validate(p);
     }
 }
 

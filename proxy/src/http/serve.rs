@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
 use super::pool::HttpVersion;
-use super::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{HeadGuard, HeadWatch, ServerLimits};
+use crate::observe::ObservedBody;
 
 /// hyper's smallest allowed HTTP/1 read buffer (`max_buf_size` panics below it).
 const H1_MIN_BUF: usize = 8192;
@@ -60,7 +60,7 @@ pub async fn serve_connection<Io, H, Fut>(
 ) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
+    Fut: Future<Output = http::Response<ObservedBody>> + Send + 'static,
 {
     serve_connection_limited(
         io,
@@ -86,7 +86,7 @@ pub async fn serve_connection_limited<Io, H, Fut>(
 ) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<ProxyBody>> + Send + 'static,
+    Fut: Future<Output = http::Response<ObservedBody>> + Send + 'static,
 {
     let first = Arc::new(FirstRequest::default());
     let seen = Arc::clone(&first);
@@ -111,10 +111,12 @@ pub async fn serve_connection_limited<Io, H, Fut>(
         async move {
             let mut resp = fut.await;
             if grpc {
-                resp = crate::grpc::into_trailers_only(
-                    resp,
-                    http_body_util::Either::Right(http_body_util::Full::default()),
-                );
+                resp = ObservedBody::map_response(resp, |r| {
+                    crate::grpc::into_trailers_only(
+                        r,
+                        http_body_util::Either::Right(http_body_util::Full::default()),
+                    )
+                });
             }
             if let Some((w, epoch)) = upgrade {
                 w.on_response(epoch, resp.status());

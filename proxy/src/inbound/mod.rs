@@ -615,6 +615,7 @@ async fn to_app(
         }
         _ => version,
     };
+    let tenant = parts.headers.get(crate::authz::TENANT_HEADER).cloned();
     let req = http::Request::from_parts(parts, body);
     let key = PoolKey { app, version };
     let resp = forward(&shared.pool, &key, version, req, Hop::Inbound, || {
@@ -624,5 +625,8 @@ async fn to_app(
     // A failure of the client's body (too large, silent, malformed) is the client's answer.
     let mut resp = body_faults.settle(resp, Hop::Inbound, trace_id);
     resp.extensions_mut().insert(reason);
+    if let Some(t) = tenant {
+        resp.extensions_mut().insert(crate::observe::Tenant(t));
+    }
     resp
 }

@@ -18,7 +18,7 @@ use super::head::BodyEnd;
 use super::Limits;
 use crate::body::ProxyBody;
 use crate::errors::{Cause, Hop, ProxyError};
-use crate::observe::TraceId;
+use crate::observe::{RequestBytes, TraceId};
 
 /// Why a guarded body failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,8 @@ pin_project_lite::pin_project! {
         seen: u64,
         faults: BodyFaults,
         end: Option<BodyEnd>,
+        // The access log's and span's count of request bytes (`observe::record`).
+        counted: Option<RequestBytes>,
     }
 }
 
@@ -142,8 +144,14 @@ impl<B: Body> GuardedBody<B> {
             seen: 0,
             faults: faults.clone(),
             end,
+            counted: None,
         };
         (body, faults)
+    }
+
+    /// Also counts the body's bytes into `counted` as they are read.
+    pub fn count_into(&mut self, counted: Option<RequestBytes>) {
+        self.counted = counted;
     }
 }
 
@@ -163,7 +171,11 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    *this.seen += bytes::Buf::remaining(data) as u64;
+                    let n = bytes::Buf::remaining(data) as u64;
+                    *this.seen += n;
+                    if let Some(c) = this.counted.as_ref() {
+                        c.add(n);
+                    }
                     if let Some(max) = *this.max {
                         if *this.seen > max {
                             this.faults.record(ProxyError::new(

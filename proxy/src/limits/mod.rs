@@ -225,7 +225,13 @@ impl Limits {
         max: Option<u64>,
     ) -> (GuardedBody<B>, BodyFaults) {
         let end = parts.extensions.remove::<head::BodyEnd>();
-        GuardedBody::new(body, self, max, end)
+        let counted = parts
+            .extensions
+            .get::<crate::observe::RequestBytes>()
+            .cloned();
+        let (mut body, faults) = GuardedBody::new(body, self, max, end);
+        body.count_into(counted);
+        (body, faults)
     }
 
     /// Counts `e` as a `[limits]` rejection (by cause) and hands it back.

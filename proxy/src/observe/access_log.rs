@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::record::Outcome;
 use super::trace::TraceContext;
 use super::Direction;
 use super::TraceId;
@@ -63,6 +64,10 @@ pub struct AccessLogEntry {
     pub peer_addr: Option<SocketAddr>,
     /// The upstream address finally used.
     pub upstream_addr: Option<SocketAddr>,
+    /// How the request ended (HTTP): completed, or cut short by the client or the upstream.
+    pub outcome: Outcome,
+    /// The tenant the inbound authorization established (`docmesh-tenant`), when any.
+    pub tenant: Option<String>,
 }
 
 impl AccessLogEntry {
@@ -105,13 +110,16 @@ impl AccessLogEntry {
             detail: None,
             peer_addr: None,
             upstream_addr: None,
+            outcome: Outcome::Complete,
+            tenant: None,
         }
     }
 
     /// Whether this entry records an error (always logged): a proxy cause, a status of 400
     /// or more, or an HTTP request that got no response.
     pub fn is_error(&self) -> bool {
-        Self::is_error_outcome(self.status, self.cause, self.method.is_some())
+        self.outcome != Outcome::Complete
+            || Self::is_error_outcome(self.status, self.cause, self.protocol == "http")
     }
 
     /// [`AccessLogEntry::is_error`] before an entry exists: `http` for a request (no status
@@ -155,6 +163,8 @@ impl AccessLogEntry {
             detail: self.detail.as_deref(),
             peer_addr: self.peer_addr.map(|a| a.to_string()),
             upstream_addr: self.upstream_addr.map(|a| a.to_string()),
+            outcome: (self.outcome != Outcome::Complete).then(|| self.outcome.as_str()),
+            tenant: self.tenant.as_deref(),
         };
         serde_json::to_string(&line).unwrap_or_default()
     }
@@ -194,6 +204,10 @@ struct Line<'a> {
     peer_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
 }
 
 /// Hands entries to the writer task without blocking. Cheap to clone.

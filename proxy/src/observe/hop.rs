@@ -5,18 +5,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
+use std::sync::Arc;
+
+use super::record::{HopRecord, ObservedBody, RequestBytes, RequestFacts};
 use super::{AccessLogEntry, Direction, Observability, ServicePair, TraceContext, TraceId};
 use crate::body::ProxyBody;
 use crate::errors::Attempts;
 use crate::errors::{Cause, ProxyError, Synthesized, ERROR_HEADER};
-
-/// What the access log keeps of a request while it is in flight.
-struct RequestFacts {
-    started: SystemTime,
-    method: http::Method,
-    path: String,
-    bytes_received: u64,
-}
 
 /// Addresses of one hop, for the access log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,31 +55,38 @@ impl Observability {
     /// Runs one HTTP request through `next` with observability: the trace headers are
     /// continued or started (and the [`TraceContext`] put in the request's extensions, from
     /// where the data path puts the trace id into the error bodies it synthesizes), and the
-    /// request is logged and counted.
+    /// request is counted, logged and exported as a span when its response body ends (or the
+    /// client goes away; see [`super::record`]).
     pub async fn http<B, F, Fut>(
-        &self,
+        self: &Arc<Self>,
         pair: &ServicePair,
         addrs: HopAddrs,
         mut req: http::Request<B>,
         next: F,
-    ) -> http::Response<ProxyBody>
+    ) -> http::Response<ObservedBody>
     where
         F: FnOnce(http::Request<B>) -> Fut,
         Fut: Future<Output = http::Response<ProxyBody>>,
     {
-        let t0 = Instant::now();
         let ctx = self.trace(req.headers_mut());
-        // What the access log needs of the request, taken only when the log is on: with it
-        // off (or sampled out) a request costs no copies of its method, path and names.
-        let logged = self.log.is_enabled().then(|| RequestFacts {
+        let exporting = self.otlp.is_some();
+        // What the access log and the span need of the request, taken only when one of them
+        // may want it: with both off (or the span unsampled and the log off) a request costs
+        // no copies of its method and path.
+        let facts = (self.log.is_enabled() || (exporting && ctx.sampled)).then(|| RequestFacts {
             started: SystemTime::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            bytes_received: content_length(req.headers()),
+        });
+        let received = (self.log.is_enabled() || exporting).then(|| {
+            let counter = RequestBytes::default();
+            req.extensions_mut().insert(counter.clone());
+            counter
         });
         req.extensions_mut().insert(ctx.clone());
+        let mut record =
+            HopRecord::new(Arc::clone(self), pair.clone(), addrs, ctx, facts, received);
         let resp = next(req).await;
-        let duration = t0.elapsed();
         let (cause, detail) = synthesized_cause(&resp);
         let status = resp.status().as_u16();
         if let Some(AuthzReason(reason)) = resp.extensions().get::<AuthzReason>() {
@@ -97,30 +99,10 @@ impl Observability {
                     .tls_handshake(Direction::Outbound, &pair.service, Err(reason));
             }
         }
-        self.metrics
-            .request_finished(pair, Some(status), cause, duration);
-        if let Some(facts) = logged {
-            let is_error = AccessLogEntry::is_error_outcome(Some(status), cause, true);
-            if self.log.wants(is_error, ctx.trace_id) {
-                let mut e = AccessLogEntry::http(
-                    facts.started,
-                    direction(pair),
-                    ctx,
-                    facts.method.as_str(),
-                    facts.path,
-                );
-                e.status = Some(status);
-                e.cause = cause;
-                e.detail = detail;
-                e.duration = duration;
-                e.bytes_received = facts.bytes_received;
-                e.bytes_sent = content_length(resp.headers());
-                e.attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
-                fill_pair(&mut e, pair, addrs);
-                self.log.log(e);
-            }
-        }
-        resp
+        let attempts = resp.extensions().get::<Attempts>().map_or(1, |a| a.0);
+        let tenant = resp.extensions().get::<Tenant>().map(|t| t.0.clone());
+        record.responded(status, cause, detail, attempts, tenant);
+        resp.map(|body| ObservedBody::new(body, record))
     }
 
     /// Records a finished opaque TCP connection: `bytes` is (received from the downstream,
@@ -140,6 +122,11 @@ impl Observability {
         e.cause = error.map(|x| x.cause);
         e.detail = error.map(|x| x.detail.clone());
         fill_pair(&mut e, pair, addrs);
+        if let Some(otlp) = &self.otlp {
+            if error.is_some() || fastrand::f64() < self.tracing.new_trace_sample_ratio {
+                otlp.export(e.clone());
+            }
+        }
         self.finish(pair, e);
     }
 }
@@ -149,6 +136,12 @@ impl Observability {
 pub fn request_trace_id(extensions: &http::Extensions) -> Option<TraceId> {
     extensions.get::<TraceContext>().map(|c| c.trace_id)
 }
+
+/// The tenant the inbound authorization established for a request (the `docmesh-tenant`
+/// value given to the app); the authorization spot inserts it into the response extensions
+/// for the access log and the span.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub http::HeaderValue);
 
 /// The authorization decision of an inbound request (`allow`, or the failed check's reason);
 /// the authorization spot inserts it into the response extensions for the metrics.
@@ -168,7 +161,7 @@ fn tls_reason(cause: Cause) -> Option<&'static str> {
     .then(|| cause.as_str())
 }
 
-fn direction(pair: &ServicePair) -> Direction {
+pub(super) fn direction(pair: &ServicePair) -> Direction {
     if pair.direction == Direction::Inbound.as_str() {
         Direction::Inbound
     } else {
@@ -176,7 +169,7 @@ fn direction(pair: &ServicePair) -> Direction {
     }
 }
 
-fn fill_pair(e: &mut AccessLogEntry, pair: &ServicePair, addrs: HopAddrs) {
+pub(super) fn fill_pair(e: &mut AccessLogEntry, pair: &ServicePair, addrs: HopAddrs) {
     let known =
         |s: &std::sync::Arc<String>| (s.as_str() != super::metrics::UNKNOWN).then(|| s.clone());
     e.source = known(&pair.source);
@@ -184,13 +177,6 @@ fn fill_pair(e: &mut AccessLogEntry, pair: &ServicePair, addrs: HopAddrs) {
     e.service = Some(pair.service.as_str().to_owned());
     e.peer_addr = addrs.peer;
     e.upstream_addr = addrs.upstream;
-}
-
-fn content_length(h: &http::HeaderMap) -> u64 {
-    h.get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The cause of a response a docmesh proxy synthesized, and its detail when this proxy

@@ -49,6 +49,11 @@ impl TraceId {
 }
 
 impl SpanId {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 8] {
+        &self.0
+    }
+
     /// A fresh random span id (never all zeros).
     pub fn random() -> Self {
         loop {

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::Direction;
+use super::{Direction, TraceId};
 use crate::config::observability::MetricsConfig;
 use crate::errors::Cause;
 
@@ -54,7 +54,7 @@ struct PairHandles {
     owner: usize,
     /// `requests{status_class="2xx", cause="none"}`: the common outcome.
     succeeded: OnceLock<Counter>,
-    duration: OnceLock<Histogram>,
+    duration: OnceLock<LatencyHistogram>,
 }
 
 impl ServicePair {
@@ -207,7 +207,7 @@ impl CircuitState {
 #[derive(Clone, Debug)]
 pub struct MeshMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Family<ServicePair, Histogram>,
+    duration: Family<ServicePair, LatencyHistogram>,
     retries: Family<ServicePair, Counter>,
     budget_exhausted: Family<ServicePair, Counter>,
     open_connections: Family<ConnectionLabels, Gauge>,
@@ -234,7 +234,9 @@ impl MeshMetrics {
     pub fn new(registry: &mut Registry, cfg: &MetricsConfig) -> Self {
         let m = MeshMetrics {
             requests: Family::default(),
-            duration: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            duration: Family::new_with_constructor(|| {
+                LatencyHistogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
             retries: Family::default(),
             budget_exhausted: Family::default(),
             open_connections: Family::default(),
@@ -367,6 +369,21 @@ impl MeshMetrics {
         cause: Option<Cause>,
         duration: Duration,
     ) {
+        self.request_finished_traced(pair, status, cause, duration, None);
+    }
+
+    /// [`MeshMetrics::request_finished`] with the trace of the request as the latency
+    /// bucket's exemplar (OpenMetrics `# {trace_id="..."}`): each bucket keeps the most
+    /// recent one, so a slow bucket leads to the trace of a recent slow request.
+    pub fn request_finished_traced(
+        &self,
+        pair: &ServicePair,
+        status: Option<u16>,
+        cause: Option<Cause>,
+        duration: Duration,
+        trace: Option<TraceId>,
+    ) {
+        let exemplar = trace.map(TraceExemplar);
         let labels = |status_class| RequestLabels {
             pair: pair.clone(),
             status_class,
@@ -377,7 +394,7 @@ impl MeshMetrics {
         let cached = &pair.handles;
         if cached.owner != self.id() {
             self.requests.get_or_create(&labels(class)).inc();
-            self.duration.get_or_create(pair).observe(seconds);
+            self.duration.get_or_create(pair).observe(seconds, exemplar);
             return;
         }
         if class == "2xx" && cause.is_none() {
@@ -391,7 +408,7 @@ impl MeshMetrics {
         cached
             .duration
             .get_or_init(|| self.duration.get_or_create(pair).clone())
-            .observe(seconds);
+            .observe(seconds, exemplar);
     }
 
     /// A retry attempt was made.
@@ -507,5 +524,23 @@ fn status_class(status: Option<u16>) -> &'static str {
         Some(400..=499) => "4xx",
         Some(500..=599) => "5xx",
         _ => "none",
+    }
+}
+
+/// The latency histogram, with a trace id exemplar per bucket.
+type LatencyHistogram = HistogramWithExemplars<TraceExemplar>;
+
+/// The exemplar label set `{trace_id="<32 hex digits>"}`; a fixed-size value, so recording
+/// one allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceExemplar(pub TraceId);
+
+impl prometheus_client::encoding::EncodeLabelSet for TraceExemplar {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("trace_id", self.0.to_string()).encode(encoder.encode_label())
     }
 }

@@ -12,15 +12,19 @@ pub mod b3;
 pub mod hop;
 pub mod ids;
 pub mod metrics;
+pub mod otlp;
+pub mod record;
 pub mod trace;
 
 #[cfg(test)]
 mod trace_tests;
 
 pub use access_log::{AccessLogEntry, AccessLogger};
-pub use hop::{request_trace_id, AuthzReason, HopAddrs};
+pub use hop::{request_trace_id, AuthzReason, HopAddrs, Tenant};
 pub use ids::{SpanId, TraceId};
 pub use metrics::{CircuitState, ConnectionGuard, MeshMetrics, ServicePair};
+pub use otlp::SpanExporter;
+pub use record::{ObservedBody, Outcome, RequestBytes};
 pub use trace::{propagate, TraceContext, TraceOrigin, TraceParent};
 
 use crate::config::observability::{ObservabilityConfig, TracingConfig};
@@ -34,6 +38,8 @@ pub struct Observability {
     pub log: AccessLogger,
     /// The metric families.
     pub metrics: MeshMetrics,
+    /// The OTLP span exporter, when `[observability.otlp]` names a collector.
+    pub otlp: Option<SpanExporter>,
     /// Our own SPIFFE ID (the source of outbound pairs, the destination of inbound ones).
     local_id: std::sync::Arc<arc_swap::ArcSwapOption<String>>,
 }
@@ -56,11 +62,23 @@ impl Observability {
     {
         let metrics = MeshMetrics::register(shared, &cfg.metrics);
         let log = AccessLogger::to_writer(&cfg.access_log, metrics.access_log_dropped(), writer);
+        let local_id: std::sync::Arc<arc_swap::ArcSwapOption<String>> = Default::default();
+        // An unusable endpoint is refused by config validation; here it just means no export.
+        let otlp = match cfg.otlp.target() {
+            Ok(Some(target)) => Some(SpanExporter::start(
+                &cfg.otlp,
+                target,
+                shared,
+                std::sync::Arc::clone(&local_id),
+            )),
+            _ => None,
+        };
         Observability {
             tracing: cfg.tracing.clone(),
             log,
             metrics,
-            local_id: Default::default(),
+            otlp,
+            local_id,
         }
     }
 
@@ -73,6 +91,7 @@ impl Observability {
             tracing: cfg.tracing,
             log: AccessLogger::disabled(),
             metrics: MeshMetrics::new(&mut registry, &cfg.metrics),
+            otlp: None,
             local_id: Default::default(),
         }
     }

@@ -83,6 +83,8 @@ struct Mesh {
     inbound: SocketAddr,
     lifecycle: Lifecycle,
     metrics: Metrics,
+    /// The inbound sidecar's access log lines.
+    log: tokio::sync::Mutex<tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -156,10 +158,11 @@ impl Mesh {
             &metrics,
         );
         inbound.set_authorizer(Arc::new(az));
+        let (log_w, log_r) = tokio::io::duplex(1 << 20);
         inbound.set_observability(Observability::with_log_writer(
             &ObservabilityConfig::default(),
             &metrics,
-            tokio::io::sink(),
+            log_w,
         ));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -170,8 +173,20 @@ impl Mesh {
             inbound: addr,
             lifecycle,
             metrics,
+            log: tokio::sync::Mutex::new(tokio::io::AsyncBufReadExt::lines(
+                tokio::io::BufReader::new(log_r),
+            )),
             _dir: dir,
         }
+    }
+
+    /// The inbound's next access log line.
+    async fn access_line(&self) -> serde_json::Value {
+        let line = bounded(self.log.lock().await.next_line())
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&line).unwrap()
     }
 
     /// An outbound sidecar for a caller with SPIFFE ID `client`; returns where its app connects.
@@ -283,6 +298,13 @@ async fn onlyoffice_command_service_through_an_authorizing_sidecar_pair() {
     );
     assert_eq!(a.tenant, "acme", "the app sees the verified tenant only");
     assert_eq!(a.body_len, request.len().to_string());
+    let line = mesh.access_line().await;
+    assert_eq!(
+        (line["status"].as_u64(), line["tenant"].as_str()),
+        (Some(200), Some("acme")),
+        "the access log (and the span) name the verified tenant: {line}"
+    );
+    assert_eq!(line["bytes_received"], request.len(), "{line}");
 
     // Admitted: body form (JWT_IN_BODY), the buffered body reaches the app whole.
     let body = serde_json::json!({"c": "info", "key": "doc-1", "token": acme.tokens["hs512_body"]})

@@ -5,6 +5,7 @@
 // Shared setup.
 mod authz_support;
 mod limits_support;
+mod otlp_support;
 mod resilience_support;
 mod support;
 
@@ -29,7 +30,9 @@ mod limits_http;
 mod mtls_path;
 mod observe_access_log;
 mod observe_metrics;
+mod observe_otlp;
 mod observe_pair;
+mod observe_truth;
 mod plaintext_path;
 mod process_limits;
 mod resilience_breaker;

@@ -47,6 +47,9 @@ pub struct Settings {
     pub docmesh: Option<PathBuf>,
     /// Run only these set-ups (`--only`, for profiling); empty means all five.
     pub only: Vec<Kind>,
+    /// `--otlp-blackhole`: the docmesh sidecars export spans (every request sampled) to a
+    /// collector that accepts connections and never answers (issue 22).
+    pub otlp_blackhole: bool,
 }
 
 impl Settings {
@@ -71,6 +74,7 @@ impl Settings {
             out_dir,
             docmesh,
             only: Vec::new(),
+            otlp_blackhole: false,
         }
     }
 }
@@ -147,13 +151,36 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let churn_tls = pki.churn_client_config()?;
     let be = backend::start().context("cannot start the backend")?;
 
+    // A collector that never answers: the listener is bound (the kernel completes the
+    // handshakes) but never accepts, so every export waits for its timeout.
+    let blackhole = settings
+        .otlp_blackhole
+        .then(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .transpose()
+        .context("cannot bind the OTLP black hole")?;
+    let docmesh_env: Vec<(String, String)> = match &blackhole {
+        Some(l) => {
+            let url = format!("http://{}", l.local_addr()?);
+            eprintln!("docmesh-bench: docmesh sidecars export every span to a black hole at {url}");
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), url)]
+        }
+        None => Vec::new(),
+    };
     let mut setups = Vec::new();
     for kind in Kind::ALL {
         if !settings.only.is_empty() && !settings.only.contains(&kind) {
             continue;
         }
-        let s = Setup::start(kind, &tools, &pki, dir.path(), be.addr, idle_conns)
-            .with_context(|| format!("cannot start the {} set-up", kind.name()))?;
+        let s = Setup::start_with_env(
+            kind,
+            &tools,
+            &pki,
+            dir.path(),
+            be.addr,
+            idle_conns,
+            &docmesh_env,
+        )
+        .with_context(|| format!("cannot start the {} set-up", kind.name()))?;
         check_with_retries(&s)?;
         eprintln!(
             "docmesh-bench: [{:>5.1}s] {} set-up ready",

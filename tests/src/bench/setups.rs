@@ -130,6 +130,20 @@ impl Setup {
         backend: SocketAddr,
         idle_conns: usize,
     ) -> anyhow::Result<Setup> {
+        Self::start_with_env(kind, tools, pki, dir, backend, idle_conns, &[])
+    }
+
+    /// [`Setup::start`] with more environment variables for the docmesh sidecars (e.g. the
+    /// `OTEL_*` ones of the OTLP exporter).
+    pub fn start_with_env(
+        kind: Kind,
+        tools: &Tools,
+        pki: &Pki,
+        dir: &Path,
+        backend: SocketAddr,
+        idle_conns: usize,
+        docmesh_env: &[(String, String)],
+    ) -> anyhow::Result<Setup> {
         if kind == Kind::Direct {
             return Ok(Setup {
                 kind,
@@ -161,7 +175,8 @@ impl Setup {
                         .arg(cfg)
                         // One thread, like nginx and HAProxy: with this set to 1 the proxy
                         // runs tokio's single-threaded runtime.
-                        .env("TOKIO_WORKER_THREADS", "1");
+                        .env("TOKIO_WORKER_THREADS", "1")
+                        .envs(docmesh_env.iter().map(|(k, v)| (k, v)));
                     procs.push(spawn(role, dir, tag, &mut cmd)?);
                 }
             }

@@ -1,4 +1,4 @@
-//! `docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N]`:
+//! `docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N] [--otlp-blackhole]`:
 //! docmesh against nginx, HAProxy (HTTP/1.1 and HTTP/2 mesh hop) and no proxy at all (issues 9
 //! and 20). See docs/benchmark.md.
 
@@ -8,14 +8,16 @@ use std::process::ExitCode;
 use docmesh_tests::bench::run::{run, Settings};
 use docmesh_tests::bench::setups::Kind;
 
-const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N]
+const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [--only NAME] [--throughput-seconds N] [--rounds N] [--otlp-blackhole]
   --quick       a few seconds per set-up (smoke run; noisy figures)
   --out DIR     where docmesh-bench.{json,png,txt} go (default target/docmesh-bench)
   --proxy PATH  use this docmesh-proxy binary instead of building the release one
   --only NAME   run only this set-up (direct, docmesh, nginx, haproxy, haproxy-h2;
                 repeatable), e.g. to profile one proxy with perf
   --throughput-seconds N   length of each throughput run
-  --rounds N    number of interleaved rounds (full run: 3, quick: 1)";
+  --rounds N    number of interleaved rounds (full run: 3, quick: 1)
+  --otlp-blackhole  docmesh sidecars export every span over OTLP to a collector that never
+                answers (compare with a run without it)";
 
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("docmesh-bench: {msg}\n{USAGE}");
@@ -29,10 +31,12 @@ fn main() -> ExitCode {
     let mut only = Vec::new();
     let mut tput_s = None;
     let mut rounds = None;
+    let mut otlp_blackhole = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--otlp-blackhole" => otlp_blackhole = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     }
     let mut settings = Settings::new(quick, out, proxy);
     settings.only = only;
+    settings.otlp_blackhole = otlp_blackhole;
     if let Some(n) = tput_s {
         settings.throughput_s = n;
     }
