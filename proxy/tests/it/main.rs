@@ -35,6 +35,7 @@ mod process_limits;
 mod resilience_breaker;
 mod resilience_causes;
 mod resilience_config;
+mod resilience_hash;
 mod resilience_mesh;
 mod resilience_preferred;
 mod resilience_retry;
