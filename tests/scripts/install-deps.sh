@@ -69,3 +69,18 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   python3 -c 'import grpc' >/dev/null 2>&1 \
     || { echo "install-deps: grpcio could not be installed (python3 -m pip install grpcio)" >&2; exit 1; }
 fi
+
+# --- issue 19 (endpoints/hashing): python-socketio, aiohttp, requests, websocket-client: a real
+# socket.io server (three replicas) and client for proxy/tests/it/socketio_sticky.rs (OnlyOffice
+# stickiness on shardkey).
+if ! python3 -c 'import socketio, aiohttp, requests, websocket' >/dev/null 2>&1; then
+  echo "install-deps: installing python-socketio, aiohttp, websocket-client" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      'python-socketio[client]' aiohttp websocket-client >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      'python-socketio[client]' aiohttp websocket-client >/dev/null 2>&1 \
+    || true
+  python3 -c 'import socketio, aiohttp, requests, websocket' >/dev/null 2>&1 \
+    || { echo "install-deps: python-socketio could not be installed (python3 -m pip install 'python-socketio[client]' aiohttp websocket-client)" >&2; exit 1; }
+fi
+# --- end issue 19 (endpoints/hashing)

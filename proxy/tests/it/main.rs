@@ -40,5 +40,6 @@ mod resilience_mesh;
 mod resilience_preferred;
 mod resilience_retry;
 mod resilience_timers;
+mod socketio_sticky;
 mod streaming;
 mod upgrade_idle;
