@@ -114,6 +114,15 @@ pub struct OutboundConfig {
     /// connections: a connection reused just as the peer closes it is a sporadic reset.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// HTTP/2 mesh connections send a keep-alive PING this often, also while idle, so that a
+    /// flow a NAT or conntrack dropped silently is noticed and replaced before a request is
+    /// sent into it (`0s`: no PINGs).
+    #[serde(with = "humantime_serde")]
+    pub h2_keep_alive_interval: Duration,
+    /// A PING unanswered this long closes the HTTP/2 mesh connection; the next request opens
+    /// a new one.
+    #[serde(with = "humantime_serde")]
+    pub h2_keep_alive_timeout: Duration,
     /// Carry the app's HTTP/1.x requests to peer sidecars as HTTP/2 streams over one mTLS
     /// connection per endpoint (the peer inbound speaks HTTP/1.x to its app again). Fewer
     /// connections, system calls and TLS records per request under load; upgrades (WebSocket)
@@ -141,6 +150,8 @@ impl Default for OutboundConfig {
             handshake_timeout: Duration::from_secs(10),
             resolve_interval: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(20),
+            h2_keep_alive_interval: Duration::from_secs(10),
+            h2_keep_alive_timeout: Duration::from_secs(5),
             mesh_http2: true,
             services: Vec::new(),
             listeners: Vec::new(),
@@ -163,8 +174,23 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
 }
 
 impl OutboundConfig {
+    /// The HTTP/2 keep-alive of the mesh pool (`None`: no PINGs).
+    pub fn h2_keep_alive(&self) -> Option<(Duration, Duration)> {
+        (!self.h2_keep_alive_interval.is_zero())
+            .then_some((self.h2_keep_alive_interval, self.h2_keep_alive_timeout))
+    }
+
     /// Semantic checks that serde cannot express.
     pub(super) fn validate(&self, p: &mut Problems) {
+        if self.pool_idle_timeout.is_zero() {
+            p.push("outbound.pool_idle_timeout", "must be greater than zero");
+        }
+        if !self.h2_keep_alive_interval.is_zero() && self.h2_keep_alive_timeout.is_zero() {
+            p.push(
+                "outbound.h2_keep_alive_timeout",
+                "must be greater than zero while h2_keep_alive_interval is on",
+            );
+        }
         if self.detect_timeout.is_zero() {
             p.push("outbound.detect_timeout", "must be greater than zero");
         }

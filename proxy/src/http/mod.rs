@@ -7,6 +7,7 @@
 
 pub mod coalesce;
 pub mod forward;
+pub mod idle;
 pub mod orig_proto;
 pub mod pool;
 pub mod serve;

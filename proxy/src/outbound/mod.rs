@@ -120,7 +120,12 @@ impl Outbound {
             denied.clone(),
         );
         let connectors = Arc::new(connectors);
-        let send = mesh_send(services.clone(), connectors.clone(), cfg.pool_idle_timeout);
+        let send = mesh_send(
+            services.clone(),
+            connectors.clone(),
+            cfg.pool_idle_timeout,
+            cfg.h2_keep_alive(),
+        );
         let resilience = ResilienceConfig::default();
         let stacks = MeshStacks::new(
             &services,
