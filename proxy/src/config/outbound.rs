@@ -47,6 +47,11 @@ pub struct ServiceConfig {
     pub spiffe_id: String,
     /// `detect`, `http1`, `http2` or `opaque`.
     pub protocol: Protocol,
+    /// Virtual IPs of the service as `ip:port` (a Kubernetes ClusterIP and port, e.g.
+    /// `10.96.0.12:8000`): in transparent mode a connection to one of them belongs to this
+    /// service and its requests are balanced over the endpoints of `addresses` (the Pods,
+    /// from a headless service name), not handed to kube-proxy's one-connection-one-Pod choice.
+    pub vips: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -56,6 +61,7 @@ impl Default for ServiceConfig {
             addresses: Vec::new(),
             spiffe_id: String::new(),
             protocol: Protocol::Detect,
+            vips: Vec::new(),
         }
     }
 }
@@ -159,6 +165,13 @@ impl Default for OutboundConfig {
     }
 }
 
+/// A virtual IP `ip:port` (`[v6]:port`); `None` when it is not one (names are refused).
+pub fn parse_vip(v: &str) -> Option<std::net::SocketAddr> {
+    let (host, port) = split_host_port(v)?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    (!ip.is_unspecified()).then_some(std::net::SocketAddr::new(ip, port))
+}
+
 /// Splits `host:port` (or `[v6]:port`) into its parts; `None` when malformed.
 pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
@@ -229,6 +242,17 @@ impl OutboundConfig {
                     format!("{at}.addresses"),
                     "a service needs at least one address (`host:port`)",
                 );
+            }
+            for (k, v) in s.vips.iter().enumerate() {
+                if parse_vip(v).is_none() {
+                    p.push(
+                        format!("{at}.vips[{k}]"),
+                        format!(
+                            "`{v}` is not `ip:port` (a virtual IP is an address, not a name; \
+                             IPv6 as `[fd00::1]:port`, port 1-65535)"
+                        ),
+                    );
+                }
             }
             for (k, a) in s.addresses.iter().enumerate() {
                 if split_host_port(a).is_none() {

@@ -348,9 +348,10 @@ async fn opaque(
     };
     let mut bytes = (0, 0);
     let result: Result<(), ProxyError> = async {
+        // A virtual IP stands for the service: connect to one of its endpoints.
         let addr = match dst {
-            Some(d) => d,
-            None => svc.pick()?,
+            Some(d) if !svc.is_vip(d) => d,
+            _ => svc.pick()?,
         };
         addrs.upstream = Some(addr);
         let mut up = shared.mesh.connect(svc, addr, Inner::Tcp, shared.timeouts).await?;
@@ -441,7 +442,7 @@ async fn proxy_request(
         version
     };
     req.extensions_mut().insert(mesh_version);
-    if let Some(dst) = dst {
+    if let Some(dst) = dst.filter(|d| !svc.is_vip(*d)) {
         req.extensions_mut()
             .insert(crate::resilience::balance::PreferredEndpoint(dst));
     }

@@ -26,6 +26,8 @@ pub struct Service {
     /// Configured protocol (`detect` sniffs).
     pub protocol: Protocol,
     addresses: Vec<String>,
+    /// Virtual IPs (`vips`): destinations that mean "this service", balanced per request.
+    pub vips: Vec<SocketAddr>,
     endpoints: ArcSwap<Vec<SocketAddr>>,
     next: AtomicUsize,
     last_error: Mutex<Option<String>>,
@@ -35,6 +37,11 @@ impl Service {
     /// The current endpoints (all resolved addresses).
     pub fn endpoints(&self) -> Arc<Vec<SocketAddr>> {
         self.endpoints.load_full()
+    }
+
+    /// Whether `dst` is one of the service's virtual IPs.
+    pub fn is_vip(&self, dst: SocketAddr) -> bool {
+        self.vips.contains(&crate::net::canonical(dst))
     }
 
     /// The next endpoint, round robin; `dns-failure` when no address resolved.
@@ -91,6 +98,12 @@ impl Services {
                     spiffe_id,
                     protocol: c.protocol,
                     addresses: c.addresses.clone(),
+                    vips: c
+                        .vips
+                        .iter()
+                        .filter_map(|v| crate::config::outbound::parse_vip(v))
+                        .map(crate::net::canonical)
+                        .collect(),
                     endpoints: ArcSwap::from_pointee(literal),
                     next: AtomicUsize::new(0),
                     last_error: Mutex::new(None),
@@ -115,7 +128,8 @@ impl Services {
         self.list.iter().find(|s| s.name == name)
     }
 
-    /// The service an original destination belongs to.
+    /// The service an original destination belongs to: one of its virtual IPs or endpoints
+    /// (Pod IPs, for callers such as ingress controllers that pick a Pod themselves).
     pub fn lookup(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
         let dst = crate::net::canonical(dst);
         let i = *self.by_addr.load().get(&dst)?;
@@ -176,8 +190,8 @@ impl Services {
     fn rebuild_index(&self) {
         let mut map = HashMap::new();
         for svc in &self.list {
-            for ep in svc.endpoints.load().iter() {
-                map.entry(*ep).or_insert(svc.index);
+            for addr in svc.vips.iter().chain(svc.endpoints.load().iter()) {
+                map.entry(*addr).or_insert(svc.index);
             }
         }
         self.by_addr.store(Arc::new(map));
@@ -200,6 +214,7 @@ mod tests {
             addresses: addrs.iter().map(|s| s.to_string()).collect(),
             spiffe_id: format!("spiffe://td.example/{name}"),
             protocol: Protocol::Detect,
+            vips: Vec::new(),
         }
     }
 
@@ -224,6 +239,19 @@ mod tests {
             s.lookup("127.0.0.1:9000".parse().unwrap()).unwrap().name,
             "local"
         );
+        // A virtual IP maps to its service; it is not an endpoint.
+        let mut with_vip = svc("ds", &["10.1.0.5:8000", "10.1.0.6:8000"]);
+        with_vip.vips = vec!["10.96.0.12:8000".into(), "[fd00::12]:8000".into()];
+        let v = Services::new(&[with_vip]).unwrap();
+        let ds = v.lookup("10.96.0.12:8000".parse().unwrap()).unwrap();
+        assert!(ds.is_vip("10.96.0.12:8000".parse().unwrap()));
+        assert!(v.lookup("[fd00::12]:8000".parse().unwrap()).is_some());
+        assert!(v.lookup("10.96.0.12:8001".parse().unwrap()).is_none());
+        assert_eq!(
+            v.lookup("10.1.0.6:8000".parse().unwrap()).unwrap().name,
+            "ds"
+        );
+        assert!(!ds.endpoints().contains(&"10.96.0.12:8000".parse().unwrap()));
         let e = s.by_name("nowhere").unwrap().pick().unwrap_err();
         assert_eq!(e.cause, Cause::DnsFailure);
         assert!(e.detail.contains("no-such-host.invalid:80"), "{e}");

@@ -113,6 +113,7 @@ pub struct Slot<E> {
     pub load: Arc<Load>,
     /// Its active health.
     pub health: Arc<HealthState>,
+    requests: Option<Arc<dyn super::observer::EndpointCounter>>,
     svc: BreakerService<AttemptTimeout<E>>,
 }
 
@@ -227,6 +228,7 @@ where
                 breaker,
                 load: Arc::new(Load::new()),
                 health: Arc::new(HealthState::default()),
+                requests: s.observer.endpoint_counter(&s.policy.service, *addr),
             });
             if s.policy.health_check.is_some() && tokio::runtime::Handle::try_current().is_ok() {
                 tokio::spawn(health_loop(Arc::downgrade(&slot), raw, s.policy.clone()));
@@ -416,6 +418,9 @@ where
         };
         if let Some(t) = &tried {
             t.push(slot.endpoint.addr);
+        }
+        if let Some(c) = &slot.requests {
+            c.inc();
         }
         let decay = self.shared.policy.balance.ewma_decay;
         Box::pin(async move {

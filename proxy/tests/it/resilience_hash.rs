@@ -143,3 +143,69 @@ async fn an_ejected_owners_keys_go_to_the_next_endpoint_and_come_back() {
     }
     assert_eq!(only_one(&before, &counts(&ups)), owner);
 }
+
+#[tokio::test]
+async fn per_endpoint_request_metrics_match_what_each_replica_saw() {
+    use docmesh_proxy::config::observability::ObservabilityConfig;
+    use docmesh_proxy::config::outbound::ServiceConfig;
+    use docmesh_proxy::metrics::Metrics;
+    use docmesh_proxy::observe::resilience::MeshObserver;
+    use docmesh_proxy::observe::Observability;
+    use docmesh_proxy::resilience::endpoint::{plain_client, NewHyperEndpoint};
+    use docmesh_proxy::resilience::ServiceStack;
+
+    let ups = [
+        Upstream::spawn(Kind::Ok).await,
+        Upstream::spawn(Kind::Ok).await,
+        Upstream::spawn(Kind::Ok).await,
+    ];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let shared = Metrics::new();
+    let obs =
+        Observability::with_log_writer(&ObservabilityConfig::default(), &shared, tokio::io::sink());
+    let svc = ServiceConfig {
+        name: "docservice".into(),
+        spiffe_id: "spiffe://example.org/ns/oo/sa/docservice".into(),
+        ..ServiceConfig::default()
+    };
+    let observer = Arc::new(MeshObserver::new(obs, &[svc]));
+    let p = hashing_policy();
+    let client = plain_client(&p.default_route.timeouts);
+    let s: Stack = ServiceStack::observed(p, NewHyperEndpoint::new(client), &addrs, observer);
+    for doc in 0..40 {
+        get(&s, &format!("/doc/x/c/?shardkey=doc-{doc}"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..20 {
+        get(&s, "/healthcheck").await.unwrap();
+    }
+    let text = shared.encode().unwrap();
+    let samples = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap()
+        .samples;
+    let mut total = 0.0;
+    for u in &ups {
+        let found: Vec<_> = samples
+            .iter()
+            .filter(|x| {
+                x.metric == "docmesh_endpoint_requests_total"
+                    && x.labels.get("service") == Some("docservice")
+                    && x.labels.get("endpoint") == Some(u.addr.to_string().as_str())
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{}: {found:?}", u.addr);
+        let v = match found[0].value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("not a single value: {other:?}"),
+        };
+        eprintln!(
+            "{}: metric {v}, replica saw {}",
+            u.addr,
+            u.counters.requests()
+        );
+        assert_eq!(v as usize, u.counters.requests());
+        total += v;
+    }
+    assert_eq!(total, 60.0);
+}
