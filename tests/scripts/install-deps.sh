@@ -83,4 +83,17 @@ if ! python3 -c 'import socketio, aiohttp, requests, websocket' >/dev/null 2>&1;
   python3 -c 'import socketio, aiohttp, requests, websocket' >/dev/null 2>&1 \
     || { echo "install-deps: python-socketio could not be installed (python3 -m pip install 'python-socketio[client]' aiohttp websocket-client)" >&2; exit 1; }
 fi
+# dnsmasq (dnsmasq-base: the binary only, no system service): the headless-service DNS server
+# of tests/tests/netns_endpoints.rs.
+if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "install-deps: installing dnsmasq-base" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends dnsmasq-base >/dev/null
+  else
+    echo "install-deps: missing dnsmasq and not root; apt-get install dnsmasq-base" >&2
+    exit 1
+  fi
+fi
 # --- end issue 19 (endpoints/hashing)

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod detect;
+pub mod dns;
 pub mod mesh;
 pub mod services;
 
@@ -186,12 +187,13 @@ impl Outbound {
         self.shared.limits.store(Arc::new(limits));
     }
 
-    /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
+    /// Resolves service names once and keeps re-resolving them when their answers expire
+    /// (TTL) and at least every `resolve_interval`.
     pub async fn start(&self, resolve_interval: Duration) {
-        self.shared.services.resolve_all().await;
+        let ttl = self.shared.services.resolve_all().await;
         self.shared
             .services
-            .spawn_refresh(resolve_interval, self.shared.lifecycle.clone());
+            .spawn_refresh(resolve_interval, ttl, self.shared.lifecycle.clone());
     }
 
     /// The service table (endpoints, lookup).
