@@ -86,3 +86,30 @@ if ! python3 -c "$OTLP_CHECK" >/dev/null 2>&1; then
     || { echo "install-deps: could not install opentelemetry-proto grpcio prometheus-client (python3 -m pip install ...)" >&2; exit 1; }
 fi
 # --- end issue 22 ---
+# --- issue 19 (endpoints/hashing): python-socketio, aiohttp, requests, websocket-client: a real
+# socket.io server (three replicas) and client for proxy/tests/it/socketio_sticky.rs (OnlyOffice
+# stickiness on shardkey).
+if ! python3 -c 'import socketio, aiohttp, requests, websocket' >/dev/null 2>&1; then
+  echo "install-deps: installing python-socketio, aiohttp, websocket-client" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      'python-socketio[client]' aiohttp websocket-client >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      'python-socketio[client]' aiohttp websocket-client >/dev/null 2>&1 \
+    || true
+  python3 -c 'import socketio, aiohttp, requests, websocket' >/dev/null 2>&1 \
+    || { echo "install-deps: python-socketio could not be installed (python3 -m pip install 'python-socketio[client]' aiohttp websocket-client)" >&2; exit 1; }
+fi
+# dnsmasq (dnsmasq-base: the binary only, no system service): the headless-service DNS server
+# of tests/tests/netns_endpoints.rs.
+if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "install-deps: installing dnsmasq-base" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends dnsmasq-base >/dev/null
+  else
+    echo "install-deps: missing dnsmasq and not root; apt-get install dnsmasq-base" >&2
+    exit 1
+  fi
+fi
+# --- end issue 19 (endpoints/hashing)

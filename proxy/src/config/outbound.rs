@@ -47,6 +47,11 @@ pub struct ServiceConfig {
     pub spiffe_id: String,
     /// `detect`, `http1`, `http2` or `opaque`.
     pub protocol: Protocol,
+    /// Virtual IPs of the service as `ip:port` (a Kubernetes ClusterIP and port, e.g.
+    /// `10.96.0.12:8000`): in transparent mode a connection to one of them belongs to this
+    /// service and its requests are balanced over the endpoints of `addresses` (the Pods,
+    /// from a headless service name), not handed to kube-proxy's one-connection-one-Pod choice.
+    pub vips: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -56,6 +61,7 @@ impl Default for ServiceConfig {
             addresses: Vec::new(),
             spiffe_id: String::new(),
             protocol: Protocol::Detect,
+            vips: Vec::new(),
         }
     }
 }
@@ -114,6 +120,15 @@ pub struct OutboundConfig {
     /// connections: a connection reused just as the peer closes it is a sporadic reset.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// HTTP/2 mesh connections send a keep-alive PING this often, also while idle, so that a
+    /// flow a NAT or conntrack dropped silently is noticed and replaced before a request is
+    /// sent into it (`0s`: no PINGs).
+    #[serde(with = "humantime_serde")]
+    pub h2_keep_alive_interval: Duration,
+    /// A PING unanswered this long closes the HTTP/2 mesh connection; the next request opens
+    /// a new one.
+    #[serde(with = "humantime_serde")]
+    pub h2_keep_alive_timeout: Duration,
     /// Carry the app's HTTP/1.x requests to peer sidecars as HTTP/2 streams over one mTLS
     /// connection per endpoint (the peer inbound speaks HTTP/1.x to its app again). Fewer
     /// connections, system calls and TLS records per request under load; upgrades (WebSocket)
@@ -141,11 +156,20 @@ impl Default for OutboundConfig {
             handshake_timeout: Duration::from_secs(10),
             resolve_interval: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(20),
+            h2_keep_alive_interval: Duration::from_secs(10),
+            h2_keep_alive_timeout: Duration::from_secs(5),
             mesh_http2: true,
             services: Vec::new(),
             listeners: Vec::new(),
         }
     }
+}
+
+/// A virtual IP `ip:port` (`[v6]:port`); `None` when it is not one (names are refused).
+pub fn parse_vip(v: &str) -> Option<std::net::SocketAddr> {
+    let (host, port) = split_host_port(v)?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    (!ip.is_unspecified()).then_some(std::net::SocketAddr::new(ip, port))
 }
 
 /// Splits `host:port` (or `[v6]:port`) into its parts; `None` when malformed.
@@ -163,8 +187,23 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
 }
 
 impl OutboundConfig {
+    /// The HTTP/2 keep-alive of the mesh pool (`None`: no PINGs).
+    pub fn h2_keep_alive(&self) -> Option<(Duration, Duration)> {
+        (!self.h2_keep_alive_interval.is_zero())
+            .then_some((self.h2_keep_alive_interval, self.h2_keep_alive_timeout))
+    }
+
     /// Semantic checks that serde cannot express.
     pub(super) fn validate(&self, p: &mut Problems) {
+        if self.pool_idle_timeout.is_zero() {
+            p.push("outbound.pool_idle_timeout", "must be greater than zero");
+        }
+        if !self.h2_keep_alive_interval.is_zero() && self.h2_keep_alive_timeout.is_zero() {
+            p.push(
+                "outbound.h2_keep_alive_timeout",
+                "must be greater than zero while h2_keep_alive_interval is on",
+            );
+        }
         if self.detect_timeout.is_zero() {
             p.push("outbound.detect_timeout", "must be greater than zero");
         }
@@ -203,6 +242,17 @@ impl OutboundConfig {
                     format!("{at}.addresses"),
                     "a service needs at least one address (`host:port`)",
                 );
+            }
+            for (k, v) in s.vips.iter().enumerate() {
+                if parse_vip(v).is_none() {
+                    p.push(
+                        format!("{at}.vips[{k}]"),
+                        format!(
+                            "`{v}` is not `ip:port` (a virtual IP is an address, not a name; \
+                             IPv6 as `[fd00::1]:port`, port 1-65535)"
+                        ),
+                    );
+                }
             }
             for (k, a) in s.addresses.iter().enumerate() {
                 if split_host_port(a).is_none() {

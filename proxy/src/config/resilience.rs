@@ -14,8 +14,13 @@
 //! A request's policy is: built-in defaults, then `defaults`, then the service's section, then
 //! the most specific matching route (longest `path_prefix`, then one naming methods; the
 //! service's routes before the defaults' routes, before the built-in OnlyOffice routes). Only
-//! `timeouts` and `retry` can be set per route; breaker, limits, balance and health check are per
-//! service (they concern endpoints). A duration of `0s` disables that timeout.
+//! `timeouts`, `retry` and `hash_key` can be set per route; breaker, limits, balance and health
+//! check are per service (they concern endpoints). A duration of `0s` disables that timeout.
+//!
+//! `hash_key = [{ query = "shardkey" }, { header = "x-doc" }, { cookie = "sid" }]` on a route
+//! sends requests carrying the first present key to one endpoint by consistent hashing; a
+//! route without `hash_key` inherits the built-in OnlyOffice key (`shardkey`, then `WOPISrc`)
+//! while `onlyoffice_routes` is on, and `hash_key = []` turns hashing off for the route.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use std::time::Duration;
 use http::Method;
 use serde::Deserialize;
 
+use crate::resilience::hash::{HashKey, HashSource};
 use crate::resilience::policy::{
     BalanceStrategy, HealthCheckPolicy, RouteMatch, RoutePolicy, ServicePolicy,
 };
@@ -47,6 +53,14 @@ pub enum ResilienceConfigError {
         /// The offending value.
         prefix: String,
     },
+    /// A hash key source is malformed.
+    #[error("resilience.{at}: {what}")]
+    BadHashKey {
+        /// Where (`services.x.routes[0].hash_key[1]`).
+        at: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A value is out of its range.
     #[error("resilience.{at}: {what}")]
     OutOfRange {
@@ -69,7 +83,9 @@ impl ResilienceConfigError {
                 format!("resilience.{at}.path_prefix"),
                 format!("`{prefix}` must start with `/`"),
             ),
-            Self::OutOfRange { at, what } => (format!("resilience.{at}"), what.clone()),
+            Self::OutOfRange { at, what } | Self::BadHashKey { at, what } => {
+                (format!("resilience.{at}"), what.clone())
+            }
         }
     }
 }
@@ -83,7 +99,9 @@ pub struct ResilienceConfig {
     /// Per-service settings, keyed by the service name of `[outbound]`.
     pub services: BTreeMap<String, ServiceResilience>,
     /// Add the built-in OnlyOffice routes (long timeouts for synchronous ConvertService and
-    /// docbuilder, long idle for socket.io under `/doc/`, 10 min for callbacks). Default true.
+    /// docbuilder, long idle for socket.io under `/doc/`, 10 min for callbacks) and hash
+    /// requests carrying `shardkey` or `WOPISrc` to one endpoint per document (routes without
+    /// their own `hash_key`). Default true.
     pub onlyoffice_routes: bool,
 }
 
@@ -269,6 +287,54 @@ pub struct RouteConfig {
     pub timeouts: TimeoutsConfig,
     /// Retry overrides (the budget fields are per service and ignored here).
     pub retry: RetryConfig,
+    /// Consistent-hashing key, first present source wins (unset: inherited; `[]`: none).
+    pub hash_key: Option<Vec<HashSourceConfig>>,
+}
+
+/// One source of a route's hash key: exactly one of the fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashSourceConfig {
+    /// A query parameter (case-sensitive, e.g. `shardkey`, `WOPISrc`).
+    pub query: Option<String>,
+    /// A request header (e.g. `x-document-key`).
+    pub header: Option<String>,
+    /// A cookie (e.g. `session`).
+    pub cookie: Option<String>,
+}
+
+impl HashSourceConfig {
+    fn resolve(&self) -> Result<HashSource, String> {
+        let set = [&self.query, &self.header, &self.cookie]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if set != 1 {
+            return Err("set exactly one of `query`, `header` or `cookie`".into());
+        }
+        let nonempty = |kind: &str, v: &str| {
+            if v.trim().is_empty() {
+                Err(format!("the {kind} name is empty"))
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        if let Some(q) = &self.query {
+            return nonempty("query parameter", q).map(HashSource::Query);
+        }
+        if let Some(c) = &self.cookie {
+            return nonempty("cookie", c).map(HashSource::Cookie);
+        }
+        let h = nonempty("header", self.header.as_deref().unwrap_or_default())?;
+        http::header::HeaderName::from_bytes(h.as_bytes())
+            .map(HashSource::Header)
+            .map_err(|_| format!("`{h}` is not a valid header name"))
+    }
+}
+
+fn resolve_hash_key(sources: &[HashSourceConfig]) -> Option<Arc<HashKey>> {
+    let sources: Vec<_> = sources.iter().filter_map(|s| s.resolve().ok()).collect();
+    (!sources.is_empty()).then(|| Arc::new(HashKey { sources }))
 }
 
 /// The built-in OnlyOffice routes (see `onlyoffice_routes`).
@@ -282,6 +348,7 @@ pub fn onlyoffice_routes() -> Vec<RouteConfig> {
             ..Default::default()
         },
         retry: RetryConfig::default(),
+        hash_key: None,
     };
     vec![
         // Synchronous conversions take up to 30 minutes.
@@ -383,6 +450,14 @@ impl ResilienceConfig {
                         prefix: r.path_prefix.clone(),
                     });
                 }
+                for (j, src) in r.hash_key.iter().flatten().enumerate() {
+                    if let Err(what) = src.resolve() {
+                        return Err(ResilienceConfigError::BadHashKey {
+                            at: format!("{at}.hash_key[{j}]"),
+                            what,
+                        });
+                    }
+                }
             }
             let range = |ok: bool, field: &str, what: &str| {
                 if ok {
@@ -464,6 +539,9 @@ impl ResilienceConfig {
     }
 
     fn service_policy_over(&self, name: &str, mut base: RoutePolicy) -> ServicePolicy {
+        if self.onlyoffice_routes {
+            base.hash_key = Some(Arc::new(HashKey::onlyoffice()));
+        }
         let svc = self.services.get(name);
         let layers = [Some(&self.defaults), svc];
         for l in layers.iter().flatten() {
@@ -543,6 +621,9 @@ impl ResilienceConfig {
             let mut rp = base.clone();
             apply_timeouts(&mut rp, &r.timeouts);
             apply_retry(&mut rp, &r.retry);
+            if let Some(k) = &r.hash_key {
+                rp.hash_key = resolve_hash_key(k);
+            }
             let prefix = if r.path_prefix.is_empty() {
                 "/".to_owned()
             } else {
@@ -643,5 +724,64 @@ mod tests {
         assert!(ws.timeouts.stream_idle.unwrap() > Duration::from_secs(45));
         let c = parse("onlyoffice_routes = false\n");
         assert!(c.service_policy("ds").routes.is_empty());
+    }
+
+    #[test]
+    fn hash_keys_inherit_the_onlyoffice_key_and_routes_override_it() {
+        let c = parse(
+            r#"
+            [[services.ds.routes]]
+            path_prefix = "/api/"
+            hash_key = [{ header = "X-Doc" }, { cookie = "sid" }]
+            [[services.ds.routes]]
+            path_prefix = "/static/"
+            hash_key = []
+            "#,
+        );
+        c.validate().unwrap();
+        let p = c.service_policy("ds");
+        let oo = Some(Arc::new(HashKey::onlyoffice()));
+        assert_eq!(p.default_route.hash_key, oo);
+        assert_eq!(p.route(&Method::POST, "/ConvertService.ashx").hash_key, oo);
+        let api = p.route(&Method::GET, "/api/x").hash_key.clone().unwrap();
+        assert_eq!(
+            api.sources,
+            vec![
+                HashSource::Header(http::HeaderName::from_static("x-doc")),
+                HashSource::Cookie("sid".into())
+            ]
+        );
+        assert_eq!(p.route(&Method::GET, "/static/a.js").hash_key, None);
+        let off = parse("onlyoffice_routes = false\n");
+        assert_eq!(off.service_policy("ds").default_route.hash_key, None);
+    }
+
+    #[test]
+    fn bad_hash_keys_are_refused_with_their_field_path() {
+        for (src, want) in [
+            ("{ query = \"\" }", "the query parameter name is empty"),
+            ("{ query = \"a\", header = \"b\" }", "exactly one"),
+            ("{}", "exactly one"),
+            ("{ header = \"bad header\" }", "not a valid header name"),
+        ] {
+            let c = parse(&format!(
+                "[[services.ds.routes]]\npath_prefix = \"/\"\nhash_key = [{{ cookie = \"ok\" }}, {src}]\n"
+            ));
+            let e = c.validate().unwrap_err();
+            let (path, msg) = e.split();
+            assert_eq!(
+                path, "resilience.services.ds.routes[0].hash_key[1]",
+                "{src}"
+            );
+            assert!(msg.contains(want), "{src}: {msg}");
+        }
+        // A hash key belongs to a route: at the service level it is an unknown field.
+        let e = toml::from_str::<ResilienceConfig>("[services.ds]\nhash_key = []\n").unwrap_err();
+        assert!(e.to_string().contains("hash_key"), "{e}");
+        let e = toml::from_str::<ResilienceConfig>(
+            "[[services.ds.routes]]\nhash_key = [{ param = \"x\" }]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("param"), "{e}");
     }
 }

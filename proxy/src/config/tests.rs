@@ -187,3 +187,32 @@ fn syntax_errors_carry_the_position() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn vips_and_pool_settings_are_checked_with_their_paths() {
+    let text = r#"
+[outbound]
+pool_idle_timeout = "0s"
+h2_keep_alive_timeout = "0s"
+[[outbound.services]]
+name = "docservice"
+addresses = ["docservice-headless:8000"]
+spiffe_id = "spiffe://example.org/ns/oo/sa/docservice"
+vips = ["10.96.0.12:8000", "docservice:8000", "10.96.0.13", "0.0.0.0:8000"]
+"#;
+    let p = problems(text, &[]);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "outbound.pool_idle_timeout",
+        "outbound.h2_keep_alive_timeout",
+        "outbound.services[0].vips[1]",
+        "outbound.services[0].vips[2]",
+        "outbound.services[0].vips[3]",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+    assert!(
+        !paths.contains(&"outbound.services[0].vips[0]"),
+        "{paths:?}"
+    );
+}

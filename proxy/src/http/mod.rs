@@ -8,6 +8,7 @@
 pub mod coalesce;
 pub mod forward;
 pub mod h2_probe;
+pub mod idle;
 pub mod orig_proto;
 pub mod pool;
 pub mod serve;

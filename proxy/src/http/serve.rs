@@ -90,6 +90,8 @@ pub async fn serve_connection_limited<Io, H, Fut>(
 {
     let first = Arc::new(FirstRequest::default());
     let seen = Arc::clone(&first);
+    let activity = Arc::new(super::idle::Activity::default());
+    let active = Arc::clone(&activity);
     // HTTP/1: the head guard between the socket and hyper, told by every request where the
     // request heads are (HTTP/2 bounds its header lists itself).
     let (io, watch) = match (&limits.guard, version) {
@@ -103,6 +105,7 @@ pub async fn serve_connection_limited<Io, H, Fut>(
     let io = TokioIo::new(io);
     let svc = service_fn(move |mut req: http::Request<Incoming>| {
         seen.mark();
+        let waiting = active.start();
         let upgrade = watch
             .as_ref()
             .and_then(|w| w.on_request(&mut req).map(|epoch| (Arc::clone(w), epoch)));
@@ -121,6 +124,7 @@ pub async fn serve_connection_limited<Io, H, Fut>(
             if let Some((w, epoch)) = upgrade {
                 w.on_response(epoch, resp.status());
             }
+            drop(waiting);
             Ok::<_, Infallible>(resp)
         }
     });
@@ -163,8 +167,14 @@ pub async fn serve_connection_limited<Io, H, Fut>(
                     svc,
                 );
             tokio::pin!(conn);
+            // hyper has no HTTP/2 idle limit: the one of idle HTTP/1.1 keep-alive connections
+            // (`limits.header_read_timeout`) applies, then GOAWAY.
             tokio::select! {
                 r = conn.as_mut() => r,
+                _ = activity.idle_for(limits.header_read_timeout) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
                 _ = &mut drain => {
                     tokio::select! {
                         r = conn.as_mut() => r,

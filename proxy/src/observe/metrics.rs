@@ -118,6 +118,12 @@ struct CircuitLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    service: String,
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SvidLabels {
     spiffe_id: String,
 }
@@ -216,6 +222,7 @@ pub struct MeshMetrics {
     authz: Family<AuthzLabels, Counter>,
     circuit_state: Family<CircuitLabels, Gauge>,
     circuit_transitions: Family<CircuitLabels, Counter>,
+    endpoint_requests: Family<EndpointLabels, Counter>,
     svid_expiry: Family<SvidLabels, Gauge>,
     access_log_dropped: Counter,
     pairs: Arc<Mutex<HashSet<ServicePair>>>,
@@ -245,6 +252,7 @@ impl MeshMetrics {
             authz: Family::default(),
             circuit_state: Family::default(),
             circuit_transitions: Family::default(),
+            endpoint_requests: Family::default(),
             svid_expiry: Family::default(),
             access_log_dropped: Counter::default(),
             pairs: Arc::default(),
@@ -300,6 +308,11 @@ impl MeshMetrics {
             "circuit_transitions",
             "Circuit breaker transitions, by endpoint and the state entered",
             m.circuit_transitions.clone(),
+        );
+        registry.register(
+            "endpoint_requests",
+            "Outbound HTTP request attempts sent to each endpoint (Pod) of a service, retries included",
+            m.endpoint_requests.clone(),
         );
         registry.register(
             "svid_expiry_timestamp_seconds",
@@ -484,6 +497,17 @@ impl MeshMetrics {
                 self.circuit_transitions.get_or_create(&labels).inc();
             }
         }
+    }
+
+    /// The request counter of one endpoint of a service (kept by the balancer's endpoint slot,
+    /// so counting a request is one atomic add).
+    pub fn endpoint_requests(&self, service: &str, endpoint: &str) -> Counter {
+        self.endpoint_requests
+            .get_or_create(&EndpointLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_owned(),
+            })
+            .clone()
     }
 
     /// The current SVID (a new one replaces the old series) and its expiry as Unix seconds.

@@ -43,10 +43,13 @@ pub(crate) fn mesh_send(
     services: Arc<Services>,
     connectors: Arc<Connectors>,
     pool_idle: std::time::Duration,
+    keep_alive: Option<(std::time::Duration, std::time::Duration)>,
 ) -> SendFn {
-    let pool = Arc::new(Pool::<PoolKey, crate::resilience::ReplayBody>::new(
-        pool_idle,
-    ));
+    let mut pool = Pool::<PoolKey, crate::resilience::ReplayBody>::new(pool_idle);
+    if let Some((interval, timeout)) = keep_alive {
+        pool = pool.with_h2_keep_alive(crate::http::pool::H2KeepAlive { interval, timeout });
+    }
+    let pool = Arc::new(pool);
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(connectors.generation()));
     Arc::new(
         move |ep: crate::resilience::Endpoint, req: Request<crate::resilience::ReplayBody>| {

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod detect;
+pub mod dns;
 pub mod mesh;
 pub mod services;
 
@@ -120,7 +121,12 @@ impl Outbound {
             denied.clone(),
         );
         let connectors = Arc::new(connectors);
-        let send = mesh_send(services.clone(), connectors.clone(), cfg.pool_idle_timeout);
+        let send = mesh_send(
+            services.clone(),
+            connectors.clone(),
+            cfg.pool_idle_timeout,
+            cfg.h2_keep_alive(),
+        );
         let resilience = ResilienceConfig::default();
         let stacks = MeshStacks::new(
             &services,
@@ -181,12 +187,13 @@ impl Outbound {
         self.shared.limits.store(Arc::new(limits));
     }
 
-    /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
+    /// Resolves service names once and keeps re-resolving them when their answers expire
+    /// (TTL) and at least every `resolve_interval`.
     pub async fn start(&self, resolve_interval: Duration) {
-        self.shared.services.resolve_all().await;
+        let ttl = self.shared.services.resolve_all().await;
         self.shared
             .services
-            .spawn_refresh(resolve_interval, self.shared.lifecycle.clone());
+            .spawn_refresh(resolve_interval, ttl, self.shared.lifecycle.clone());
     }
 
     /// The service table (endpoints, lookup).
@@ -343,9 +350,10 @@ async fn opaque(
     };
     let mut bytes = (0, 0);
     let result: Result<(), ProxyError> = async {
+        // A virtual IP stands for the service: connect to one of its endpoints.
         let addr = match dst {
-            Some(d) => d,
-            None => svc.pick()?,
+            Some(d) if !svc.is_vip(d) => d,
+            _ => svc.pick()?,
         };
         addrs.upstream = Some(addr);
         let mut up = shared.mesh.connect(svc, addr, Inner::Tcp, shared.timeouts).await?;
@@ -437,7 +445,7 @@ async fn proxy_request(
         version
     };
     req.extensions_mut().insert(mesh_version);
-    if let Some(dst) = dst {
+    if let Some(dst) = dst.filter(|d| !svc.is_vip(*d)) {
         req.extensions_mut()
             .insert(crate::resilience::balance::PreferredEndpoint(dst));
     }

@@ -1,15 +1,17 @@
-//! The services the local app may call: their endpoints (resolved from IPs or DNS names and
-//! re-resolved periodically) and the lookup from an original destination to a service.
+//! The services the local app may call: their endpoints (resolved from IPs or DNS names, all
+//! A/AAAA records, re-resolved when the answer's TTL expires and at least every
+//! `resolve_interval`) and the lookup from an original destination to a service.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use docmesh_certs::SpiffeId;
 
+use super::dns::{next_refresh, Dns};
 use crate::config::outbound::{split_host_port, Protocol, ServiceConfig};
 use crate::errors::{Cause, ProxyError};
 use crate::lifecycle::Lifecycle;
@@ -26,6 +28,8 @@ pub struct Service {
     /// Configured protocol (`detect` sniffs).
     pub protocol: Protocol,
     addresses: Vec<String>,
+    /// Virtual IPs (`vips`): destinations that mean "this service", balanced per request.
+    pub vips: Vec<SocketAddr>,
     endpoints: ArcSwap<Vec<SocketAddr>>,
     next: AtomicUsize,
     last_error: Mutex<Option<String>>,
@@ -35,6 +39,11 @@ impl Service {
     /// The current endpoints (all resolved addresses).
     pub fn endpoints(&self) -> Arc<Vec<SocketAddr>> {
         self.endpoints.load_full()
+    }
+
+    /// Whether `dst` is one of the service's virtual IPs.
+    pub fn is_vip(&self, dst: SocketAddr) -> bool {
+        self.vips.contains(&crate::net::canonical(dst))
     }
 
     /// The next endpoint, round robin; `dns-failure` when no address resolved.
@@ -66,7 +75,13 @@ impl Service {
 pub struct Services {
     list: Vec<Arc<Service>>,
     by_addr: ArcSwap<HashMap<SocketAddr, usize>>,
+    /// The system resolver, built at the first resolution (`None`: unusable, so the
+    /// platform's `getaddrinfo` is used, without TTLs).
+    dns: OnceLock<Option<Dns>>,
 }
+
+/// Re-resolution never runs more often than this, whatever the TTL (0 included).
+const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 impl Services {
     /// Builds the table; addresses that are literal IPs are usable at once, DNS names after
@@ -91,6 +106,12 @@ impl Services {
                     spiffe_id,
                     protocol: c.protocol,
                     addresses: c.addresses.clone(),
+                    vips: c
+                        .vips
+                        .iter()
+                        .filter_map(|v| crate::config::outbound::parse_vip(v))
+                        .map(crate::net::canonical)
+                        .collect(),
                     endpoints: ArcSwap::from_pointee(literal),
                     next: AtomicUsize::new(0),
                     last_error: Mutex::new(None),
@@ -100,6 +121,7 @@ impl Services {
         let s = Services {
             list,
             by_addr: ArcSwap::from_pointee(HashMap::new()),
+            dns: OnceLock::new(),
         };
         s.rebuild_index();
         Ok(s)
@@ -115,15 +137,51 @@ impl Services {
         self.list.iter().find(|s| s.name == name)
     }
 
-    /// The service an original destination belongs to.
+    /// The service an original destination belongs to: one of its virtual IPs or endpoints
+    /// (Pod IPs, for callers such as ingress controllers that pick a Pod themselves).
     pub fn lookup(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
         let dst = crate::net::canonical(dst);
         let i = *self.by_addr.load().get(&dst)?;
         self.list.get(i)
     }
 
-    /// Resolves every DNS name now; a name that fails keeps its previous endpoints.
-    pub async fn resolve_all(&self) {
+    fn dns(&self) -> Option<&Dns> {
+        self.dns
+            .get_or_init(|| match Dns::from_system() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no usable DNS configuration; service names are resolved with getaddrinfo (no TTLs)");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// All addresses of one `host:port` and how long they are valid (`None`: unknown).
+    async fn resolve_one(
+        &self,
+        address: &str,
+    ) -> Result<(Vec<SocketAddr>, Option<Duration>), String> {
+        if let (Some(dns), Some((host, port))) = (self.dns(), split_host_port(address)) {
+            match dns.resolve(host, port).await {
+                Ok(a) if !a.addrs.is_empty() => return Ok((a.addrs, Some(a.ttl))),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%address, error = %e, "DNS lookup failed; trying getaddrinfo")
+                }
+            }
+        }
+        // Names only the platform resolver knows (nsswitch), or no DNS configuration.
+        tokio::net::lookup_host(address)
+            .await
+            .map(|it| (it.map(crate::net::canonical).collect(), None))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Resolves every DNS name now; a name that fails keeps its previous endpoints. Returns the
+    /// time until the first answer expires (its TTL), if any answer had one.
+    pub async fn resolve_all(&self) -> Option<Duration> {
+        let mut earliest: Option<Duration> = None;
         for svc in &self.list {
             let mut eps = Vec::new();
             let mut errors = Vec::new();
@@ -132,8 +190,13 @@ impl Services {
                     eps.push(sa);
                     continue;
                 }
-                match tokio::net::lookup_host(a.as_str()).await {
-                    Ok(it) => eps.extend(it.map(crate::net::canonical)),
+                match self.resolve_one(a).await {
+                    Ok((addrs, ttl)) => {
+                        eps.extend(addrs);
+                        if let Some(t) = ttl {
+                            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                        }
+                    }
                     Err(e) => errors.push(format!("{a}: {e}")),
                 }
             }
@@ -155,18 +218,27 @@ impl Services {
             }
         }
         self.rebuild_index();
+        earliest
     }
 
-    /// Re-resolves every `interval` until the drain starts.
-    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration, lifecycle: Lifecycle) {
+    /// Re-resolves when the earliest answer expires (TTL; at most every second) and at least
+    /// every `interval`, until the drain starts. `first_ttl` is what the first resolution
+    /// returned.
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        interval: Duration,
+        first_ttl: Option<Duration>,
+        lifecycle: Lifecycle,
+    ) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
+            let mut wait = next_refresh(first_ttl, interval, MIN_REFRESH);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => me.resolve_all().await,
+                    _ = tokio::time::sleep(wait) => {
+                        let ttl = me.resolve_all().await;
+                        wait = next_refresh(ttl, interval, MIN_REFRESH);
+                    }
                     _ = lifecycle.draining() => return,
                 }
             }
@@ -176,8 +248,8 @@ impl Services {
     fn rebuild_index(&self) {
         let mut map = HashMap::new();
         for svc in &self.list {
-            for ep in svc.endpoints.load().iter() {
-                map.entry(*ep).or_insert(svc.index);
+            for addr in svc.vips.iter().chain(svc.endpoints.load().iter()) {
+                map.entry(*addr).or_insert(svc.index);
             }
         }
         self.by_addr.store(Arc::new(map));
@@ -200,6 +272,7 @@ mod tests {
             addresses: addrs.iter().map(|s| s.to_string()).collect(),
             spiffe_id: format!("spiffe://td.example/{name}"),
             protocol: Protocol::Detect,
+            vips: Vec::new(),
         }
     }
 
@@ -224,6 +297,19 @@ mod tests {
             s.lookup("127.0.0.1:9000".parse().unwrap()).unwrap().name,
             "local"
         );
+        // A virtual IP maps to its service; it is not an endpoint.
+        let mut with_vip = svc("ds", &["10.1.0.5:8000", "10.1.0.6:8000"]);
+        with_vip.vips = vec!["10.96.0.12:8000".into(), "[fd00::12]:8000".into()];
+        let v = Services::new(&[with_vip]).unwrap();
+        let ds = v.lookup("10.96.0.12:8000".parse().unwrap()).unwrap();
+        assert!(ds.is_vip("10.96.0.12:8000".parse().unwrap()));
+        assert!(v.lookup("[fd00::12]:8000".parse().unwrap()).is_some());
+        assert!(v.lookup("10.96.0.12:8001".parse().unwrap()).is_none());
+        assert_eq!(
+            v.lookup("10.1.0.6:8000".parse().unwrap()).unwrap().name,
+            "ds"
+        );
+        assert!(!ds.endpoints().contains(&"10.96.0.12:8000".parse().unwrap()));
         let e = s.by_name("nowhere").unwrap().pick().unwrap_err();
         assert_eq!(e.cause, Cause::DnsFailure);
         assert!(e.detail.contains("no-such-host.invalid:80"), "{e}");

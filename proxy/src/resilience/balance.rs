@@ -7,6 +7,11 @@
 //! A request may name a [`PreferredEndpoint`] (transparent mode: the original destination the
 //! app connected to). Its first attempt goes there while that endpoint is usable; retries, and
 //! requests whose preferred endpoint is ejected, are balanced as usual.
+//!
+//! A request whose route names a hash key and that carries it goes to the key's owner on the
+//! service's hash ring (see [`super::hash`]), before any preferred endpoint: an ejected owner's
+//! keys go to the next usable endpoint on the ring and come back when it recovers; a retry
+//! goes to the next endpoint not tried yet.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +29,7 @@ use super::body::ReplayBody;
 use super::breaker::{open_error, Breaker, BreakerService};
 use super::endpoint::{BoxFuture, Endpoint, NewService};
 use super::guard::Guarded;
+use super::hash::Ring;
 use super::health::{check_once, HealthState};
 use super::observer::Observer;
 use super::policy::{BalanceStrategy, ServicePolicy};
@@ -107,6 +113,7 @@ pub struct Slot<E> {
     pub load: Arc<Load>,
     /// Its active health.
     pub health: Arc<HealthState>,
+    requests: Option<Arc<dyn super::observer::EndpointCounter>>,
     svc: BreakerService<AttemptTimeout<E>>,
 }
 
@@ -134,6 +141,8 @@ struct Shared<N: NewService<Endpoint>> {
     observer: Arc<dyn Observer>,
     new: N,
     slots: ArcSwap<Vec<Arc<Slot<N::Service>>>>,
+    /// The hash ring of the endpoints (empty unless a route of the service hashes).
+    ring: ArcSwap<Ring>,
 }
 
 /// The balancer of one service; cheap to clone.
@@ -175,6 +184,7 @@ where
                 observer,
                 new,
                 slots: ArcSwap::from_pointee(Vec::new()),
+                ring: ArcSwap::from_pointee(Ring::default()),
             }),
         };
         b.update(addrs);
@@ -218,11 +228,23 @@ where
                 breaker,
                 load: Arc::new(Load::new()),
                 health: Arc::new(HealthState::default()),
+                requests: s.observer.endpoint_counter(&s.policy.service, *addr),
             });
             if s.policy.health_check.is_some() && tokio::runtime::Handle::try_current().is_ok() {
                 tokio::spawn(health_loop(Arc::downgrade(&slot), raw, s.policy.clone()));
             }
             next.push(slot);
+        }
+        let hashes = s.policy.default_route.hash_key.is_some()
+            || s.policy.routes.iter().any(|r| r.1.hash_key.is_some());
+        let unchanged = next.len() == old.len()
+            && next
+                .iter()
+                .zip(old.iter())
+                .all(|(a, b)| a.endpoint.addr == b.endpoint.addr);
+        if hashes && (!unchanged || s.ring.load().is_empty()) {
+            let addrs: Vec<_> = next.iter().map(|x| x.endpoint.addr).collect();
+            s.ring.store(Arc::new(Ring::new(&addrs)));
         }
         s.slots.store(Arc::new(next));
     }
@@ -248,9 +270,28 @@ where
         &self,
         tried: Option<&Tried>,
         preferred: Option<PreferredEndpoint>,
+        key: Option<u64>,
     ) -> Result<Arc<Slot<N::Service>>, AttemptError> {
         let slots = self.slots();
         let mut usable: Vec<_> = slots.iter().filter(|s| s.usable()).collect();
+        // The owner of the request's hash key, else the next usable endpoint on the ring.
+        if let Some(h) = key {
+            let ring = self.shared.ring.load();
+            let mut retried = None;
+            for addr in ring.candidates(h) {
+                let Some(slot) = usable.iter().find(|s| s.endpoint.addr == addr) else {
+                    continue;
+                };
+                if tried.is_some_and(|t| t.contains(&addr)) {
+                    retried.get_or_insert(*slot);
+                    continue;
+                }
+                return Ok((*slot).clone());
+            }
+            if let Some(slot) = retried {
+                return Ok(slot.clone());
+            }
+        }
         // The endpoint the app itself addressed, unless it already failed this request.
         if let Some(PreferredEndpoint(addr)) = preferred {
             let untried = tried.is_none_or(|t| !t.contains(&addr));
@@ -367,12 +408,19 @@ where
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
         let tried = req.extensions().get::<Tried>().cloned();
         let preferred = req.extensions().get::<PreferredEndpoint>().copied();
-        let slot = match self.pick(tried.as_ref(), preferred) {
+        let key = super::timeout::route_of(&req)
+            .hash_key
+            .as_ref()
+            .and_then(|k| k.hash(req.uri(), req.headers()));
+        let slot = match self.pick(tried.as_ref(), preferred, key) {
             Ok(s) => s,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         if let Some(t) = &tried {
             t.push(slot.endpoint.addr);
+        }
+        if let Some(c) = &slot.requests {
+            c.inc();
         }
         let decay = self.shared.policy.balance.ewma_decay;
         Box::pin(async move {

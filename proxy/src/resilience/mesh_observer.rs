@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::breaker::CircuitState;
-use super::observer::Observer;
+use super::observer::{EndpointCounter, Observer};
 use crate::config::outbound::ServiceConfig;
 use crate::observe::{metrics, Observability};
 
@@ -45,6 +46,20 @@ impl Observer for MeshObserver {
 
     fn budget_exhausted(&self, service: &str) {
         self.obs.metrics.retry_budget_exhausted(&self.pair(service));
+    }
+
+    fn endpoint_counter(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+    ) -> Option<Arc<dyn EndpointCounter>> {
+        let c = self
+            .obs
+            .metrics
+            .endpoint_requests(service, &endpoint.to_string());
+        Some(Arc::new(move || {
+            c.inc();
+        }))
     }
 
     fn circuit(&self, service: &str, endpoint: SocketAddr, to: CircuitState) {

@@ -8,7 +8,8 @@
 //! ConcurrencyLimit (limit.rs)  → overloaded
 //! RequestTimeout (timeout.rs)  → response-timeout (whole request, retries included)
 //! Retry (retry.rs)             → backoff with full jitter, budget (budget.rs), replay (body.rs)
-//! Balancer (balance.rs)        → p2c over usable endpoints, health (health.rs), no-healthy-endpoint
+//! Balancer (balance.rs)        → p2c over usable endpoints, health (health.rs), no-healthy-endpoint;
+//!                                a route's hash key picks by consistent hashing (hash.rs)
 //! BreakerService (breaker.rs)  → circuit-open, per endpoint
 //! AttemptTimeout (timeout.rs)  → response-timeout (per try, response headers)
 //! endpoint (endpoint.rs)       → the datapath's connection to one address; errors via classify.rs
@@ -21,6 +22,7 @@ pub mod breaker;
 pub mod budget;
 pub mod endpoint;
 pub mod guard;
+pub mod hash;
 pub mod health;
 pub mod limit;
 pub mod mesh_observer;

@@ -3,6 +3,7 @@
 //! metrics. The default observer does nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::breaker::CircuitState;
 
@@ -21,6 +22,29 @@ pub trait Observer: Send + Sync + 'static {
     /// The circuit of `endpoint` of `service` moved to `to`.
     fn circuit(&self, service: &str, endpoint: SocketAddr, to: CircuitState) {
         let _ = (service, endpoint, to);
+    }
+
+    /// A counter of the requests sent to `endpoint` of `service`, asked for once when the
+    /// endpoint joins the balancer (per-endpoint request metrics); `None`: not counted.
+    fn endpoint_counter(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+    ) -> Option<Arc<dyn EndpointCounter>> {
+        let _ = (service, endpoint);
+        None
+    }
+}
+
+/// Counts one request to an endpoint.
+pub trait EndpointCounter: Send + Sync {
+    /// One more request.
+    fn inc(&self);
+}
+
+impl<F: Fn() + Send + Sync> EndpointCounter for F {
+    fn inc(&self) {
+        self()
     }
 }
 

@@ -202,6 +202,8 @@ pub struct RoutePolicy {
     pub timeouts: TimeoutPolicy,
     /// Retry rules of this route.
     pub retry: RetryPolicy,
+    /// Consistent-hashing key: requests carrying it stick to one endpoint (see `hash.rs`).
+    pub hash_key: Option<Arc<super::hash::HashKey>>,
 }
 
 /// Which requests a route override applies to.

@@ -38,6 +38,7 @@ async fn start_outbound_to(
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             spiffe_id: opts.spiffe_id.clone(),
             protocol: opts.protocol,
+            ..ServiceConfig::default()
         }],
         ..OutboundConfig::default()
     };

@@ -333,6 +333,7 @@ pub async fn start_outbound(
             addresses: vec![upstream.to_string()],
             spiffe_id: "spiffe://example.org/app".into(),
             protocol,
+            ..ServiceConfig::default()
         }],
         ..OutboundConfig::default()
     };

@@ -127,6 +127,8 @@ pub enum Kind {
     ResetAfterBody,
     /// Reads the request and never answers.
     Stall,
+    /// 503 to every request while down (on pooled connections too), else 200.
+    Down503,
 }
 
 /// A running test upstream.
@@ -235,6 +237,7 @@ async fn serve(kind: Kind, mut s: TcpStream, c: Arc<Counters>) {
                         _ if path == "/healthcheck" => (200, if down { "false" } else { "true" }),
                         Kind::Fail503(k) if n < k => (503, "unavailable"),
                         Kind::Always503 => (503, "unavailable"),
+                        Kind::Down503 if down => (503, "unavailable"),
                         _ => (200, "ok"),
                     };
                     Ok::<_, Infallible>(

@@ -376,6 +376,7 @@ pub async fn start_outbound_with(
             addresses,
             spiffe_id: opts.spiffe_id.clone(),
             protocol: opts.protocol,
+            ..ServiceConfig::default()
         }],
         mesh_http2: opts.mesh_http2,
         ..OutboundConfig::default()

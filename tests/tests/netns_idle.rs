@@ -1,0 +1,132 @@
+//! Pools that respect their idle limits, with real sidecars in network namespaces: pod A's
+//! sidecar keeps an HTTP/2 mesh connection to pod B's; then a firewall rule in A silently drops
+//! that established flow (as a NAT or conntrack table that forgot it does: no RST, no ICMP).
+//! The next request must succeed on a new connection (the unanswered keep-alive PING retired the
+//! dead one), not hang or fail; and an idle mesh connection is closed when
+//! `outbound.pool_idle_timeout` passes, not kept for minutes. Needs root.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
+use docmesh_certs::spiffe_id::TrustDomain;
+use docmesh_tests::netns::probe::Responder;
+use docmesh_tests::netns::sidecar::{self, url, Logs, Sidecar};
+use docmesh_tests::netns::{Pod, Topology};
+
+const TD: &str = "idle.docmesh.test";
+
+fn id(pod: &str) -> String {
+    format!("spiffe://{TD}/pod/{pod}")
+}
+
+/// Local ports of A's established TCP connections to `dst` (the sidecar's mesh connections;
+/// curl's own connections are gone once curl exits).
+fn established(pod: &Pod, dst: SocketAddr) -> Vec<u16> {
+    let out = pod
+        .stdout(&[
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "dst",
+            &dst.to_string(),
+        ])
+        .unwrap();
+    out.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(2)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn iptables(pod: &Pod, args: &[&str]) {
+    let mut v = vec!["iptables"];
+    v.extend_from_slice(args);
+    pod.exec(&v).unwrap();
+}
+
+#[test]
+fn netns_idle_mesh_connections_are_retired_on_time_and_after_a_silent_drop() {
+    let topo = Topology::new(&["a", "b"])
+        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
+    let (a, b) = (topo.pod("a"), topo.pod("b"));
+    let td: TrustDomain = TD.parse().unwrap();
+    let ca =
+        CertificateAuthority::generate(&td, KeyAlgorithm::default(), Duration::from_secs(7200))
+            .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut logs = Logs::default();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
+    let _app = Responder::http_echo(b, SocketAddr::new("0.0.0.0".parse().unwrap(), 8080)).unwrap();
+    let dst = SocketAddr::new(IpAddr::V4(b.ipv4), 8080);
+    let a_config = format!(
+        "[inbound]\nmode = \"strict\"\n[outbound]\npool_idle_timeout = \"6s\"\n\
+         h2_keep_alive_interval = \"1s\"\nh2_keep_alive_timeout = \"1s\"\n\
+         [[outbound.services]]\nname = \"b\"\naddresses = [\"{dst}\"]\nspiffe_id = \"{}\"\n",
+        id("b")
+    );
+    Sidecar::start(a, bin, &ca, &id("a"), root.path(), &a_config, &mut logs);
+    Sidecar::start(
+        b,
+        bin,
+        &ca,
+        &id("b"),
+        root.path(),
+        "[inbound]\nmode = \"strict\"\n",
+        &mut logs,
+    );
+
+    let (status, text, _) = sidecar::curl(a, &[&url(dst.ip(), 8080, "/first")]);
+    assert_eq!(status, 200, "{text}");
+    let first = established(a, dst);
+    assert_eq!(
+        first.len(),
+        1,
+        "one pooled HTTP/2 mesh connection: {first:?}"
+    );
+    let port = first[0].to_string();
+
+    // The flow is dropped silently in both directions, from now on.
+    iptables(
+        a,
+        &["-I", "OUTPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"],
+    );
+    iptables(
+        a,
+        &["-I", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"],
+    );
+    // A PING every second, one second to answer it: the dead connection is retired by then,
+    // well before its idle limit (6 s) would have closed it.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, text, elapsed) = sidecar::curl(a, &[&url(dst.ip(), 8080, "/after-drop")]);
+    eprintln!("request after the silent drop: {status} in {elapsed:?}");
+    assert_eq!(status, 200, "the request went into the dead flow: {text}");
+    let second = established(a, dst);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first, "a new connection carried it");
+
+    // Idle for longer than pool_idle_timeout (6 s): the pool closes it by itself.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        established(a, dst),
+        second,
+        "still open before its idle limit"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let left = established(a, dst);
+    assert!(
+        left.is_empty(),
+        "idle mesh connections still open after 7 s: {left:?}"
+    );
+    let (status, text, _) = sidecar::curl(a, &[&url(dst.ip(), 8080, "/after-idle")]);
+    assert_eq!(status, 200, "{text}");
+    drop(logs);
+}
