@@ -18,6 +18,7 @@ pub mod limits;
 pub mod observability;
 pub mod outbound;
 pub mod resilience;
+pub mod routing;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod detect;
 pub mod mesh;
 pub mod services;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub enum OutboundError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `outbound.routes` names a service that is not configured.
+    #[error("invalid outbound.routes: {0}")]
+    InvalidRoutes(String),
 }
 
 struct Shared {
@@ -75,6 +79,9 @@ struct Shared {
     obs: arc_swap::ArcSwap<Observability>,
     /// `[limits]`: connection slots, request head checks, HTTP server settings.
     limits: arc_swap::ArcSwap<Limits>,
+    /// `[[outbound.routes]]`: traffic split, matches and failover (swapped on reload).
+    router: arc_swap::ArcSwap<split::Router>,
+    route_metrics: split::RouteMetrics,
 }
 
 /// The outbound side; cheap to clone, shared by all its listeners.
@@ -119,6 +126,9 @@ impl Outbound {
             "Outbound connections to destinations outside the mesh that were denied",
             denied.clone(),
         );
+        let router =
+            split::Router::new(&cfg.routes, &services).map_err(OutboundError::InvalidRoutes)?;
+        let route_metrics = split::RouteMetrics::new(metrics);
         let connectors = Arc::new(connectors);
         let send = mesh_send(services.clone(), connectors.clone(), cfg.pool_idle_timeout);
         let resilience = ResilienceConfig::default();
@@ -147,6 +157,8 @@ impl Outbound {
                 denied,
                 obs: arc_swap::ArcSwap::from_pointee(Observability::noop()),
                 limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
+                router: arc_swap::ArcSwap::from_pointee(router),
+                route_metrics,
             }),
         })
     }
@@ -179,6 +191,18 @@ impl Outbound {
     /// Installs `[limits]` (until called, the defaults apply); call before serving.
     pub fn set_limits(&self, limits: Limits) {
         self.shared.limits.store(Arc::new(limits));
+    }
+
+    /// Replaces `[[outbound.routes]]` (live reload); requests already routed keep their
+    /// backend. An unknown service is an error and the old routes stay.
+    pub fn set_routes(
+        &self,
+        routes: &[crate::config::routing::TrafficRoute],
+    ) -> Result<(), OutboundError> {
+        let router = split::Router::new(routes, &self.shared.services)
+            .map_err(OutboundError::InvalidRoutes)?;
+        self.shared.router.store(Arc::new(router));
+        Ok(())
     }
 
     /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
@@ -411,10 +435,22 @@ async fn proxy_request(
     version: HttpVersion,
     req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
-    if let Err(e) = svc.pick() {
-        return error_response(&e, Hop::Outbound, request_trace_id(req.extensions()));
-    }
     let (mut parts, body) = req.into_parts();
+    let stacks = shared.stacks.load_full();
+    // `[[outbound.routes]]`: the backend service may differ from the addressed one.
+    let choice =
+        shared
+            .router
+            .load()
+            .choose(svc, &parts, |s| split::usable(&stacks, s), fastrand::f64());
+    let target = choice.as_ref().map_or(svc, |c| &c.backend);
+    if let Err(e) = target.pick() {
+        let resp = error_response(&e, Hop::Outbound, request_trace_id(&parts.extensions));
+        if let Some(c) = &choice {
+            shared.route_metrics.record(&svc.name, c, resp.status());
+        }
+        return resp;
+    }
     let limits = shared.limits.load();
     let body_limit = match limits.check_request(&mut parts) {
         Ok(l) => l,
@@ -436,14 +472,18 @@ async fn proxy_request(
         version
     };
     req.extensions_mut().insert(mesh_version);
-    if let Some(dst) = dst {
+    // The address the app connected to belongs to the addressed service only.
+    if let Some(dst) = dst.filter(|_| Arc::ptr_eq(target, svc)) {
         req.extensions_mut()
             .insert(crate::resilience::balance::PreferredEndpoint(dst));
     }
-    let stacks = shared.stacks.load_full();
     let trace_id = request_trace_id(req.extensions());
-    let resp = relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await;
-    body_faults.settle(resp, Hop::Outbound, trace_id)
+    let resp = relay(version, req, Hop::Outbound, |req| stacks.call(target, req)).await;
+    let resp = body_faults.settle(resp, Hop::Outbound, trace_id);
+    if let Some(c) = &choice {
+        shared.route_metrics.record(&svc.name, c, resp.status());
+    }
+    resp
 }
 
 async fn unknown_destination(shared: &Shared, mut stream: TcpStream, dst: SocketAddr) {
