@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod limits;
 pub mod observability;
 pub mod outbound;
+pub mod ratelimit;
 pub mod resilience;
 pub mod routing;
 

@@ -32,6 +32,7 @@ mod observe_metrics;
 mod observe_pair;
 mod plaintext_path;
 mod process_limits;
+mod rate_limit_tenants;
 mod resilience_breaker;
 mod resilience_causes;
 mod resilience_config;
