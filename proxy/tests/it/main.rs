@@ -40,6 +40,7 @@ mod resilience_mesh;
 mod resilience_preferred;
 mod resilience_retry;
 mod resilience_timers;
+mod routes_check;
 mod routes_split;
 mod streaming;
 mod upgrade_idle;
