@@ -23,4 +23,5 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod outbound;
+pub mod reload;
 pub mod resilience;

@@ -102,9 +102,18 @@ tenants = {{ acme = {{ requests = 0 }} }}
     assert!(!ok, "{out}");
     for (path, needle) in [
         ("outbound.routes[0].backends:", "sum to zero"),
-        ("outbound.routes[1].backends[0].service:", "unknown service `docservice-nightly`"),
-        ("outbound.routes[1].matches[0].kind:", "unknown variant `cookie`"),
-        ("outbound.routes[1].failover[0]:", "unknown service `docservice-dr`"),
+        (
+            "outbound.routes[1].backends[0].service:",
+            "unknown service `docservice-nightly`",
+        ),
+        (
+            "outbound.routes[1].matches[0].kind:",
+            "unknown variant `cookie`",
+        ),
+        (
+            "outbound.routes[1].failover[0]:",
+            "unknown service `docservice-dr`",
+        ),
         ("outbound.routes[2].service:", "unknown service `editors`"),
         ("inbound.rate_limits[0].requests:", "zero"),
         ("inbound.rate_limits[1].burst:", "zero"),
