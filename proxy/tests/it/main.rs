@@ -33,6 +33,7 @@ mod observe_pair;
 mod plaintext_path;
 mod process_limits;
 mod rate_limit_tenants;
+mod reload_process;
 mod resilience_breaker;
 mod resilience_causes;
 mod resilience_config;

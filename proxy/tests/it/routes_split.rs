@@ -17,7 +17,16 @@ use tokio::net::TcpListener;
 
 use crate::support::{bounded, full, get, h1_client, start_inbound, PairOptions};
 
-/// An app that names itself in `x-app` and answers 500 on `/fail`.
+/// Requests to `/hold` wait for a permit from here ([`release_held`]).
+static HOLD: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+/// Lets one `/hold` request of a named app answer.
+pub fn release_held() {
+    HOLD.add_permits(1);
+}
+
+/// An app that names itself in `x-app`, answers 500 on `/fail` and answers `/hold` once the
+/// test calls [`release_held`].
 pub async fn start_named_app(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -27,6 +36,11 @@ pub async fn start_named_app(name: &'static str) -> SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/hold" {
+                            if let Ok(p) = HOLD.acquire().await {
+                                p.forget();
+                            }
+                        }
                         let status = if req.uri().path() == "/fail" {
                             500
                         } else {
