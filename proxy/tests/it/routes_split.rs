@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use docmesh_proxy::config::outbound::{OutboundConfig, Protocol, ServiceConfig};
@@ -25,8 +26,13 @@ pub fn release_held() {
     HOLD.add_permits(1);
 }
 
-/// An app that names itself in `x-app`, answers 500 on `/fail` and answers `/hold` once the
-/// test calls [`release_held`].
+/// What `/healthcheck` of the app named `docservice-flaky` answers (`true` or `false`, as
+/// OnlyOffice's does).
+static FLAKY_HEALTHY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An app that names itself in `x-app`, answers 500 on `/fail`, answers `/hold` once the
+/// test calls [`release_held`], and `/healthcheck` with `true` (`docservice-flaky`: with
+/// [`FLAKY_HEALTHY`]).
 pub async fn start_named_app(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -46,10 +52,20 @@ pub async fn start_named_app(name: &'static str) -> SocketAddr {
                         } else {
                             200
                         };
+                        let body: &'static [u8] = match req.uri().path() {
+                            "/healthcheck"
+                                if name == "docservice-flaky"
+                                    && !FLAKY_HEALTHY.load(Ordering::SeqCst) =>
+                            {
+                                b"false"
+                            }
+                            "/healthcheck" => b"true",
+                            _ => b"ok",
+                        };
                         let resp = http::Response::builder()
                             .status(status)
                             .header("x-app", name)
-                            .body(http_body_util::Full::new(Bytes::from_static(b"ok")))
+                            .body(http_body_util::Full::new(Bytes::from_static(body)))
                             .unwrap();
                         Ok::<_, Infallible>(resp)
                     },
@@ -238,5 +254,92 @@ async fn a_90_10_split_header_route_and_failover_through_real_sidecars() {
             "docmesh_route_backend_requests_total{service=\"editors\",backend=\"docservice-backup\",reason=\"failover\"}"
         ),
         20
+    );
+}
+
+/// Failover on health: the primary's only endpoint fails its `/healthcheck` (body `false`),
+/// so the route sends to the standby; once the check passes again, traffic returns.
+#[tokio::test]
+async fn failover_to_a_standby_while_the_primary_fails_its_health_check() {
+    let lifecycle = Lifecycle::new();
+    let metrics = Metrics::new();
+    let opts = PairOptions::default();
+    let flaky = start_named_app("docservice-flaky").await;
+    let standby = start_named_app("docservice-standby").await;
+    let flaky_in = start_inbound(flaky, &opts, &lifecycle, &Metrics::new()).await;
+    let standby_in = start_inbound(standby, &opts, &lifecycle, &Metrics::new()).await;
+    let text = format!(
+        r#"
+[outbound]
+transparent = false
+[[outbound.services]]
+name = "docservice"
+addresses = ["{flaky_in}"]
+spiffe_id = "spiffe://example.org/app"
+[[outbound.services]]
+name = "docservice-standby"
+addresses = ["{standby_in}"]
+spiffe_id = "spiffe://example.org/app"
+[[outbound.routes]]
+service = "docservice"
+failover = ["docservice-standby"]
+[resilience.services.docservice.health_check]
+path = "/healthcheck"
+expect_body = "true"
+interval = "100ms"
+unhealthy_threshold = 1
+healthy_threshold = 1
+"#
+    );
+    let cfg = Config::from_parts(Some(&text), std::path::Path::new("t.toml"), Vec::new()).unwrap();
+    let outbound = Outbound::new(
+        &cfg.outbound,
+        opts.outbound_mesh.clone(),
+        lifecycle.clone(),
+        &metrics,
+    )
+    .unwrap();
+    outbound.set_resilience(&cfg.resilience);
+    outbound.start(cfg.outbound.resolve_interval).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let o = outbound.clone();
+    tokio::spawn(async move { o.serve_service(l, "docservice").await.unwrap() });
+
+    let mut c = h1_client(addr).await;
+    // Until the first check fails, requests may still reach the primary (it answers them).
+    bounded(async {
+        while app_of(&mut c, get("/", "docservice")).await.1 != "docservice-standby" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            app_of(&mut c, get("/", "docservice")).await,
+            (200, "docservice-standby".into())
+        );
+    }
+    // The primary recovers: traffic returns to it.
+    FLAKY_HEALTHY.store(true, Ordering::SeqCst);
+    bounded(async {
+        while app_of(&mut c, get("/", "docservice")).await.1 != "docservice-flaky" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            app_of(&mut c, get("/", "docservice")).await,
+            (200, "docservice-flaky".into())
+        );
+    }
+    let text = metrics.encode().unwrap();
+    assert!(
+        counter(
+            &text,
+            "docmesh_route_backend_requests_total{service=\"docservice\",backend=\"docservice-standby\",reason=\"failover\"}"
+        ) >= 21,
+        "{text}"
     );
 }
