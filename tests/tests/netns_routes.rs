@@ -92,6 +92,7 @@ matches = [{{ kind = "header", name = "x-canary", value = "1", backend = "docser
         f64::from(n),
         "every request reached one of the two apps"
     );
+    eprintln!("80/20 split in transparent mode: B {to_b}, C {to_c} of {n}");
     let (p, nf) = (0.2, f64::from(n));
     let sigma = (nf * p * (1.0 - p)).sqrt();
     assert!(

@@ -438,11 +438,11 @@ async fn proxy_request(
     let (mut parts, body) = req.into_parts();
     let stacks = shared.stacks.load_full();
     // `[[outbound.routes]]`: the backend service may differ from the addressed one.
-    let choice =
-        shared
-            .router
-            .load()
-            .choose(svc, &parts, |s| split::usable(&stacks, s), fastrand::f64());
+    // (The guard is dropped at once: requests can run for minutes.)
+    let choice = {
+        let router = shared.router.load();
+        router.choose(svc, &parts, |s| split::usable(&stacks, s), fastrand::f64)
+    };
     let target = choice.as_ref().map_or(svc, |c| &c.backend);
     if let Err(e) = target.pick() {
         let resp = error_response(&e, Hop::Outbound, request_trace_id(&parts.extensions));

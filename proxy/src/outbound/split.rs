@@ -18,6 +18,8 @@ pub enum Reason {
     Match,
     /// The weights picked it.
     Weight,
+    /// The route has no weights: the addressed service itself.
+    Default,
     /// The chosen backend had no usable endpoint; this is the first backup that has one.
     Failover,
 }
@@ -27,6 +29,7 @@ impl Reason {
         match self {
             Reason::Match => "match",
             Reason::Weight => "weight",
+            Reason::Default => "default",
             Reason::Failover => "failover",
         }
     }
@@ -116,13 +119,14 @@ impl Router {
 
     /// The backend for a request to `svc` with this head, or `None` when no route applies
     /// (the request goes to `svc` itself). `usable` says whether a service has an endpoint
-    /// that can take a request now; `roll` is uniform in `0..1` (the weight draw).
+    /// that can take a request now; `roll` draws uniformly from `0..1` (called only when the
+    /// weights decide).
     pub fn choose(
         &self,
         svc: &Service,
         head: &http::request::Parts,
         usable: impl Fn(&Service) -> bool,
-        roll: f64,
+        roll: impl FnOnce() -> f64,
     ) -> Option<Choice> {
         let routes = self.by_service.get(svc.index)?;
         let path = head.uri.path();
@@ -132,7 +136,7 @@ impl Router {
                 (b.clone(), Reason::Match)
             } else if let Some((total, _)) = route.weighted.last() {
                 // `roll * total` is below `total`; the first cumulative weight above it wins.
-                let point = (roll * *total as f64) as u64;
+                let point = (roll() * *total as f64) as u64;
                 let b = route
                     .weighted
                     .iter()
@@ -142,7 +146,7 @@ impl Router {
                 (b, Reason::Weight)
             } else {
                 // No weights: the addressed service itself (matches and failover only).
-                (route.addressed.clone(), Reason::Weight)
+                (route.addressed.clone(), Reason::Default)
             };
         if usable(&backend) {
             return Some(Choice { backend, reason });
@@ -195,7 +199,7 @@ impl RouteMetrics {
         let m = RouteMetrics::default();
         metrics.register(
             "route_backend_requests",
-            "HTTP requests per addressed service and the backend service a route chose (reason: match, weight, failover)",
+            "HTTP requests per addressed service and the backend service a route chose (reason: match, weight, failover, default)",
             m.requests.clone(),
         );
         metrics.register(

@@ -193,6 +193,7 @@ async fn a_90_10_split_header_route_and_failover_through_real_sidecars() {
             other => panic!("unexpected backend {other:?}"),
         }
     }
+    eprintln!("90/10 split: {canary} of {n} requests reached the canary");
     let (p, nf) = (0.1, f64::from(n));
     let sigma = (nf * p * (1.0 - p)).sqrt();
     let dev = (f64::from(canary) - nf * p).abs();

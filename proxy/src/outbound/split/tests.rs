@@ -59,7 +59,7 @@ fn weights_split_the_unit_interval_in_proportion() {
     let r = Router::new(&[canary_route()], &s).unwrap();
     let svc = s.by_name("docservice").unwrap();
     let h = head("/doc", &[]);
-    let pick = |roll| chosen(r.choose(svc, &h, |_| true, roll)).0;
+    let pick = |roll| chosen(r.choose(svc, &h, |_| true, || roll)).0;
     assert_eq!(pick(0.0), "docservice");
     assert_eq!(pick(0.899), "docservice");
     assert_eq!(pick(0.9), "docservice-canary");
@@ -83,19 +83,19 @@ fn a_header_or_query_match_wins_over_the_weights() {
     });
     let r = Router::new(&[route], &s).unwrap();
     let svc = s.by_name("docservice").unwrap();
-    let by_header = r.choose(svc, &head("/", &[("x-canary", "1")]), |_| true, 0.0);
+    let by_header = r.choose(svc, &head("/", &[("x-canary", "1")]), |_| true, || 0.0);
     assert_eq!(
         chosen(by_header),
         ("docservice-canary".into(), Reason::Match)
     );
-    let wrong_value = r.choose(svc, &head("/", &[("x-canary", "0")]), |_| true, 0.0);
+    let wrong_value = r.choose(svc, &head("/", &[("x-canary", "0")]), |_| true, || 0.0);
     assert_eq!(chosen(wrong_value), ("docservice".into(), Reason::Weight));
-    let by_query = r.choose(svc, &head("/x?a=1&canary", &[]), |_| true, 0.0);
+    let by_query = r.choose(svc, &head("/x?a=1&canary", &[]), |_| true, || 0.0);
     assert_eq!(
         chosen(by_query),
         ("docservice-canary".into(), Reason::Match)
     );
-    let other_param = r.choose(svc, &head("/x?canaryx=1", &[]), |_| true, 0.0);
+    let other_param = r.choose(svc, &head("/x?canaryx=1", &[]), |_| true, || 0.0);
     assert_eq!(chosen(other_param).0, "docservice");
 }
 
@@ -107,17 +107,17 @@ fn failover_goes_to_the_first_usable_backup_only_when_needed() {
     let h = head("/", &[]);
     let down = |name: &'static str| move |x: &Service| x.name != name;
     assert_eq!(
-        chosen(r.choose(svc, &h, down("docservice"), 0.0)),
+        chosen(r.choose(svc, &h, down("docservice"), || 0.0)),
         ("docservice-backup".into(), Reason::Failover)
     );
     // The canary's own outage fails over too, the primary's state does not matter.
     assert_eq!(
-        chosen(r.choose(svc, &h, down("docservice-canary"), 0.95)).0,
+        chosen(r.choose(svc, &h, down("docservice-canary"), || 0.95)).0,
         "docservice-backup"
     );
     // With every backend down the chosen one answers with its own cause.
     assert_eq!(
-        chosen(r.choose(svc, &h, |_| false, 0.0)),
+        chosen(r.choose(svc, &h, |_| false, || 0.0)),
         ("docservice".into(), Reason::Weight)
     );
 }
@@ -136,15 +136,15 @@ fn no_route_for_other_services_or_paths_and_the_longest_prefix_wins() {
     let r = Router::new(&[root, api], &s).unwrap();
     let svc = s.by_name("docservice").unwrap();
     assert_eq!(
-        chosen(r.choose(svc, &head("/api/x", &[]), |_| true, 0.0)).0,
+        chosen(r.choose(svc, &head("/api/x", &[]), |_| true, || 0.0)).0,
         "docservice-backup"
     );
     assert_eq!(
-        chosen(r.choose(svc, &head("/web", &[]), |_| true, 0.0)).0,
+        chosen(r.choose(svc, &head("/web", &[]), |_| true, || 0.0)).0,
         "docservice"
     );
     let other = s.by_name("docservice-canary").unwrap();
-    assert!(r.choose(other, &head("/", &[]), |_| true, 0.0).is_none());
+    assert!(r.choose(other, &head("/", &[]), |_| true, || 0.0).is_none());
 }
 
 #[test]
