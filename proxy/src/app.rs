@@ -282,23 +282,18 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
         let app_port = pc.app_port;
         tasks.spawn(async move { i.serve_port(l, app_port).await });
     }
-    let _reloader = match path {
-        Some(path) => Some(
-            crate::reload::spawn(
-                path,
-                config.clone(),
-                crate::reload::Targets {
-                    outbound: outbound.clone(),
-                    inbound: inbound.clone(),
-                    observer,
-                },
-                &metrics,
-                lifecycle.clone(),
-            )
-            .context("cannot install the SIGHUP handler")?,
-        ),
-        None => None,
-    };
+    let _reloader = crate::reload::spawn(
+        path,
+        config.clone(),
+        crate::reload::Targets {
+            outbound: outbound.clone(),
+            inbound: inbound.clone(),
+            observer,
+        },
+        &metrics,
+        lifecycle.clone(),
+    )
+    .context("cannot install the SIGHUP handler")?;
     lifecycle.open_gate("listeners");
 
     match lifecycle

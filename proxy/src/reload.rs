@@ -120,9 +120,11 @@ fn fingerprint(path: &Path) -> Option<u64> {
 }
 
 /// Starts reloading `path` (the file `running` was loaded from) on SIGHUP and on a change of
-/// its contents, until the drain starts. The SIGHUP handler is installed before this returns.
+/// its contents, until the drain starts. The SIGHUP handler is installed before this returns;
+/// without a file (`None`: defaults and `DOCMESH_*` only) SIGHUP is logged and ignored rather
+/// than ending the process.
 pub fn spawn(
-    path: PathBuf,
+    path: Option<PathBuf>,
     running: Config,
     targets: Targets,
     metrics: &Metrics,
@@ -130,6 +132,13 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     let mut hup = signal(SignalKind::hangup())?;
     let metrics = ReloadMetrics::new(metrics);
+    let Some(path) = path else {
+        return Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::warn!("SIGHUP ignored: the proxy runs without a config file (--config), so there is nothing to reload; environment variables are read only at startup");
+            }
+        }));
+    };
     Ok(tokio::spawn(async move {
         let mut running = running;
         let mut seen = fingerprint(&path);
