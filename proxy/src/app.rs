@@ -207,10 +207,16 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
         &metrics,
     )
     .context("invalid outbound configuration")?;
-    let observer: Arc<dyn crate::resilience::observer::Observer> = Arc::new(
-        crate::observe::resilience::MeshObserver::new(obs.clone(), &config.outbound.services),
-    );
-    outbound.set_resilience_observed(&config.resilience, observer.clone());
+    let observer: crate::reload::ObserverFor = {
+        let obs = obs.clone();
+        Arc::new(move |services| {
+            Arc::new(crate::observe::resilience::MeshObserver::new(
+                obs.clone(),
+                services,
+            ))
+        })
+    };
+    outbound.set_resilience_observed(&config.resilience, observer(&config.outbound.services));
     let inbound = Inbound::new(
         &config.inbound,
         MeshServer::Mtls(tls),

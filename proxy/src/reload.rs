@@ -2,8 +2,9 @@
 //! (polled every [`POLL`]).
 //!
 //! A new file is loaded exactly like at startup (same `DOCMESH_*` overrides, same validation);
-//! only then are its live parts swapped in, each atomically (`arc-swap`): `[[outbound.routes]]`,
-//! `[[inbound.rate_limits]]` and `[resilience]`. Requests and connections in flight keep what
+//! only then are its live parts swapped in, each atomically (`arc-swap`): services added at the
+//! end of `[[outbound.services]]`, `[[outbound.routes]]`, `[[inbound.rate_limits]]` and
+//! `[resilience]`. Requests and connections in flight keep what
 //! they started with. A file that does not load, or that changes anything that cannot change
 //! live (listen addresses, services, identity, ...), keeps the running configuration and is
 //! reported in the log, in `docmesh_config_reloads_total{result}` and as a `/ready` note.
@@ -24,6 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
+use crate::config::outbound::ServiceConfig;
 use crate::config::{Config, ConfigError};
 use crate::inbound::Inbound;
 use crate::lifecycle::Lifecycle;
@@ -34,15 +36,18 @@ use crate::resilience::observer::Observer;
 /// How often the file's contents are compared with the last ones read.
 pub const POLL: Duration = Duration::from_secs(2);
 
+/// Builds the resilience observer (metrics) for a list of outbound services.
+pub type ObserverFor = Arc<dyn Fn(&[ServiceConfig]) -> Arc<dyn Observer> + Send + Sync>;
+
 /// What a reload changes: the running data path.
 #[derive(Clone)]
 pub struct Targets {
-    /// The outbound side (routes, resilience).
+    /// The outbound side (services added, routes, resilience).
     pub outbound: Outbound,
     /// The inbound side (rate limits).
     pub inbound: Inbound,
-    /// The resilience observer (metrics) the new stacks report to.
-    pub observer: Arc<dyn Observer>,
+    /// The resilience observer the new stacks report to, for the new service list.
+    pub observer: ObserverFor,
 }
 
 /// Why a reload kept the running configuration.
@@ -53,8 +58,9 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     /// The file changes settings that need a restart.
     #[error(
-        "{} cannot change without a restart (only outbound.routes, inbound.rate_limits and \
-         [resilience] reload live); restart the proxy to apply the file",
+        "{} cannot change without a restart (live: services added after the existing ones, \
+         outbound.routes, inbound.rate_limits and [resilience]); restart the proxy to apply \
+         the file",
         .0.join(", ")
     )]
     RestartRequired(Vec<String>),
@@ -159,7 +165,7 @@ pub fn spawn(
                 }
             };
             seen = fingerprint(&path);
-            match reload(&path, &mut running, &targets) {
+            match reload(&path, &mut running, &targets).await {
                 Ok(changed) => {
                     metrics.count("ok");
                     metrics.last_success.set(now_unix());
@@ -183,7 +189,7 @@ pub fn spawn(
 
 /// Loads `path`, checks that only live parts changed, and applies them; on success `running`
 /// becomes the new configuration and the names of the changed parts are returned.
-pub fn reload(
+pub async fn reload(
     path: &Path,
     running: &mut Config,
     targets: &Targets,
@@ -194,6 +200,18 @@ pub fn reload(
         return Err(ReloadError::RestartRequired(fixed));
     }
     let mut changed = Vec::new();
+    let (old_services, new_services) = (&running.outbound.services, &new.outbound.services);
+    let observer = (targets.observer)(new_services);
+    if new_services.len() > old_services.len() {
+        let added = &new_services[old_services.len()..];
+        targets
+            .outbound
+            .add_services(added, observer.clone(), new.outbound.resolve_interval)
+            .await
+            .map_err(|e| ReloadError::Apply(e.to_string()))?;
+        let names: Vec<&str> = added.iter().map(|s| s.name.as_str()).collect();
+        changed.push(format!("outbound.services (added {})", names.join(", ")));
+    }
     if differs(&running.outbound.routes, &new.outbound.routes) {
         targets
             .outbound
@@ -208,7 +226,7 @@ pub fn reload(
     if differs(&running.resilience, &new.resilience) {
         targets
             .outbound
-            .set_resilience_observed(&new.resilience, targets.observer.clone());
+            .set_resilience_observed(&new.resilience, observer);
         changed.push("resilience".to_owned());
     }
     if changed.is_empty() {
@@ -224,8 +242,19 @@ fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
 
 /// The settings that differ between `old` and `new` outside the live parts, by name.
 fn restart_required(old: &Config, new: &Config) -> Vec<String> {
+    // Services may be added after the existing ones; any other change to them is fixed.
+    let appended = new.outbound.services.len() >= old.outbound.services.len()
+        && old
+            .outbound
+            .services
+            .iter()
+            .zip(&new.outbound.services)
+            .all(|(a, b)| !differs(a, b));
     let strip = |c: &Config| {
         let mut c = c.clone();
+        if appended {
+            c.outbound.services.clear();
+        }
         c.outbound.routes.clear();
         c.inbound.rate_limits.clear();
         c.resilience = Default::default();

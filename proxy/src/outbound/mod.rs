@@ -63,7 +63,11 @@ pub enum OutboundError {
 }
 
 struct Shared {
-    services: Arc<Services>,
+    /// The service table; replaced (never changed in place) when a reload adds services.
+    services: Arc<arc_swap::ArcSwap<Services>>,
+    /// The `[resilience]` section and observer the stacks were built with (rebuilt with
+    /// them when services are added).
+    resilience: std::sync::Mutex<(ResilienceConfig, Arc<dyn Observer>)>,
     mesh: Arc<Connectors>,
     /// Resilience stacks of the services (HTTP); they own the pooled mesh connections.
     stacks: arc_swap::ArcSwap<MeshStacks>,
@@ -113,6 +117,7 @@ impl Outbound {
         metrics: &Metrics,
     ) -> Result<Self, OutboundError> {
         let services = Arc::new(Services::new(&cfg.services)?);
+        let table = Arc::new(arc_swap::ArcSwap::new(services.clone()));
         let connectors = Connectors::new(&mesh);
         let detect_timeouts = Counter::default();
         metrics.register(
@@ -130,7 +135,7 @@ impl Outbound {
             split::Router::new(&cfg.routes, &services).map_err(OutboundError::InvalidRoutes)?;
         let route_metrics = split::RouteMetrics::new(metrics);
         let connectors = Arc::new(connectors);
-        let send = mesh_send(services.clone(), connectors.clone(), cfg.pool_idle_timeout);
+        let send = mesh_send(table.clone(), connectors.clone(), cfg.pool_idle_timeout);
         let resilience = ResilienceConfig::default();
         let stacks = MeshStacks::new(
             &services,
@@ -140,7 +145,8 @@ impl Outbound {
         );
         Ok(Outbound {
             shared: Arc::new(Shared {
-                services,
+                services: table,
+                resilience: std::sync::Mutex::new((resilience, Arc::new(NoopObserver))),
                 mesh: connectors,
                 stacks: arc_swap::ArcSwap::from_pointee(stacks),
                 send,
@@ -174,12 +180,46 @@ impl Outbound {
     pub fn set_resilience_observed(&self, cfg: &ResilienceConfig, observer: Arc<dyn Observer>) {
         let s = &self.shared;
         let stacks = MeshStacks::new(
-            &s.services,
+            &s.services.load(),
             |name| cfg.service_policy_for(name, &s.hop_defaults),
             s.send.clone(),
-            observer,
+            observer.clone(),
         );
         s.stacks.store(Arc::new(stacks));
+        *s.resilience.lock().unwrap_or_else(|e| e.into_inner()) = (cfg.clone(), observer);
+    }
+
+    /// Adds services (live reload): the existing ones keep their endpoints and pooled
+    /// connections; the new ones are resolved, then the service table and the resilience
+    /// stacks (with `observer`, which knows the new services) are swapped. Call before
+    /// routes that name the new services.
+    pub async fn add_services(
+        &self,
+        added: &[crate::config::outbound::ServiceConfig],
+        observer: Arc<dyn Observer>,
+        resolve_interval: Duration,
+    ) -> Result<(), OutboundError> {
+        let s = &self.shared;
+        let services = Arc::new(s.services.load().with_added(added)?);
+        services.resolve_all().await;
+        // Stacks first: a request that finds a new service in the table finds its stack.
+        let cfg = s
+            .resilience
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
+        let stacks = MeshStacks::new(
+            &services,
+            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            s.send.clone(),
+            observer.clone(),
+        );
+        s.stacks.store(Arc::new(stacks));
+        *s.resilience.lock().unwrap_or_else(|e| e.into_inner()) = (cfg, observer);
+        s.services.store(services.clone());
+        services.spawn_refresh(resolve_interval, s.lifecycle.clone());
+        Ok(())
     }
 
     /// Installs trace propagation, the access log and the mesh metrics (until called, only
@@ -199,7 +239,7 @@ impl Outbound {
         &self,
         routes: &[crate::config::routing::TrafficRoute],
     ) -> Result<(), OutboundError> {
-        let router = split::Router::new(routes, &self.shared.services)
+        let router = split::Router::new(routes, &self.shared.services.load())
             .map_err(OutboundError::InvalidRoutes)?;
         self.shared.router.store(Arc::new(router));
         Ok(())
@@ -207,15 +247,14 @@ impl Outbound {
 
     /// Resolves service names once and keeps re-resolving them every `resolve_interval`.
     pub async fn start(&self, resolve_interval: Duration) {
-        self.shared.services.resolve_all().await;
-        self.shared
-            .services
-            .spawn_refresh(resolve_interval, self.shared.lifecycle.clone());
+        let services = self.shared.services.load_full();
+        services.resolve_all().await;
+        services.spawn_refresh(resolve_interval, self.shared.lifecycle.clone());
     }
 
-    /// The service table (endpoints, lookup).
-    pub fn services(&self) -> &Arc<Services> {
-        &self.shared.services
+    /// The current service table (endpoints, lookup).
+    pub fn services(&self) -> Arc<Services> {
+        self.shared.services.load_full()
     }
 
     /// Serves the transparent listener until the drain starts.
@@ -240,6 +279,7 @@ impl Outbound {
         let svc = self
             .shared
             .services
+            .load()
             .by_name(service)
             .cloned()
             .ok_or_else(|| OutboundError::UnknownService(service.to_owned()))?;
@@ -305,11 +345,9 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, target: Target) {
 
 /// A connection whose original destination was `dst`: a mesh service, or not.
 async fn redirected(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
-    match shared.services.lookup(dst) {
-        Some(s) => {
-            let svc = Arc::clone(s);
-            mesh(shared, stream, svc, Some(dst)).await
-        }
+    let found = shared.services.load().lookup(dst).cloned();
+    match found {
+        Some(svc) => mesh(shared, stream, svc, Some(dst)).await,
         None => unknown_destination(&shared, stream, dst).await,
     }
 }

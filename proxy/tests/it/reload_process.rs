@@ -1,8 +1,10 @@
 //! Live reload with real `docmesh-proxy run` processes: a client sidecar whose route sends
 //! everything to `docservice` is switched to `docservice-canary` with SIGHUP while a long
-//! request is in flight (it completes); the server sidecar's rate limit is tightened live; a
-//! bad file (noticed by polling, no signal) keeps the old config and shows up in the metric
-//! and the `/ready` note; a file that changes a service is refused as restart-required.
+//! request is in flight (it completes on its old backend) and an open connection stays usable;
+//! a service is added live and the route sends to it; the server sidecar's rate limit is
+//! tightened live; a bad file (noticed by polling, no signal) keeps the old config and shows up
+//! in the metric and the `/ready` note; a file that changes a service is refused as
+//! restart-required.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,12 +21,23 @@ fn server_toml(identity: &str, stable: u16, canary: u16, limits: &str) -> String
     )
 }
 
+/// The client sidecar: an explicit listener for `docservice`, whose route splits between
+/// `docservice` and `docservice-canary` by `weights`, and with `next`, a third service
+/// `docservice-next` (address, weight) added after them.
 fn client_toml(
     identity: &str,
     stable: SocketAddr,
     canary: SocketAddr,
     weights: (u32, u32),
+    next: Option<(SocketAddr, u32)>,
 ) -> String {
+    let (next_service, next_backend) = match next {
+        Some((addr, w)) => (
+            format!("[[outbound.services]]\nname = \"docservice-next\"\naddresses = [\"{addr}\"]\nspiffe_id = \"{SERVER_ID}\"\n"),
+            format!("  {{ service = \"docservice-next\", weight = {w} }},\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"{identity}[inbound]
 transparent = false
@@ -38,7 +51,7 @@ spiffe_id = "{SERVER_ID}"
 name = "docservice-canary"
 addresses = ["{canary}"]
 spiffe_id = "{SERVER_ID}"
-[[outbound.listeners]]
+{next_service}[[outbound.listeners]]
 listen = "127.0.0.1:0"
 service = "docservice"
 [[outbound.routes]]
@@ -46,7 +59,7 @@ service = "docservice"
 backends = [
   {{ service = "docservice", weight = {} }},
   {{ service = "docservice-canary", weight = {} }},
-]
+{next_backend}]
 "#,
         weights.0, weights.1
     )
@@ -126,7 +139,7 @@ async fn weights_and_limits_reload_live_and_bad_files_keep_the_old_config() {
     let client = ProxyProcess::start(
         dir.path(),
         "client",
-        &client_toml(&client_id, stable, canary, (1, 0)),
+        &client_toml(&client_id, stable, canary, (1, 0), None),
         &["outbound.listeners[0].listen"],
     )
     .await;
@@ -146,7 +159,7 @@ async fn weights_and_limits_reload_live_and_bad_files_keep_the_old_config() {
     write(
         dir.path(),
         "client",
-        &client_toml(&client_id, stable, canary, (0, 1)),
+        &client_toml(&client_id, stable, canary, (0, 1), None),
     );
     sighup(&client);
     await_reloads(&client, "ok", 1).await;
@@ -166,6 +179,15 @@ async fn weights_and_limits_reload_live_and_bad_files_keep_the_old_config() {
         "the request in flight completes on the backend it started with"
     );
 
+    // Add a service (at the stable app's inbound) and send everything to it.
+    let next = client_toml(&client_id, stable, canary, (0, 0), Some((stable, 1)));
+    write(dir.path(), "client", &next);
+    sighup(&client);
+    await_reloads(&client, "ok", 2).await;
+    for _ in 0..5 {
+        assert_eq!(backend(app, "/").await.1, "docservice");
+    }
+
     // Tighten the server's limit: two requests a minute for everyone.
     let limits = "[[inbound.rate_limits]]\nper_tenant = false\nrequests = 2\nper = \"1m\"\n";
     write(dir.path(), "server", &server_cfg(limits));
@@ -180,7 +202,7 @@ async fn weights_and_limits_reload_live_and_bad_files_keep_the_old_config() {
     write(
         dir.path(),
         "client",
-        &client_toml(&client_id, stable, canary, (0, 0)),
+        &client_toml(&client_id, stable, canary, (0, 0), Some((stable, 0))),
     );
     await_reloads(&client, "invalid", 1).await;
     let (status, ready) = admin_get(&client, "/ready").await;
@@ -194,12 +216,12 @@ async fn weights_and_limits_reload_live_and_bad_files_keep_the_old_config() {
         metrics.contains("docmesh_config_last_reload_success_timestamp_seconds"),
         "{metrics}"
     );
-    // The client still routes to the canary (the server's limit refuses it now).
+    // The old config still serves (the server's limit refuses the request now).
     let (status, _, cause) = backend(app, "/").await;
     assert_eq!((status, cause.as_str()), (429, "rate-limited"));
 
     // A change that needs a restart is named and refused.
-    let moved = client_toml(&client_id, canary, stable, (0, 1));
+    let moved = client_toml(&client_id, canary, stable, (0, 1), Some((stable, 1)));
     write(dir.path(), "client", &moved);
     sighup(&client);
     await_reloads(&client, "restart-required", 1).await;
