@@ -3,8 +3,8 @@
 //!
 //! A new file is loaded exactly like at startup (same `DOCMESH_*` overrides, same validation);
 //! only then are its live parts swapped in, each atomically (`arc-swap`): services added at the
-//! end of `[[outbound.services]]`, `[[outbound.routes]]`, `[[inbound.rate_limits]]` and
-//! `[resilience]`. Requests and connections in flight keep what
+//! end of `[[outbound.services]]`, `[[outbound.routes]]`, `[[inbound.rate_limits]]`,
+//! `[resilience]` and `[authz]`. Requests and connections in flight keep what
 //! they started with. A file that does not load, or that changes anything that cannot change
 //! live (listen addresses, services, identity, ...), keeps the running configuration and is
 //! reported in the log, in `docmesh_config_reloads_total{result}` and as a `/ready` note.
@@ -59,8 +59,8 @@ pub enum ReloadError {
     /// The file changes settings that need a restart.
     #[error(
         "{} cannot change without a restart (live: services added after the existing ones, \
-         outbound.routes, inbound.rate_limits and [resilience]); restart the proxy to apply \
-         the file",
+         outbound.routes, inbound.rate_limits, [resilience] and [authz]); restart the proxy \
+         to apply the file",
         .0.join(", ")
     )]
     RestartRequired(Vec<String>),
@@ -199,6 +199,14 @@ pub async fn reload(
     if !fixed.is_empty() {
         return Err(ReloadError::RestartRequired(fixed));
     }
+    // The one fallible step comes first, so a refused file changes nothing.
+    let authorizer = if differs(&running.authz, &new.authz) {
+        let az = crate::authz::Authorizer::from_config(&new.authz)
+            .map_err(|e| ReloadError::Apply(format!("[authz]: {e}")))?;
+        Some(Arc::new(az))
+    } else {
+        None
+    };
     let mut changed = Vec::new();
     let (old_services, new_services) = (&running.outbound.services, &new.outbound.services);
     let observer = (targets.observer)(new_services);
@@ -229,6 +237,12 @@ pub async fn reload(
             .set_resilience_observed(&new.resilience, observer);
         changed.push("resilience".to_owned());
     }
+    if let Some(az) = authorizer {
+        // The key reloader ends with the authorizer it belongs to.
+        let _ = az.spawn_key_reloader();
+        targets.inbound.set_authorizer(az);
+        changed.push("authz".to_owned());
+    }
     if changed.is_empty() {
         changed.push("nothing".to_owned());
     }
@@ -258,6 +272,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         c.outbound.routes.clear();
         c.inbound.rate_limits.clear();
         c.resilience = Default::default();
+        c.authz = Default::default();
         c
     };
     let (o, n) = (strip(old), strip(new));
@@ -321,7 +336,6 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         vec![("listen", d(&o.admin.listen), d(&n.admin.listen))],
     );
     section("identity", d(&o.identity), d(&n.identity), vec![]);
-    section("authz", d(&o.authz), d(&n.authz), vec![]);
     section(
         "observability",
         d(&o.observability),

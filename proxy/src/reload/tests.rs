@@ -72,6 +72,15 @@ async fn routes_limits_and_resilience_reload_and_are_named() {
         reload(&path, &mut running, &t).await.unwrap(),
         ["resilience"]
     );
+    // [authz] too: a tenant or SPIFFE rule changes without a restart.
+    std::fs::write(
+        &path,
+        format!(
+            "{BASE}{ROUTE}[resilience.defaults.retry]\nmax_attempts = 1\n[[authz.spiffe]]\nport = 8000\nallow = [\"spiffe://example.org/ns/oo/\"]\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(reload(&path, &mut running, &t).await.unwrap(), ["authz"]);
 }
 
 #[tokio::test]
