@@ -62,6 +62,12 @@ pub fn parse_log_filter(
 /// (no work-stealing bookkeeping, no cross-thread wake-ups: the sidecar's usual
 /// deployment) and on tokio's multi-threaded runtime otherwise.
 pub fn run_blocking(config: Config) -> anyhow::Result<()> {
+    run_blocking_from(config, None)
+}
+
+/// Like [`run_blocking`] for a configuration loaded from `path`, which is then reloaded on
+/// SIGHUP and when it changes (see [`crate::reload`]).
+pub fn run_blocking_from(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let threads = worker_threads().map_err(anyhow::Error::msg)?;
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -75,7 +81,7 @@ pub fn run_blocking(config: Config) -> anyhow::Result<()> {
             .build()
     }
     .context("cannot start the async runtime")?;
-    rt.block_on(run(config))
+    rt.block_on(run_from(config, path))
 }
 
 /// How many threads run the proxy: `TOKIO_WORKER_THREADS` (tokio's own setting, e.g. from a
@@ -154,6 +160,12 @@ fn bind_v6(addr: SocketAddr, field: &str) -> anyhow::Result<Option<TcpListener>>
 /// Runs the proxy: loads the SVID, starts the admin server, binds every listener, serves until
 /// SIGTERM, SIGINT or `POST /shutdown`, then drains for up to `admin.drain_grace_period`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_from(config, None).await
+}
+
+/// Like [`run`]; with `path` (the file `config` came from) the live parts of the file are
+/// reloaded on SIGHUP and when it changes.
+pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let lifecycle = Lifecycle::new();
     let metrics = Metrics::new();
     lifecycle.register_gate("listeners");
@@ -195,13 +207,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &metrics,
     )
     .context("invalid outbound configuration")?;
-    outbound.set_resilience_observed(
-        &config.resilience,
-        Arc::new(crate::resilience::mesh_observer::MeshObserver::new(
-            obs.clone(),
-            &config.outbound.services,
-        )),
-    );
+    let observer: crate::reload::ObserverFor = {
+        let obs = obs.clone();
+        Arc::new(move |services| {
+            Arc::new(crate::resilience::mesh_observer::MeshObserver::new(
+                obs.clone(),
+                services,
+            ))
+        })
+    };
+    outbound.set_resilience_observed(&config.resilience, observer(&config.outbound.services));
     let inbound = Inbound::new(
         &config.inbound,
         MeshServer::Mtls(tls),
@@ -273,6 +288,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let app_port = pc.app_port;
         tasks.spawn(async move { i.serve_port(l, app_port).await });
     }
+    let _reloader = crate::reload::spawn(
+        path,
+        config.clone(),
+        crate::reload::Targets {
+            outbound: outbound.clone(),
+            inbound: inbound.clone(),
+            observer,
+        },
+        &metrics,
+        lifecycle.clone(),
+    )
+    .context("cannot install the SIGHUP handler")?;
     lifecycle.open_gate("listeners");
 
     match lifecycle

@@ -62,6 +62,9 @@ pub enum Cause {
     BadRequest,
     /// The client stopped sending its request body for `limits.body_idle_timeout`.
     RequestBodyTimeout,
+    /// The caller (its verified tenant, or the route as a whole) used up its
+    /// `inbound.rate_limits` token bucket; the answer carries `Retry-After`.
+    RateLimited,
     /// A bug in docmesh (a state its own code should have ruled out); reported with its detail
     /// instead of posing as a network cause.
     Internal,
@@ -69,7 +72,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in documentation order.
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 22] = [
         Cause::DnsFailure,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
@@ -90,6 +93,7 @@ impl Cause {
         Cause::PayloadTooLarge,
         Cause::BadRequest,
         Cause::RequestBodyTimeout,
+        Cause::RateLimited,
         Cause::Internal,
     ];
 
@@ -116,6 +120,7 @@ impl Cause {
             Cause::PayloadTooLarge => "payload-too-large",
             Cause::BadRequest => "bad-request",
             Cause::RequestBodyTimeout => "request-body-timeout",
+            Cause::RateLimited => "rate-limited",
             Cause::Internal => "internal-error",
         }
     }
@@ -143,6 +148,7 @@ impl Cause {
             Cause::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Cause::BadRequest => S::BAD_REQUEST,
             Cause::RequestBodyTimeout => S::REQUEST_TIMEOUT,
+            Cause::RateLimited => S::TOO_MANY_REQUESTS,
             Cause::Internal => S::INTERNAL_SERVER_ERROR,
         }
     }

@@ -41,9 +41,11 @@ pub fn code_of(cause: Cause) -> GrpcCode {
         | C::CircuitOpen
         | C::NoHealthyEndpoint => GrpcCode::Unavailable,
         C::ResponseTimeout | C::RequestBodyTimeout => GrpcCode::DeadlineExceeded,
-        C::Overloaded | C::RequestHeaderTooLarge | C::UriTooLong | C::PayloadTooLarge => {
-            GrpcCode::ResourceExhausted
-        }
+        C::Overloaded
+        | C::RequestHeaderTooLarge
+        | C::UriTooLong
+        | C::PayloadTooLarge
+        | C::RateLimited => GrpcCode::ResourceExhausted,
         C::Unauthenticated => GrpcCode::Unauthenticated,
         C::Forbidden => GrpcCode::PermissionDenied,
         C::BadRequest => GrpcCode::InvalidArgument,

@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod outbound;
+pub mod reload;
 pub mod resilience;

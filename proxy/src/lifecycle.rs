@@ -27,6 +27,8 @@ struct Inner {
     drain_tx: watch::Sender<bool>,
     drain_reason: Mutex<Option<String>>,
     in_flight_tx: watch::Sender<usize>,
+    /// Details `/ready` shows without changing readiness (e.g. a failed config reload).
+    notes: Mutex<BTreeMap<String, String>>,
 }
 
 /// How a drain ended.
@@ -76,8 +78,25 @@ impl Lifecycle {
                 drain_tx,
                 drain_reason: Mutex::new(None),
                 in_flight_tx,
+                notes: Mutex::new(BTreeMap::new()),
             }),
         }
+    }
+
+    /// Sets (or with `None` clears) the note `key` that `/ready` shows as `key: note` without
+    /// changing readiness (e.g. `config`: a reload that failed, the old config still serving).
+    pub fn set_note(&self, key: &str, note: Option<String>) {
+        let mut notes = self.inner.notes.lock().unwrap_or_else(|e| e.into_inner());
+        match note {
+            Some(n) => notes.insert(key.to_owned(), n),
+            None => notes.remove(key),
+        };
+    }
+
+    /// The notes, as `key: note` lines.
+    pub fn notes(&self) -> Vec<String> {
+        let notes = self.inner.notes.lock().unwrap_or_else(|e| e.into_inner());
+        notes.iter().map(|(k, n)| format!("{k}: {n}")).collect()
     }
 
     /// Registers a readiness gate (closed) under `name`, e.g. `"identity"` or `"outbound"`.

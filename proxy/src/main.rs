@@ -22,7 +22,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match docmesh_proxy::app::run_blocking(config) {
+            match docmesh_proxy::app::run_blocking_from(config, args.config.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "docmesh-proxy failed");

@@ -204,14 +204,15 @@ fn ready(lifecycle: &Lifecycle) -> Response<Full<Bytes>> {
             format!("not ready: draining ({reason})\n"),
         );
     }
+    let notes: String = lifecycle.notes().iter().map(|n| format!("{n}\n")).collect();
     if lifecycle.is_ready() {
-        return text(StatusCode::OK, "ready\n");
+        return text(StatusCode::OK, format!("ready\n{notes}"));
     }
     let closed = lifecycle.closed_gates();
     let body = if closed.is_empty() {
         "not ready: no readiness gate registered yet\n".to_owned()
     } else {
-        format!("not ready: closed gates: {}\n", closed.join(", "))
+        format!("not ready: closed gates: {}\n{notes}", closed.join(", "))
     };
     text(StatusCode::SERVICE_UNAVAILABLE, body)
 }

@@ -70,6 +70,8 @@ pub struct InboundConfig {
     /// below the app's keep-alive timeout (Node.js defaults to 5 s).
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// Token buckets per route and per verified tenant (`[[inbound.rate_limits]]`).
+    pub rate_limits: Vec<super::ratelimit::RateLimitConfig>,
 }
 
 impl Default for InboundConfig {
@@ -85,6 +87,7 @@ impl Default for InboundConfig {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(4),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -101,6 +104,7 @@ impl InboundConfig {
         if self.connect_timeout.is_zero() {
             p.push("inbound.connect_timeout", "must be greater than zero");
         }
+        super::ratelimit::validate(&self.rate_limits, p);
         for (i, port) in self.ports.iter().enumerate() {
             if port.app_port == 0 {
                 p.push(

@@ -18,7 +18,9 @@ pub mod limits;
 pub mod observability;
 pub mod otlp;
 pub mod outbound;
+pub mod ratelimit;
 pub mod resilience;
+pub mod routing;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -138,6 +138,8 @@ pub struct OutboundConfig {
     pub services: Vec<ServiceConfig>,
     /// Explicit listeners (`127.0.0.1:18000 -> documentserver`).
     pub listeners: Vec<ListenerConfig>,
+    /// Traffic split, header/query routes and failover (`[[outbound.routes]]`).
+    pub routes: Vec<super::routing::TrafficRoute>,
 }
 
 /// Ports of well-known server-speaks-first or binary protocols that are never sniffed.
@@ -161,6 +163,7 @@ impl Default for OutboundConfig {
             mesh_http2: true,
             services: Vec::new(),
             listeners: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -271,6 +274,7 @@ impl OutboundConfig {
                 p.push(format!("{at}.spiffe_id"), e);
             }
         }
+        super::routing::validate(&self.routes, &self.services, p);
         for (i, l) in self.listeners.iter().enumerate() {
             if !self.services.iter().any(|s| s.name == l.service) {
                 let known: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();

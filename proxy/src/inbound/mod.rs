@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 use crate::observe::{request_trace_id, Direction, HopAddrs, Observability};
 use crate::outbound::detect::{self, DetectEnd, Detected};
 
+pub mod rate_limit;
+
 /// The SPIFFE ID the calling workload proved with its client SVID; attached to every inbound
 /// HTTP request's extensions (`req.extensions().get::<PeerIdentity>()`) so that authorization
 /// can read it. Cheap to clone (one `Arc`).
@@ -156,6 +158,9 @@ struct Shared {
     plaintext_refused: Counter,
     handshake_failures: Counter,
     obs: arc_swap::ArcSwap<Observability>,
+    /// `[[inbound.rate_limits]]` (swapped on reload).
+    rate_limits: arc_swap::ArcSwap<rate_limit::RateLimiter>,
+    rate_metrics: rate_limit::RateLimitMetrics,
 }
 
 /// The inbound side; cheap to clone, shared by all its listeners.
@@ -190,6 +195,8 @@ impl Inbound {
             "Inbound TLS handshakes that failed (untrusted or invalid client SVID, timeout, ...)",
             handshake_failures.clone(),
         );
+        let rate_metrics = rate_limit::RateLimitMetrics::new(metrics);
+        let rate_limits = rate_limit::RateLimiter::new(&cfg.rate_limits, rate_metrics.clone());
         Inbound {
             shared: Arc::new(Shared {
                 mode: cfg.mode,
@@ -205,8 +212,16 @@ impl Inbound {
                 plaintext_refused,
                 handshake_failures,
                 obs: arc_swap::ArcSwap::from_pointee(Observability::noop()),
+                rate_limits: arc_swap::ArcSwap::from_pointee(rate_limits),
+                rate_metrics,
             }),
         }
+    }
+
+    /// Replaces `[[inbound.rate_limits]]` (live reload; the new buckets start full).
+    pub fn set_rate_limits(&self, cfg: &[crate::config::ratelimit::RateLimitConfig]) {
+        let limiter = rate_limit::RateLimiter::new(cfg, self.shared.rate_metrics.clone());
+        self.shared.rate_limits.store(Arc::new(limiter));
     }
 
     /// Installs the authorizer (from `[authz]`) that every inbound connection and request goes
@@ -598,6 +613,10 @@ async fn to_app(
         .authorize_http(app.port(), client, &mut parts, body)
         .await;
     let reason = crate::observe::AuthzReason(decision.reason());
+    let tenant = match &decision {
+        Decision::Allow { tenant, .. } => tenant.clone(),
+        Decision::Deny { .. } => None,
+    };
     if let Decision::Deny { cause, detail, .. } = decision {
         let trace_id = trace_id.map(|t| t.to_string());
         let mut resp =
@@ -605,6 +624,16 @@ async fn to_app(
                 .map(http_body_util::Either::Right);
         resp.extensions_mut().insert(reason);
         return resp;
+    }
+    // `[[inbound.rate_limits]]`: a bucket per route and verified tenant.
+    let limiter = shared.rate_limits.load();
+    if !limiter.is_empty() {
+        if let Err(limited) = limiter.check(app.port(), parts.uri.path(), tenant.as_deref()) {
+            let trace_id = trace_id.map(|t| t.to_string());
+            let mut resp = rate_limit::limited_response(&limited, trace_id.as_deref());
+            resp.extensions_mut().insert(reason);
+            return resp;
+        }
     }
     // An HTTP/1.x request that a peer outbound carried over HTTP/2 goes to the app as the
     // HTTP/1.x it was (see `http::orig_proto`).

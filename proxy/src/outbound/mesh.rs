@@ -40,7 +40,7 @@ struct PoolKey {
 /// from the request extensions (`HttpVersion`, default HTTP/1.1); the connect and TLS handshake
 /// timeouts from the route policy there.
 pub(crate) fn mesh_send(
-    services: Arc<Services>,
+    services: Arc<arc_swap::ArcSwap<Services>>,
     connectors: Arc<Connectors>,
     pool_idle: std::time::Duration,
     keep_alive: Option<(std::time::Duration, std::time::Duration)>,
@@ -63,16 +63,20 @@ pub(crate) fn mesh_send(
                 pool.retain(|k| k.generation == current);
             }
             Box::pin(async move {
-                let svc = services.by_name(&ep.service).cloned().ok_or_else(|| {
-                    ProxyError::new(
-                        Cause::Internal,
-                        format!(
-                            "service `{}` has an endpoint but no configuration; this is a bug \
+                let svc = services
+                    .load()
+                    .by_name(&ep.service)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ProxyError::new(
+                            Cause::Internal,
+                            format!(
+                                "service `{}` has an endpoint but no configuration; this is a bug \
                              in docmesh, please report it with this message",
-                            ep.service
-                        ),
-                    )
-                })?;
+                                ep.service
+                            ),
+                        )
+                    })?;
                 let version = req
                     .extensions()
                     .get::<HttpVersion>()

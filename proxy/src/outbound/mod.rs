@@ -11,6 +11,7 @@ pub mod detect;
 pub mod dns;
 pub mod mesh;
 pub mod services;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,10 +58,17 @@ pub enum OutboundError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `outbound.routes` names a service that is not configured.
+    #[error("invalid outbound.routes: {0}")]
+    InvalidRoutes(String),
 }
 
 struct Shared {
-    services: Arc<Services>,
+    /// The service table; replaced (never changed in place) when a reload adds services.
+    services: Arc<arc_swap::ArcSwap<Services>>,
+    /// The `[resilience]` section and observer the stacks were built with (rebuilt with
+    /// them when services are added).
+    resilience: std::sync::Mutex<(ResilienceConfig, Arc<dyn Observer>)>,
     mesh: Arc<Connectors>,
     /// Resilience stacks of the services (HTTP); they own the pooled mesh connections.
     stacks: arc_swap::ArcSwap<MeshStacks>,
@@ -76,6 +84,9 @@ struct Shared {
     obs: arc_swap::ArcSwap<Observability>,
     /// `[limits]`: connection slots, request head checks, HTTP server settings.
     limits: arc_swap::ArcSwap<Limits>,
+    /// `[[outbound.routes]]`: traffic split, matches and failover (swapped on reload).
+    router: arc_swap::ArcSwap<split::Router>,
+    route_metrics: split::RouteMetrics,
 }
 
 /// The outbound side; cheap to clone, shared by all its listeners.
@@ -107,6 +118,7 @@ impl Outbound {
         metrics: &Metrics,
     ) -> Result<Self, OutboundError> {
         let services = Arc::new(Services::new(&cfg.services)?);
+        let table = Arc::new(arc_swap::ArcSwap::new(services.clone()));
         let connectors = Connectors::new(&mesh);
         let detect_timeouts = Counter::default();
         metrics.register(
@@ -120,9 +132,12 @@ impl Outbound {
             "Outbound connections to destinations outside the mesh that were denied",
             denied.clone(),
         );
+        let router =
+            split::Router::new(&cfg.routes, &services).map_err(OutboundError::InvalidRoutes)?;
+        let route_metrics = split::RouteMetrics::new(metrics);
         let connectors = Arc::new(connectors);
         let send = mesh_send(
-            services.clone(),
+            table.clone(),
             connectors.clone(),
             cfg.pool_idle_timeout,
             cfg.h2_keep_alive(),
@@ -136,7 +151,8 @@ impl Outbound {
         );
         Ok(Outbound {
             shared: Arc::new(Shared {
-                services,
+                services: table,
+                resilience: std::sync::Mutex::new((resilience, Arc::new(NoopObserver))),
                 mesh: connectors,
                 stacks: arc_swap::ArcSwap::from_pointee(stacks),
                 send,
@@ -153,6 +169,8 @@ impl Outbound {
                 denied,
                 obs: arc_swap::ArcSwap::from_pointee(Observability::noop()),
                 limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
+                router: arc_swap::ArcSwap::from_pointee(router),
+                route_metrics,
             }),
         })
     }
@@ -168,12 +186,46 @@ impl Outbound {
     pub fn set_resilience_observed(&self, cfg: &ResilienceConfig, observer: Arc<dyn Observer>) {
         let s = &self.shared;
         let stacks = MeshStacks::new(
-            &s.services,
+            &s.services.load(),
             |name| cfg.service_policy_for(name, &s.hop_defaults),
             s.send.clone(),
-            observer,
+            observer.clone(),
         );
         s.stacks.store(Arc::new(stacks));
+        *s.resilience.lock().unwrap_or_else(|e| e.into_inner()) = (cfg.clone(), observer);
+    }
+
+    /// Adds services (live reload): the existing ones keep their endpoints and pooled
+    /// connections; the new ones are resolved, then the service table and the resilience
+    /// stacks (with `observer`, which knows the new services) are swapped. Call before
+    /// routes that name the new services.
+    pub async fn add_services(
+        &self,
+        added: &[crate::config::outbound::ServiceConfig],
+        observer: Arc<dyn Observer>,
+        resolve_interval: Duration,
+    ) -> Result<(), OutboundError> {
+        let s = &self.shared;
+        let services = Arc::new(s.services.load().with_added(added)?);
+        let ttl = services.resolve_all().await;
+        // Stacks first: a request that finds a new service in the table finds its stack.
+        let cfg = s
+            .resilience
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
+        let stacks = MeshStacks::new(
+            &services,
+            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            s.send.clone(),
+            observer.clone(),
+        );
+        s.stacks.store(Arc::new(stacks));
+        *s.resilience.lock().unwrap_or_else(|e| e.into_inner()) = (cfg, observer);
+        s.services.store(services.clone());
+        services.spawn_refresh(resolve_interval, ttl, s.lifecycle.clone());
+        Ok(())
     }
 
     /// Installs trace propagation, the access log and the mesh metrics (until called, only
@@ -187,18 +239,29 @@ impl Outbound {
         self.shared.limits.store(Arc::new(limits));
     }
 
+    /// Replaces `[[outbound.routes]]` (live reload); requests already routed keep their
+    /// backend. An unknown service is an error and the old routes stay.
+    pub fn set_routes(
+        &self,
+        routes: &[crate::config::routing::TrafficRoute],
+    ) -> Result<(), OutboundError> {
+        let router = split::Router::new(routes, &self.shared.services.load())
+            .map_err(OutboundError::InvalidRoutes)?;
+        self.shared.router.store(Arc::new(router));
+        Ok(())
+    }
+
     /// Resolves service names once and keeps re-resolving them when their answers expire
     /// (TTL) and at least every `resolve_interval`.
     pub async fn start(&self, resolve_interval: Duration) {
-        let ttl = self.shared.services.resolve_all().await;
-        self.shared
-            .services
-            .spawn_refresh(resolve_interval, ttl, self.shared.lifecycle.clone());
+        let services = self.shared.services.load_full();
+        let ttl = services.resolve_all().await;
+        services.spawn_refresh(resolve_interval, ttl, self.shared.lifecycle.clone());
     }
 
-    /// The service table (endpoints, lookup).
-    pub fn services(&self) -> &Arc<Services> {
-        &self.shared.services
+    /// The current service table (endpoints, lookup).
+    pub fn services(&self) -> Arc<Services> {
+        self.shared.services.load_full()
     }
 
     /// Serves the transparent listener until the drain starts.
@@ -223,6 +286,7 @@ impl Outbound {
         let svc = self
             .shared
             .services
+            .load()
             .by_name(service)
             .cloned()
             .ok_or_else(|| OutboundError::UnknownService(service.to_owned()))?;
@@ -288,11 +352,9 @@ async fn handle(shared: Arc<Shared>, stream: TcpStream, target: Target) {
 
 /// A connection whose original destination was `dst`: a mesh service, or not.
 async fn redirected(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
-    match shared.services.lookup(dst) {
-        Some(s) => {
-            let svc = Arc::clone(s);
-            mesh(shared, stream, svc, Some(dst)).await
-        }
+    let found = shared.services.load().lookup(dst).cloned();
+    match found {
+        Some(svc) => mesh(shared, stream, svc, Some(dst)).await,
         None => unknown_destination(&shared, stream, dst).await,
     }
 }
@@ -419,10 +481,22 @@ async fn proxy_request(
     version: HttpVersion,
     req: http::Request<Incoming>,
 ) -> http::Response<ProxyBody> {
-    if let Err(e) = svc.pick() {
-        return error_response(&e, Hop::Outbound, request_trace_id(req.extensions()));
-    }
     let (mut parts, body) = req.into_parts();
+    let stacks = shared.stacks.load_full();
+    // `[[outbound.routes]]`: the backend service may differ from the addressed one.
+    // (The guard is dropped at once: requests can run for minutes.)
+    let choice = {
+        let router = shared.router.load();
+        router.choose(svc, &parts, |s| split::usable(&stacks, s), fastrand::f64)
+    };
+    let target = choice.as_ref().map_or(svc, |c| &c.backend);
+    if let Err(e) = target.pick() {
+        let resp = error_response(&e, Hop::Outbound, request_trace_id(&parts.extensions));
+        if let Some(c) = &choice {
+            shared.route_metrics.record(&svc.name, c, resp.status());
+        }
+        return resp;
+    }
     let limits = shared.limits.load();
     let body_limit = match limits.check_request(&mut parts) {
         Ok(l) => l,
@@ -445,14 +519,19 @@ async fn proxy_request(
         version
     };
     req.extensions_mut().insert(mesh_version);
-    if let Some(dst) = dst.filter(|d| !svc.is_vip(*d)) {
+    // The address the app connected to belongs to the addressed service only, and a VIP is
+    // no endpoint.
+    if let Some(dst) = dst.filter(|d| Arc::ptr_eq(target, svc) && !svc.is_vip(*d)) {
         req.extensions_mut()
             .insert(crate::resilience::balance::PreferredEndpoint(dst));
     }
-    let stacks = shared.stacks.load_full();
     let trace_id = request_trace_id(req.extensions());
-    let resp = relay(version, req, Hop::Outbound, |req| stacks.call(svc, req)).await;
-    body_faults.settle(resp, Hop::Outbound, trace_id)
+    let resp = relay(version, req, Hop::Outbound, |req| stacks.call(target, req)).await;
+    let resp = body_faults.settle(resp, Hop::Outbound, trace_id);
+    if let Some(c) = &choice {
+        shared.route_metrics.record(&svc.name, c, resp.status());
+    }
+    resp
 }
 
 async fn unknown_destination(shared: &Shared, mut stream: TcpStream, dst: SocketAddr) {

@@ -70,6 +70,36 @@ impl Service {
     }
 }
 
+impl Service {
+    fn from_config(index: usize, c: &ServiceConfig) -> Result<Arc<Service>, super::OutboundError> {
+        let literal: Vec<SocketAddr> = c.addresses.iter().filter_map(|a| literal_addr(a)).collect();
+        let spiffe_id =
+            c.spiffe_id
+                .parse::<SpiffeId>()
+                .map_err(|e| super::OutboundError::InvalidSpiffeId {
+                    service: c.name.clone(),
+                    id: c.spiffe_id.clone(),
+                    reason: e.to_string(),
+                })?;
+        Ok(Arc::new(Service {
+            index,
+            name: c.name.clone(),
+            spiffe_id,
+            protocol: c.protocol,
+            addresses: c.addresses.clone(),
+            vips: c
+                .vips
+                .iter()
+                .filter_map(|v| crate::config::outbound::parse_vip(v))
+                .map(crate::net::canonical)
+                .collect(),
+            endpoints: ArcSwap::from_pointee(literal),
+            next: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        }))
+    }
+}
+
 /// Every configured service, with a lookup by original destination.
 #[derive(Debug)]
 pub struct Services {
@@ -90,34 +120,25 @@ impl Services {
         let list: Vec<Arc<Service>> = configs
             .iter()
             .enumerate()
-            .map(|(index, c)| {
-                let literal: Vec<SocketAddr> =
-                    c.addresses.iter().filter_map(|a| literal_addr(a)).collect();
-                let spiffe_id = c.spiffe_id.parse::<SpiffeId>().map_err(|e| {
-                    super::OutboundError::InvalidSpiffeId {
-                        service: c.name.clone(),
-                        id: c.spiffe_id.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                Ok(Arc::new(Service {
-                    index,
-                    name: c.name.clone(),
-                    spiffe_id,
-                    protocol: c.protocol,
-                    addresses: c.addresses.clone(),
-                    vips: c
-                        .vips
-                        .iter()
-                        .filter_map(|v| crate::config::outbound::parse_vip(v))
-                        .map(crate::net::canonical)
-                        .collect(),
-                    endpoints: ArcSwap::from_pointee(literal),
-                    next: AtomicUsize::new(0),
-                    last_error: Mutex::new(None),
-                }))
-            })
+            .map(|(index, c)| Service::from_config(index, c))
             .collect::<Result<_, _>>()?;
+        let s = Services {
+            list,
+            by_addr: ArcSwap::from_pointee(HashMap::new()),
+            dns: OnceLock::new(),
+        };
+        s.rebuild_index();
+        Ok(s)
+    }
+
+    /// This table plus the services `added` (a live reload): the existing services are the
+    /// same objects (endpoints, pooled connections and indexes kept), the new ones get the
+    /// next indexes. Their DNS names resolve with the next [`Services::resolve_all`].
+    pub fn with_added(&self, added: &[ServiceConfig]) -> Result<Self, super::OutboundError> {
+        let mut list = self.list.clone();
+        for c in added {
+            list.push(Service::from_config(list.len(), c)?);
+        }
         let s = Services {
             list,
             by_addr: ArcSwap::from_pointee(HashMap::new()),
@@ -235,12 +256,16 @@ impl Services {
             let mut wait = next_refresh(first_ttl, interval, MIN_REFRESH);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {
-                        let ttl = me.resolve_all().await;
-                        wait = next_refresh(ttl, interval, MIN_REFRESH);
-                    }
+                    _ = tokio::time::sleep(wait) => {}
                     _ = lifecycle.draining() => return,
                 }
+                // A table replaced by a live reload (nobody else holds it) stops here; its
+                // successor has its own loop.
+                if Arc::strong_count(&me) == 1 {
+                    return;
+                }
+                let ttl = me.resolve_all().await;
+                wait = next_refresh(ttl, interval, MIN_REFRESH);
             }
         });
     }

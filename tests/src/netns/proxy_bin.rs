@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match docmesh_proxy::app::run_blocking(config) {
+    match docmesh_proxy::app::run_blocking_from(config, Some(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("docmesh-netns-proxy: {e:#}");
