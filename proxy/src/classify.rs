@@ -236,17 +236,45 @@ pub fn alert_in_text(e: &(dyn StdError + 'static)) -> Option<String> {
     Some(name.to_owned())
 }
 
-/// The message of an [`crate::http::h2_probe::NotHttp2Answer`], which the HTTP/2 connection
+/// How a peer showed that it does not speak HTTP/2: the HTTP/1.x status line it answered the
+/// preface with, or `None` when it closed the connection without a byte.
+#[derive(Debug, Clone)]
+pub struct NotHttp2Answer {
+    /// The first line the peer sent, lossily decoded, at most 64 bytes.
+    pub status_line: Option<String>,
+}
+
+/// How [`NotHttp2Answer`]'s message starts. The HTTP/2 connection keeps only the kind and the
+/// message of an I/O error, so [`not_http2_in_text`] recognises the answer by this text (set by
+/// `http::h2_probe`).
+pub const NOT_HTTP2: &str = "the peer does not speak HTTP/2: ";
+
+impl std::fmt::Display for NotHttp2Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.status_line {
+            Some(line) => write!(
+                f,
+                "{NOT_HTTP2}it answered the connection preface with `{line}`"
+            ),
+            None => write!(
+                f,
+                "{NOT_HTTP2}it closed the connection after the preface without a byte (an \
+                 HTTP/2 server answers with its SETTINGS first)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotHttp2Answer {}
+
+/// The message of a [`NotHttp2Answer`], which the HTTP/2 connection
 /// passes on as the text of an `io::Error` only; the one place that text is read.
 pub fn not_http2_in_text(e: &(dyn StdError + 'static)) -> Option<String> {
     let text = match e.downcast_ref::<io::Error>() {
         Some(io) => io.get_ref().map(ToString::to_string)?,
-        None => e
-            .downcast_ref::<crate::http::h2_probe::NotHttp2Answer>()?
-            .to_string(),
+        None => e.downcast_ref::<NotHttp2Answer>()?.to_string(),
     };
-    text.starts_with(crate::http::h2_probe::NOT_HTTP2)
-        .then_some(text)
+    text.starts_with(NOT_HTTP2).then_some(text)
 }
 
 /// Classifies an error of an HTTP exchange through a hyper(-util) client. Connect-phase errors
@@ -411,7 +439,7 @@ mod tests {
             Some("CertificateExpired")
         );
         // The HTTP/2 connection keeps an I/O error's kind and message only.
-        let answer = crate::http::h2_probe::NotHttp2Answer { status_line: None };
+        let answer = NotHttp2Answer { status_line: None };
         let as_text = io::Error::new(io::ErrorKind::InvalidData, answer.to_string());
         let e = http_error(&as_text, false, "the app").error;
         assert_eq!(e.cause, Cause::UpstreamNotHttp2, "{}", e.detail);

@@ -17,35 +17,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// How a peer showed that it does not speak HTTP/2: the HTTP/1.x status line it answered the
-/// preface with, or `None` when it closed the connection without a byte.
-#[derive(Debug, Clone)]
-pub struct NotHttp2Answer {
-    /// The first line the peer sent, lossily decoded, at most 64 bytes.
-    pub status_line: Option<String>,
-}
-
-/// How [`NotHttp2Answer`]'s message starts. The HTTP/2 connection keeps only the kind and the
-/// message of an I/O error, so `classify` recognises the answer by this text.
-pub const NOT_HTTP2: &str = "the peer does not speak HTTP/2: ";
-
-impl std::fmt::Display for NotHttp2Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.status_line {
-            Some(line) => write!(
-                f,
-                "{NOT_HTTP2}it answered the connection preface with `{line}`"
-            ),
-            None => write!(
-                f,
-                "{NOT_HTTP2}it closed the connection after the preface without a byte (an \
-                 HTTP/2 server answers with its SETTINGS first)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for NotHttp2Answer {}
+pub use crate::classify::{NotHttp2Answer, NOT_HTTP2};
 
 pin_project! {
     /// A byte stream that, on a write error before any read, checks whether the peer answered
