@@ -53,13 +53,26 @@ pub fn full(b: impl Into<Bytes>) -> TestBody {
 /// the app saw in `x-seen-*` headers; `/download?n=BYTES` streams BYTES bytes; a WebSocket
 /// upgrade on `/ws` echoes frames and greets first.
 pub async fn start_http_app() -> SocketAddr {
+    serve_app(app_handler).await
+}
+
+/// Serves `handler` as an HTTP/1.1 + h2c app (upgrades allowed) on 127.0.0.1 port 0, a task
+/// per connection, and returns its address: the accept loop of every stand-in HTTP app.
+pub async fn serve_app<H, F, B>(handler: H) -> SocketAddr
+where
+    H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
+        while let Ok((s, _)) = l.accept().await {
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(app_handler);
+                let svc = hyper::service::service_fn(handler);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
@@ -217,6 +230,12 @@ pub async fn ws_read<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Res
         }
     }
     Ok((h[0] & 0x0f, p))
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
 
 /// A TCP echo server that passes the client's half-close on (echo, then shut down writes).
