@@ -1,7 +1,7 @@
 //! Shared setup for the data-path integration tests: stand-in apps (HTTP echo with WebSocket,
 //! TCP echo, server-speaks-first banner), sidecar pairs on 127.0.0.1 port 0, clients, dev-CA
-//! fixtures, `docmesh-proxy run` child processes (`process`) and a TLS peer for `diagnose`
-//! (`tls_peer`).
+//! fixtures, `docmesh-proxy run` child processes (`process`) and pairs of them
+//! (`process_pair`), and a TLS peer for `diagnose` (`tls_peer`).
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -23,10 +23,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod process;
+mod process_pair;
 mod tls_peer;
 // Not every test that includes `support` uses these.
 #[allow(unused_imports)]
 pub use process::{explicit_client_toml, explicit_server_toml, identity_toml, ProxyProcess};
+#[allow(unused_imports)]
+pub use process_pair::{
+    admin_metrics, admin_samples, get_through, ProcessMesh, ProcessPair, FIRST_INBOUND,
+    FIRST_OUTBOUND,
+};
 #[allow(unused_imports)]
 pub use tls_peer::start_true_peer;
 
