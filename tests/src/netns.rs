@@ -13,14 +13,19 @@
 //! taken the given filesystem UID/GID, which is what iptables' owner match checks). Sockets
 //! created there belong to the pod and can be used from any thread afterwards.
 //!
+//! A [`Mesh`] is a topology whose pods run real sidecars ([`sidecar::Sidecar`]) with SVIDs
+//! from one CA: the setup of the end-to-end tests.
+//!
 //! Without root (CAP_NET_ADMIN and CAP_SYS_ADMIN) or the tools, [`Topology::new`] returns an
 //! error that says what is missing; tests turn it into a failure, never a silent skip.
 
 pub mod capture;
+pub mod mesh;
 mod pod;
 pub mod probe;
 pub mod sidecar;
 
+pub use mesh::Mesh;
 pub use pod::Pod;
 
 use std::net::{Ipv4Addr, Ipv6Addr};

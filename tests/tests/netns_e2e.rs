@@ -8,37 +8,23 @@
 //! so otherwise.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
-use docmesh_certs::spiffe_id::TrustDomain;
 use docmesh_tests::netns::capture;
 use docmesh_tests::netns::probe::{ask, Responder};
-use docmesh_tests::netns::sidecar::{self, init, url, Logs, Sidecar, APP};
-use docmesh_tests::netns::{Pod, Topology};
+use docmesh_tests::netns::sidecar::{self, init, url, Sidecar, APP};
+use docmesh_tests::netns::{Mesh, Pod};
 
 const TD: &str = "e2e.docmesh.test";
 const CONNECT_TIMEOUT_MS: u64 = 500;
 
-fn id(pod: &str) -> String {
-    format!("spiffe://{TD}/pod/{pod}")
-}
-
 /// Starts a pod's sidecar: strict inbound, the default transparent listeners (with their IPv6
 /// twins), and what `extra` adds (services, authorization).
-fn start_sidecar(
-    pod: &Pod,
-    ca: &CertificateAuthority,
-    root: &std::path::Path,
-    extra: &str,
-    logs: &mut Logs,
-) -> Sidecar {
+fn start_sidecar(mesh: &Mesh, pod: &Pod, extra: &str) -> Sidecar {
     let config = format!(
         "[inbound]\nmode = \"strict\"\n\n[outbound]\nconnect_timeout = \"{CONNECT_TIMEOUT_MS}ms\"\n{extra}"
     );
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
-    Sidecar::start(pod, bin, ca, &id(&pod.name), root, &config, logs)
+    mesh.start_sidecar(pod, &config)
 }
 
 /// `curl` inside the pod as the app user, with a forged identity header: (status,
@@ -50,16 +36,9 @@ fn curl(pod: &Pod, url: &str) -> (u16, String, Duration) {
 
 #[test]
 fn netns_e2e_http_and_tcp_through_both_sidecars() {
-    let topo = Topology::new(&["a", "b"])
-        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
-    let (a, b) = (topo.pod("a"), topo.pod("b"));
-    let td: TrustDomain = TD.parse().unwrap();
-    let ca =
-        CertificateAuthority::generate(&td, KeyAlgorithm::default(), Duration::from_secs(7200))
-            .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut logs = Logs::default();
+    let mesh = Mesh::new(TD, &["a", "b"], env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
+    let (a, b) = (mesh.pod("a"), mesh.pod("b"));
+    let id = |pod: &str| mesh.id(pod);
 
     // One service per (family, port): the resilience layer balances a service's requests over
     // all of its endpoints, and the IPv6 checks must really travel over IPv6.
@@ -90,19 +69,20 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
         apps.push(Responder::peer(b, SocketAddr::new(any, 7000), "B-TCP").unwrap());
     }
 
-    let a_sidecar = start_sidecar(a, &ca, root.path(), &a_services, &mut logs);
+    let a_sidecar = start_sidecar(&mesh, a, &a_services);
     // B's authorization: port 8081 only for an identity nobody has (8080 and 7000 stay open to
     // every authenticated peer).
     let b_authz =
         format!("[[authz.spiffe]]\nport = 8081\nallow = [\"spiffe://{TD}/pod/nobody\"]\n");
-    start_sidecar(b, &ca, root.path(), &b_authz, &mut logs);
+    start_sidecar(&mesh, b, &b_authz);
 
     for &ip in &families {
         let fam = if ip.is_ipv6() { "IPv6" } else { "IPv4" };
         // HTTP: reaches B's app through both sidecars, as mTLS on the wire, with A's identity.
         let marker = format!("/e2e-plaintext-marker-{}", fam.to_lowercase());
         let proto = if ip.is_ipv6() { "ip6" } else { "ip" };
-        let cap = topo
+        let cap = mesh
+            .topo
             .capture(b, &format!("{proto} and tcp port 8080"))
             .unwrap();
         let (status, text, _) = curl(a, &url(ip, 8080, &marker));
@@ -136,7 +116,8 @@ fn netns_e2e_http_and_tcp_through_both_sidecars() {
 
         // Opaque TCP, server speaks first: B's app answers, and sees B's sidecar (loopback)
         // as its peer, not A.
-        let cap = topo
+        let cap = mesh
+            .topo
             .capture(b, &format!("{proto} and tcp port 7000"))
             .unwrap();
         let got = ask(a, Some(APP), SocketAddr::new(ip, 7000))

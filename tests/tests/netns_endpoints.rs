@@ -6,16 +6,13 @@
 //! more, each replica takes its share, and `docmesh_endpoint_requests_total` agrees with what
 //! each replica saw. Needs root and dnsmasq.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
-use docmesh_certs::spiffe_id::TrustDomain;
 use docmesh_tests::netns::probe::Responder;
-use docmesh_tests::netns::sidecar::{metric, Logs, Sidecar, APP};
-use docmesh_tests::netns::{Pod, Topology};
+use docmesh_tests::netns::sidecar::{metric, APP};
+use docmesh_tests::netns::{Mesh, Pod};
 
 const TD: &str = "endpoints.docmesh.test";
 const NAME: &str = "docservice.mesh.test";
@@ -77,22 +74,17 @@ fn netns_endpoints_follow_headless_dns_while_traffic_flows() {
     {
         panic!("dnsmasq is needed (tests/scripts/install-deps.sh installs dnsmasq-base)");
     }
-    let topo = Topology::new(&["a", "dns", "r1", "r2", "r3"])
-        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
-    let a = topo.pod("a");
-    let dns = topo.pod("dns");
-    let replicas = [topo.pod("r1"), topo.pod("r2"), topo.pod("r3")];
-    let td: TrustDomain = TD.parse().unwrap();
-    let ca =
-        CertificateAuthority::generate(&td, KeyAlgorithm::default(), Duration::from_secs(7200))
-            .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut logs = Logs::default();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
+    let mesh = Mesh::new(
+        TD,
+        &["a", "dns", "r1", "r2", "r3"],
+        env!("CARGO_BIN_EXE_docmesh-netns-proxy"),
+    );
+    let a = mesh.pod("a");
+    let dns = mesh.pod("dns");
+    let replicas = [mesh.pod("r1"), mesh.pod("r2"), mesh.pod("r3")];
 
     // The DNS server: the headless name from a hosts file, TTL 1 s, re-read on SIGHUP.
-    let hosts = root.path().join("headless.hosts");
+    let hosts = mesh.root().join("headless.hosts");
     let write_hosts = |members: &[&Pod]| {
         let text: String = members
             .iter()
@@ -101,8 +93,8 @@ fn netns_endpoints_follow_headless_dns_while_traffic_flows() {
         std::fs::write(&hosts, text).unwrap();
     };
     write_hosts(&[replicas[0], replicas[1]]);
-    let dns_log = root.path().join("dnsmasq.log");
-    logs.0.push(dns_log.clone());
+    let dns_log = mesh.root().join("dnsmasq.log");
+    mesh.log_on_failure(dns_log.clone());
     let dnsmasq = dns
         .spawn_logged(
             None,
@@ -135,15 +127,7 @@ fn netns_endpoints_follow_headless_dns_while_traffic_flows() {
         .map(|r| Responder::http_echo(r, "0.0.0.0:8080".parse().unwrap()).unwrap())
         .collect();
     for r in replicas {
-        Sidecar::start(
-            r,
-            bin,
-            &ca,
-            &service_id,
-            root.path(),
-            "[inbound]\nmode = \"strict\"\n",
-            &mut logs,
-        );
+        mesh.start_sidecar_as(r, &service_id, "[inbound]\nmode = \"strict\"\n");
     }
     // resolve_interval is long: only the 1 s TTL can make the sidecar see changes quickly.
     let a_config = format!(
@@ -152,15 +136,7 @@ fn netns_endpoints_follow_headless_dns_while_traffic_flows() {
          vips = [\"{VIP}\"]\nspiffe_id = \"{service_id}\"\n\
          [resilience.services.docservice.balance]\nstrategy = \"p2c-load\"\n"
     );
-    Sidecar::start(
-        a,
-        bin,
-        &ca,
-        &format!("spiffe://{TD}/sa/client"),
-        root.path(),
-        &a_config,
-        &mut logs,
-    );
+    mesh.start_sidecar_as(a, &format!("spiffe://{TD}/sa/client"), &a_config);
 
     // Two replicas in DNS: both take requests, the third none.
     let statuses = batch(a, 40);
@@ -236,5 +212,4 @@ fn netns_endpoints_follow_headless_dns_while_traffic_flows() {
         eprintln!("{}: metric {m}, replica saw {}", r.name, seen(app));
         assert_eq!(m as usize, seen(app), "{}", r.name);
     }
-    drop(logs);
 }

@@ -17,16 +17,13 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
 use docmesh_proxy::identity::Identity;
 use docmesh_tests::netns::probe::Responder;
-use docmesh_tests::netns::sidecar::{curl, metric, url, Logs, Sidecar};
-use docmesh_tests::netns::{Pod, Topology};
+use docmesh_tests::netns::sidecar::{curl, metric, url};
+use docmesh_tests::netns::{Mesh, Pod};
 
 const TD: &str = "harden.docmesh.test";
 /// B's `limits.header_read_timeout`.
@@ -39,10 +36,6 @@ const FLOOD: usize = 20;
 const MAX_HEADER_BYTES: usize = 4096;
 /// Every wait is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn id(pod: &str) -> String {
-    format!("spiffe://{TD}/pod/{pod}")
-}
 
 /// Polls `f` until it returns `Some`, at most [`DEADLINE`]; panics with `what` after that.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -137,19 +130,13 @@ fn closed_by_peer(s: &TcpStream) -> bool {
 
 #[test]
 fn netns_attacks_through_the_transparent_path_are_cut_off_and_normal_traffic_is_served() {
-    let topo = Topology::new(&["a", "b", "c"])
-        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
-    let (a, b, c) = (topo.pod("a"), topo.pod("b"), topo.pod("c"));
-    let ca = CertificateAuthority::generate(
-        &TD.parse().unwrap(),
-        KeyAlgorithm::default(),
-        Duration::from_secs(7200),
-    )
-    .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut logs = Logs::default();
-    let bin = Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
+    let mesh = Mesh::new(
+        TD,
+        &["a", "b", "c"],
+        env!("CARGO_BIN_EXE_docmesh-netns-proxy"),
+    );
+    let (a, b, c) = (mesh.pod("a"), mesh.pod("b"), mesh.pod("c"));
+    let (ca, id) = (&mesh.ca, |pod: &str| mesh.id(pod));
 
     let app = Responder::http_echo(b, "0.0.0.0:8080".parse().unwrap()).unwrap();
     // A: a meshed client; its outbound knows B's service. Pooled mesh connections idle out
@@ -161,14 +148,14 @@ fn netns_attacks_through_the_transparent_path_are_cut_off_and_normal_traffic_is_
         b.ipv4,
         id("b")
     );
-    Sidecar::start(a, bin, &ca, &id("a"), root.path(), &a_config, &mut logs);
+    mesh.start_sidecar(a, &a_config);
     // B: strict mTLS with a short header read timeout and a small per-listener limit.
     let b_config = format!(
         "[inbound]\nmode = \"strict\"\nhandshake_timeout = \"5s\"\n\n[limits]\n\
          header_read_timeout = \"{}ms\"\nmax_connections_per_listener = {PER_LISTENER}\n",
         HEADER_READ_TIMEOUT.as_millis()
     );
-    Sidecar::start(b, bin, &ca, &id("b"), root.path(), &b_config, &mut logs);
+    mesh.start_sidecar(b, &b_config);
     let b_port = SocketAddr::new(IpAddr::V4(b.ipv4), 8080);
     let normal = |path: &str| {
         let (status, text, _) = curl(a, &[&url(b_port.ip(), 8080, path)]);

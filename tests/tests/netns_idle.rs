@@ -6,20 +6,11 @@
 //! `outbound.pool_idle_timeout` passes, not kept for minutes. Needs root.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
-use docmesh_certs::spiffe_id::TrustDomain;
 use docmesh_tests::netns::probe::Responder;
-use docmesh_tests::netns::sidecar::{self, url, Logs, Sidecar};
-use docmesh_tests::netns::{Pod, Topology};
-
-const TD: &str = "idle.docmesh.test";
-
-fn id(pod: &str) -> String {
-    format!("spiffe://{TD}/pod/{pod}")
-}
+use docmesh_tests::netns::sidecar::{self, url};
+use docmesh_tests::netns::{Mesh, Pod};
 
 /// Local ports of A's established TCP connections to `dst` (the sidecar's mesh connections;
 /// curl's own connections are gone once curl exits).
@@ -54,35 +45,22 @@ fn iptables(pod: &Pod, args: &[&str]) {
 
 #[test]
 fn netns_idle_mesh_connections_are_retired_on_time_and_after_a_silent_drop() {
-    let topo = Topology::new(&["a", "b"])
-        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
-    let (a, b) = (topo.pod("a"), topo.pod("b"));
-    let td: TrustDomain = TD.parse().unwrap();
-    let ca =
-        CertificateAuthority::generate(&td, KeyAlgorithm::default(), Duration::from_secs(7200))
-            .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut logs = Logs::default();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
+    let mesh = Mesh::new(
+        "idle.docmesh.test",
+        &["a", "b"],
+        env!("CARGO_BIN_EXE_docmesh-netns-proxy"),
+    );
+    let (a, b) = (mesh.pod("a"), mesh.pod("b"));
     let _app = Responder::http_echo(b, SocketAddr::new("0.0.0.0".parse().unwrap(), 8080)).unwrap();
     let dst = SocketAddr::new(IpAddr::V4(b.ipv4), 8080);
     let a_config = format!(
         "[inbound]\nmode = \"strict\"\n[outbound]\npool_idle_timeout = \"6s\"\n\
          h2_keep_alive_interval = \"1s\"\nh2_keep_alive_timeout = \"1s\"\n\
          [[outbound.services]]\nname = \"b\"\naddresses = [\"{dst}\"]\nspiffe_id = \"{}\"\n",
-        id("b")
+        mesh.id("b")
     );
-    Sidecar::start(a, bin, &ca, &id("a"), root.path(), &a_config, &mut logs);
-    Sidecar::start(
-        b,
-        bin,
-        &ca,
-        &id("b"),
-        root.path(),
-        "[inbound]\nmode = \"strict\"\n",
-        &mut logs,
-    );
+    mesh.start_sidecar(a, &a_config);
+    mesh.start_sidecar(b, "[inbound]\nmode = \"strict\"\n");
 
     let (status, text, _) = sidecar::curl(a, &[&url(dst.ip(), 8080, "/first")]);
     assert_eq!(status, 200, "{text}");
@@ -128,5 +106,4 @@ fn netns_idle_mesh_connections_are_retired_on_time_and_after_a_silent_drop() {
     );
     let (status, text, _) = sidecar::curl(a, &[&url(dst.ip(), 8080, "/after-idle")]);
     assert_eq!(status, 200, "{text}");
-    drop(logs);
 }

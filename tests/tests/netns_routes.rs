@@ -5,45 +5,24 @@
 //! bound, and agree with A's per-backend metrics. Needs root.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
-use docmesh_certs::ca::{CertificateAuthority, KeyAlgorithm};
-use docmesh_certs::spiffe_id::TrustDomain;
 use docmesh_tests::netns::probe::Responder;
-use docmesh_tests::netns::sidecar::{self, url, Logs, Sidecar};
-use docmesh_tests::netns::{Pod, Topology};
+use docmesh_tests::netns::sidecar::{self, url};
+use docmesh_tests::netns::Mesh;
 
-const TD: &str = "routes.docmesh.test";
-
-fn id(pod: &str) -> String {
-    format!("spiffe://{TD}/pod/{pod}")
-}
-
-fn start_sidecar(
-    pod: &Pod,
-    ca: &CertificateAuthority,
-    root: &std::path::Path,
-    extra: &str,
-    logs: &mut Logs,
-) -> Sidecar {
-    let config = format!("[inbound]\nmode = \"strict\"\n\n{extra}");
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_docmesh-netns-proxy"));
-    Sidecar::start(pod, bin, ca, &id(&pod.name), root, &config, logs)
+/// Every sidecar of this test: strict inbound, then `extra`.
+fn sidecar_config(extra: &str) -> String {
+    format!("[inbound]\nmode = \"strict\"\n\n{extra}")
 }
 
 #[test]
 fn netns_routes_split_and_header_match_in_transparent_mode() {
-    let topo = Topology::new(&["a", "b", "c"])
-        .unwrap_or_else(|e| panic!("cannot build the test topology: {e}"));
-    let (a, b, c) = (topo.pod("a"), topo.pod("b"), topo.pod("c"));
-    let td: TrustDomain = TD.parse().unwrap();
-    let ca =
-        CertificateAuthority::generate(&td, KeyAlgorithm::default(), Duration::from_secs(7200))
-            .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut logs = Logs::default();
+    let mesh = Mesh::new(
+        "routes.docmesh.test",
+        &["a", "b", "c"],
+        env!("CARGO_BIN_EXE_docmesh-netns-proxy"),
+    );
+    let (a, b, c) = (mesh.pod("a"), mesh.pod("b"), mesh.pod("c"));
     let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
     let stable = Responder::http_echo(b, any).unwrap();
     let canary = Responder::http_echo(c, any).unwrap();
@@ -68,12 +47,12 @@ matches = [{{ kind = "header", name = "x-canary", value = "1", backend = "docser
 "#,
         b = b.ipv4,
         c = c.ipv4,
-        idb = id("b"),
-        idc = id("c"),
+        idb = mesh.id("b"),
+        idc = mesh.id("c"),
     );
-    start_sidecar(a, &ca, root.path(), &a_config, &mut logs);
-    start_sidecar(b, &ca, root.path(), "", &mut logs);
-    start_sidecar(c, &ca, root.path(), "", &mut logs);
+    mesh.start_sidecar(a, &sidecar_config(&a_config));
+    mesh.start_sidecar(b, &sidecar_config(""));
+    mesh.start_sidecar(c, &sidecar_config(""));
 
     // The app in A always calls B's address; the split decides who answers.
     let n = 200u32;
@@ -82,7 +61,7 @@ matches = [{{ kind = "header", name = "x-canary", value = "1", backend = "docser
             sidecar::curl(a, &[&url(b.ipv4.into(), 8080, &format!("/split-{i}"))]);
         assert_eq!(status, 200, "{text}");
         assert!(
-            text.contains(&id("a")),
+            text.contains(&mesh.id("a")),
             "the app did not see A's identity: {text}"
         );
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::support::{
-    bounded, full, h1_client, identity, mtls_options, svid, CLIENT_ID, SERVER_ID,
+    bounded, full, h1_client, identity, mtls_options, serve_app, svid, CLIENT_ID, SERVER_ID,
 };
 use bytes::Bytes;
 use docmesh_proxy::config::inbound::{InboundConfig, InboundPortConfig};
@@ -23,7 +23,6 @@ use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::observe::Observability;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 const ACME_SECRET: &str = "acme-document-server-secret-0123";
@@ -34,48 +33,34 @@ const CMD: &str = "/coauthoring/CommandService.ashx";
 /// The document-server stand-in: answers `{"error":0}` and reports, in `x-seen-*` headers,
 /// the identity headers it received; echoes the request body in `x-seen-body`.
 async fn start_document_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let seen = |n: &str| {
-                            req.headers()
-                                .get_all(n)
-                                .iter()
-                                .map(|v| v.to_str().unwrap_or("?").to_owned())
-                                .collect::<Vec<_>>()
-                                .join(" | ")
-                        };
-                        let (client, tenant) = (seen("docmesh-client-id"), seen("docmesh-tenant"));
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let resp = http::Response::builder()
-                            .header("x-seen-client-id", client)
-                            .header("x-seen-tenant", tenant)
-                            .header("x-seen-body-len", body.len().to_string())
-                            .header("content-type", "application/json")
-                            .body(http_body_util::Full::new(Bytes::from_static(
-                                b"{\"error\":0}",
-                            )))
-                            .unwrap();
-                        Ok::<_, Infallible>(resp)
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_app(|req: http::Request<hyper::body::Incoming>| async move {
+        let seen = |n: &str| {
+            req.headers()
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let (client, tenant) = (seen("docmesh-client-id"), seen("docmesh-tenant"));
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let resp = http::Response::builder()
+            .header("x-seen-client-id", client)
+            .header("x-seen-tenant", tenant)
+            .header("x-seen-body-len", body.len().to_string())
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from_static(
+                b"{\"error\":0}",
+            )))
+            .unwrap();
+        Ok::<_, Infallible>(resp)
+    })
+    .await
 }
 
 struct Mesh {

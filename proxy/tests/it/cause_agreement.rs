@@ -126,12 +126,6 @@ async fn diagnose_cause_with(peer: SocketAddr, hop: &Hop, timeouts: &Timeouts) -
         .map_or_else(|| "(healthy)".into(), |f| f.cause)
 }
 
-/// A port where nothing listens.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// Reads a request and closes without answering.
 async fn start_closing_server() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{dev_ca, start_true_peer, svid, CertificateAuthority};
+use crate::support::{closed_port, dev_ca, start_true_peer, svid, CertificateAuthority};
 
 const CONVERTER: &str = "spiffe://example.org/ns/office/sa/converter";
 const DOCSERVICE: &str = "spiffe://example.org/ns/office/sa/docservice";
@@ -101,10 +101,7 @@ async fn service_by_name_healthy_then_wrong_identity() {
 #[tokio::test]
 async fn url_target_and_closed_port() {
     let f = Fixture::new();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = closed_port().port();
     let cfg = f.config(port);
     let url = format!("https://127.0.0.1:{port}/");
     let (code, out, err) = diagnose(&["--config", cfg.to_str().unwrap(), &url]).await;

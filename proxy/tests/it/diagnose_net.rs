@@ -82,10 +82,7 @@ async fn unresolvable_name() {
 
 #[tokio::test]
 async fn closed_port() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::support::closed_port().port();
     let r = diagnose(&plain(port, "/"), None, &Timeouts::default()).await;
     assert_eq!(cause(&r), "connect-refused", "{}", r.to_text());
     assert_eq!(r.steps[1].status, StepStatus::Failed);

@@ -43,10 +43,7 @@ fn grpcio_call(target: std::net::SocketAddr) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_sees_unavailable_with_the_cause_when_the_app_is_down() {
     // The app's port: bound, then released, so nothing listens there.
-    let app = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let app = closed_port();
     let pair = Pair::start(app, PairOptions::default()).await;
     let got = tokio::task::spawn_blocking(move || grpcio_call(pair.outbound))
         .await

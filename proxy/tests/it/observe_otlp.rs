@@ -11,53 +11,31 @@ use std::time::Duration;
 
 use crate::otlp_support::{openmetrics_exemplars, otlp_toml, Receiver};
 use crate::support::*;
-use http_body_util::BodyExt;
-use prometheus_parse::{Scrape, Value};
+use prometheus_parse::Value;
 use serde_json::Value as Json;
 
 const BROKEN_ID: &str = "spiffe://example.org/ns/oo/sa/broken";
 
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-fn client_toml(identity: &str, inbound: &str, broken: SocketAddr, otlp: &str) -> String {
+/// Client config for a second service, `broken`, at `addr`, with its own outbound listener
+/// (`outbound.listeners[1].listen`).
+fn broken_service(addr: SocketAddr) -> String {
     format!(
-        "{identity}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n\
-         [[outbound.services]]\nname = \"documentserver\"\naddresses = [\"{inbound}\"]\nspiffe_id = \"{SERVER_ID}\"\n\
-         [[outbound.services]]\nname = \"broken\"\naddresses = [\"{broken}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
-         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n\
-         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"broken\"\n{otlp}"
+        "[[outbound.services]]\nname = \"broken\"\naddresses = [\"{addr}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
+         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"broken\"\n"
     )
 }
 
 /// GET `path` through `outbound`; (status, body).
 async fn get_via(outbound: SocketAddr, path: &str, traceparent: Option<&str>) -> (u16, String) {
-    let mut c = h1_client(outbound).await;
-    let mut req = get(path, "documentserver");
-    if let Some(tp) = traceparent {
-        req.headers_mut().insert("traceparent", tp.parse().unwrap());
-    }
-    let resp = bounded(c.send_request(req)).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = bounded(resp.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let (head, body) = get_through(outbound, path, traceparent).await;
+    (
+        head.status.as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 fn attr<'a>(span: &'a Json, key: &str) -> &'a Json {
     &span["attributes"][key]
-}
-
-async fn metrics_text(admin: &str) -> String {
-    let mut c = h1_client(admin.parse().unwrap()).await;
-    let resp = bounded(c.send_request(get("/metrics", "admin")))
-        .await
-        .unwrap();
-    text(resp).await
 }
 
 /// The trace id exemplars of `service`'s latency histogram.
@@ -68,13 +46,6 @@ fn latency_exemplars(text: &str, service: &str) -> Vec<String> {
         .filter(|s| s["labels"]["service"] == service)
         .map(|s| s["exemplar"]["trace_id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-async fn scrape(admin: &str) -> Vec<prometheus_parse::Sample> {
-    let text = metrics_text(admin).await;
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .unwrap()
-        .samples
 }
 
 fn counter(samples: &[prometheus_parse::Sample], name: &str) -> f64 {
@@ -89,46 +60,17 @@ fn counter(samples: &[prometheus_parse::Sample], name: &str) -> f64 {
 
 async fn spans_form_one_tree(protocol: &str, mode: &str) {
     let mut rx = Receiver::start(mode, "ok").await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca("example.org");
     let app = start_http_app().await;
     let otlp = otlp_toml(protocol, rx.port, "5s");
-    let server_cfg = explicit_server_toml(
-        &identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port(),
-    ) + &otlp;
-    let mut server = ProxyProcess::start(
-        dir.path(),
-        "server",
-        &server_cfg,
-        &["inbound.ports[0].listen"],
-    )
-    .await;
-    let inbound = server.listening["inbound.ports[0].listen"].clone();
-    let client_cfg = client_toml(
-        &identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
-        &inbound,
-        closed_port(),
-        &otlp,
-    );
-    let mut client = ProxyProcess::start(
-        dir.path(),
-        "client",
-        &client_cfg,
-        &[
-            "outbound.listeners[0].listen",
-            "outbound.listeners[1].listen",
-        ],
-    )
-    .await;
-    let to_docs = client.addr("outbound.listeners[0].listen");
-    let to_broken = client.addr("outbound.listeners[1].listen");
+    let client_extra = broken_service(closed_port()) + &otlp;
+    let mut pair = ProcessPair::start_with(app.port(), &otlp, &client_extra).await;
+    let to_docs = pair.outbound;
+    let to_broken = pair.client.addr("outbound.listeners[1].listen");
 
     // 1. A sampled request (the client sidecar starts the trace): one span per hop.
     let (status, body) = get_via(to_docs, "/traced", None).await;
     assert_eq!((status, body.as_str()), (200, "hello from the app"));
-    let out_log = client.access_line(|v| v["path"] == "/traced").await;
-    let in_log = server.access_line(|v| v["path"] == "/traced").await;
+    let (out_log, in_log) = pair.path_lines("/traced").await;
     let out = rx
         .span(|s| s["kind"] == 3 && s["attributes"]["url.path"] == "/traced")
         .await;
@@ -176,7 +118,7 @@ async fn spans_form_one_tree(protocol: &str, mode: &str) {
     assert_eq!(out["resource"]["docmesh.spiffe_id"], CLIENT_ID);
     // The latency histogram (served as OpenMetrics, read by a real OpenMetrics parser) leads
     // to the trace: its bucket's exemplar is this request's trace id.
-    let text = metrics_text(&client.admin).await;
+    let text = admin_metrics(&pair.client.admin).await;
     assert_eq!(
         latency_exemplars(&text, "documentserver"),
         [out_log["trace_id"].as_str().unwrap()],
@@ -200,7 +142,7 @@ async fn spans_form_one_tree(protocol: &str, mode: &str) {
     assert_eq!(failed["status_code"], 2, "error status: {failed}");
     assert_eq!(failed["status_message"], "connect-refused");
     assert_eq!(attr(&failed, "docmesh.destination"), BROKEN_ID);
-    let text = metrics_text(&client.admin).await;
+    let text = admin_metrics(&pair.client.admin).await;
     assert_eq!(
         latency_exemplars(&text, "broken"),
         [caller],
@@ -212,8 +154,7 @@ async fn spans_form_one_tree(protocol: &str, mode: &str) {
             .all(|s| s["attributes"]["url.path"] != "/unsampled"),
         "an unsampled request was exported: {rest:?}"
     );
-    client.terminate().await;
-    server.terminate().await;
+    pair.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,21 +170,10 @@ async fn spans_of_a_sidecar_pair_reach_an_otlp_http_protobuf_receiver_as_one_tre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_slow_or_failing_fails_no_request() {
     const REQUESTS: usize = 30;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca("example.org");
     let app = start_http_app().await;
-    let server_cfg = explicit_server_toml(
-        &identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port(),
-    );
-    let mut server = ProxyProcess::start(
-        dir.path(),
-        "server",
-        &server_cfg,
-        &["inbound.ports[0].listen"],
-    )
-    .await;
-    let inbound = server.listening["inbound.ports[0].listen"].clone();
+    let mesh = ProcessMesh::new();
+    let mut server = mesh.start_server(app.port(), "").await;
+    let inbound = server.listening[FIRST_INBOUND].clone();
     let error_rx = Receiver::start("http", "error").await;
     let slow_rx = Receiver::start("grpc", "slow").await;
     let collectors = [
@@ -254,15 +184,9 @@ async fn a_collector_that_is_down_slow_or_failing_fails_no_request() {
     for (name, protocol, port) in collectors {
         // A small queue, so that a slow collector also makes spans overflow it.
         let otlp = otlp_toml(protocol, port, "300ms") + "queue_capacity = 4\nmax_batch = 2\n";
-        let cfg = client_toml(
-            &identity_toml(dir.path(), name, &svid(&ca, CLIENT_ID), &ca),
-            &inbound,
-            closed_port(),
-            &otlp,
-        );
-        let mut client =
-            ProxyProcess::start(dir.path(), name, &cfg, &["outbound.listeners[0].listen"]).await;
-        let to_docs = client.addr("outbound.listeners[0].listen");
+        let cfg = mesh.client_toml(name, &inbound) + &broken_service(closed_port()) + &otlp;
+        let mut client = mesh.start(name, &cfg).await;
+        let to_docs = client.addr(FIRST_OUTBOUND);
         for i in 0..REQUESTS {
             let (status, body) = get_via(to_docs, &format!("/r{i}"), None).await;
             assert_eq!(
@@ -274,7 +198,7 @@ async fn a_collector_that_is_down_slow_or_failing_fails_no_request() {
         // Every span is accounted for as lost (failed export or full queue), none exported.
         bounded(async {
             loop {
-                let m = scrape(&client.admin).await;
+                let m = admin_samples(&client.admin).await;
                 let lost = counter(&m, "docmesh_otlp_spans_failed_total")
                     + counter(&m, "docmesh_otlp_spans_dropped_total");
                 assert_eq!(counter(&m, "docmesh_otlp_spans_exported_total"), 0.0);
@@ -287,7 +211,7 @@ async fn a_collector_that_is_down_slow_or_failing_fails_no_request() {
         })
         .await;
         if name == "slow" {
-            let m = scrape(&client.admin).await;
+            let m = admin_samples(&client.admin).await;
             assert!(
                 counter(&m, "docmesh_otlp_spans_dropped_total") > 0.0,
                 "a collector slower than the traffic fills the queue"

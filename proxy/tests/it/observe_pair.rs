@@ -8,80 +8,53 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use crate::support::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_parse::{Sample, Scrape, Value};
+use http_body_util::Full;
+use prometheus_parse::{Sample, Value};
 use serde_json::Value as Json;
-use tokio::net::TcpListener;
 
 const BROKEN_ID: &str = "spiffe://example.org/ns/oo/sa/broken";
 
 /// An app that answers with the trace headers it received, and `/status/N` with status N.
-async fn start_trace_app() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let h = |n: &str| {
-                            req.headers()
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_owned()
-                        };
-                        let body = serde_json::json!({
-                            "traceparent": h("traceparent"),
-                            "tracestate": h("tracestate"),
-                            "x-request-id": h("x-request-id"),
-                        });
-                        let status = req
-                            .uri()
-                            .path()
-                            .strip_prefix("/status/")
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(200u16);
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .body(Full::new(bytes::Bytes::from(body.to_string())))
-                                .unwrap(),
-                        )
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
+async fn trace_app(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<bytes::Bytes>>, Infallible> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let body = serde_json::json!({
+        "traceparent": h("traceparent"),
+        "tracestate": h("tracestate"),
+        "x-request-id": h("x-request-id"),
     });
-    addr
+    let status = req
+        .uri()
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200u16);
+    Ok(http::Response::builder()
+        .status(status)
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap())
 }
 
+/// GET `path` through `outbound`: (status, `docmesh-error`, the body as JSON or null).
 async fn send(
     outbound: SocketAddr,
     path: &str,
     traceparent: Option<&str>,
 ) -> (u16, Option<String>, Json) {
-    let mut c = h1_client(outbound).await;
-    let mut req = get(path, "documentserver");
-    if let Some(tp) = traceparent {
-        req.headers_mut().insert("traceparent", tp.parse().unwrap());
-    }
-    let resp = bounded(c.send_request(req)).await.unwrap();
-    let status = resp.status().as_u16();
-    let cause = resp
-        .headers()
+    let (head, body) = get_through(outbound, path, traceparent).await;
+    let cause = head
+        .headers
         .get("docmesh-error")
         .map(|v| v.to_str().unwrap().to_owned());
-    let body = bounded(resp.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
     (
-        status,
+        head.status.as_u16(),
         cause,
         serde_json::from_slice(&body).unwrap_or(Json::Null),
     )
@@ -92,19 +65,6 @@ fn tp_fields(tp: &str) -> (String, String) {
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "{tp}");
     (parts[1].to_owned(), parts[2].to_owned())
-}
-
-async fn scrape(admin: &str) -> Vec<Sample> {
-    let addr: SocketAddr = admin.parse().unwrap();
-    let mut c = h1_client(addr).await;
-    let resp = bounded(c.send_request(get("/metrics", "admin")))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let text = text(resp).await;
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .unwrap()
-        .samples
 }
 
 fn count(samples: &[Sample], labels: &[(&str, &str)]) -> f64 {
@@ -130,54 +90,25 @@ fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca("example.org");
-    let app = start_trace_app().await;
+    let app = serve_app(trace_app).await;
     let echo = start_tcp_echo().await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-
-    let server_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n[outbound]\ntransparent = false\n",
-        identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port(),
+    let closed = closed_port();
+    let mesh = ProcessMesh::new();
+    let second_port = format!(
+        "[[inbound.ports]]\nlisten = \"127.0.0.1:0\"\napp_port = {}\n",
         echo.port()
     );
-    let mut server = ProxyProcess::start(
-        dir.path(),
-        "server",
-        &server_cfg,
-        &["inbound.ports[0].listen", "inbound.ports[1].listen"],
-    )
-    .await;
-    let inbound = server.listening["inbound.ports[0].listen"].clone();
-    let inbound_echo = server.listening["inbound.ports[1].listen"].clone();
-
-    let client_cfg = format!(
-        "{}[inbound]\ntransparent = false\n[outbound]\ntransparent = false\n\
-         [[outbound.services]]\nname = \"documentserver\"\naddresses = [\"{inbound}\"]\nspiffe_id = \"{SERVER_ID}\"\n\
-         [[outbound.services]]\nname = \"broken\"\naddresses = [\"{closed}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
-         [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"documentserver\"\n\
+    let mut server = mesh.start_server(app.port(), &second_port).await;
+    let inbound_echo = &server.listening["inbound.ports[1].listen"];
+    let broken_and_echo = format!(
+        "[[outbound.services]]\nname = \"broken\"\naddresses = [\"{closed}\"]\nspiffe_id = \"{BROKEN_ID}\"\n\
          [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"broken\"\n\
          [[outbound.services]]\nname = \"echo\"\naddresses = [\"{inbound_echo}\"]\nspiffe_id = \"{SERVER_ID}\"\nprotocol = \"opaque\"\n\
          [[outbound.listeners]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n\
-         [resilience.services.broken.retry]\nmax_attempts = 2\nbackoff_base = \"1ms\"\n",
-        identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
+         [resilience.services.broken.retry]\nmax_attempts = 2\nbackoff_base = \"1ms\"\n"
     );
-    let mut client = ProxyProcess::start(
-        dir.path(),
-        "client",
-        &client_cfg,
-        &[
-            "outbound.listeners[0].listen",
-            "outbound.listeners[1].listen",
-            "outbound.listeners[2].listen",
-        ],
-    )
-    .await;
-    let to_docs = client.addr("outbound.listeners[0].listen");
+    let mut client = mesh.start_client(&server, &broken_and_echo).await;
+    let to_docs = client.addr(FIRST_OUTBOUND);
     let to_broken = client.addr("outbound.listeners[1].listen");
 
     // 1. No incoming traceparent: the client proxy starts the trace.
@@ -304,7 +235,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     );
 
     // Metrics of both proxies, by pair, status class and cause.
-    let c = scrape(&client.admin).await;
+    let c = admin_samples(&client.admin).await;
     let docs = [
         ("direction", "outbound"),
         ("service", "documentserver"),
@@ -330,7 +261,7 @@ async fn trace_ids_access_logs_and_metrics_through_a_sidecar_pair() {
     assert_eq!(value(&c, "docmesh_retries_total", &broken), 2.0);
     assert_eq!(value(&c, "docmesh_retries_total", &docs), 0.0);
 
-    let s = scrape(&server.admin).await;
+    let s = admin_samples(&server.admin).await;
     let app_service = format!("app:{}", app.port());
     let app_service: &'static str = Box::leak(app_service.into_boxed_str());
     let inb = [

@@ -13,9 +13,7 @@ use std::time::Duration;
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value as Json;
-use tokio::net::TcpListener;
 
 const SLOW_CHUNKS: u64 = 4;
 const SLOW_CHUNK: usize = 1000;
@@ -24,98 +22,40 @@ const SLOW_GAP: Duration = Duration::from_millis(150);
 /// An h1 + h2c app: `/echo` streams the request body back, `/slow` sends SLOW_CHUNKS chunks
 /// SLOW_GAP apart, anything under `/hang` (gRPC paths too) never answers.
 async fn start_truth_app() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let path = req.uri().path().to_owned();
-                        if path.contains("Hang") || path.starts_with("/hang") {
-                            std::future::pending::<()>().await;
-                        }
-                        let body: TestBody = if path == "/slow" {
-                            let chunks = futures::stream::unfold(0u64, |i| async move {
-                                if i == SLOW_CHUNKS {
-                                    return None;
-                                }
-                                if i > 0 {
-                                    tokio::time::sleep(SLOW_GAP).await;
-                                }
-                                let frame =
-                                    hyper::body::Frame::data(Bytes::from(vec![b'x'; SLOW_CHUNK]));
-                                Some((
-                                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(frame),
-                                    i + 1,
-                                ))
-                            });
-                            StreamBody::new(chunks).boxed()
-                        } else {
-                            req.into_body().map_err(|e| e.into()).boxed()
-                        };
-                        Ok::<_, Infallible>(http::Response::new(body))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_app(truth_app).await
 }
 
-struct TruthPair {
-    _dir: tempfile::TempDir,
-    client: ProxyProcess,
-    server: ProxyProcess,
-    outbound: SocketAddr,
-}
-
-async fn start_pair() -> TruthPair {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca("example.org");
-    let app = start_truth_app().await;
-    let server_cfg = explicit_server_toml(
-        &identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port(),
-    );
-    let server = ProxyProcess::start(
-        dir.path(),
-        "server",
-        &server_cfg,
-        &["inbound.ports[0].listen"],
-    )
-    .await;
-    let inbound = server.listening["inbound.ports[0].listen"].clone();
-    let client_cfg = explicit_client_toml(
-        &identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
-        &inbound,
-    );
-    let client = ProxyProcess::start(
-        dir.path(),
-        "client",
-        &client_cfg,
-        &["outbound.listeners[0].listen"],
-    )
-    .await;
-    let outbound = client.addr("outbound.listeners[0].listen");
-    TruthPair {
-        _dir: dir,
-        client,
-        server,
-        outbound,
+async fn truth_app(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path.contains("Hang") || path.starts_with("/hang") {
+        std::future::pending::<()>().await;
     }
+    let body: TestBody = if path == "/slow" {
+        let chunks = futures::stream::unfold(0u64, |i| async move {
+            if i == SLOW_CHUNKS {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(SLOW_GAP).await;
+            }
+            let frame = hyper::body::Frame::data(Bytes::from(vec![b'x'; SLOW_CHUNK]));
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(frame),
+                i + 1,
+            ))
+        });
+        StreamBody::new(chunks).boxed()
+    } else {
+        req.into_body().map_err(|e| e.into()).boxed()
+    };
+    Ok(http::Response::new(body))
 }
 
-impl TruthPair {
-    /// The access lines of both sidecars for `path`: (outbound, inbound).
-    async fn lines(&mut self, path: &str) -> (Json, Json) {
-        let out = self.client.access_line(|v| v["path"] == path).await;
-        let inb = self.server.access_line(|v| v["path"] == path).await;
-        (out, inb)
-    }
+/// The sidecar pair in front of the truth app.
+async fn start_pair() -> ProcessPair {
+    ProcessPair::start(start_truth_app().await.port()).await
 }
 
 fn bytes_of(v: &Json) -> (u64, u64) {
@@ -144,7 +84,7 @@ async fn bytes_are_counted_as_they_flow_and_durations_end_with_the_body() {
         .unwrap()
         .to_bytes();
     assert_eq!(got.len() as u64, UPLOAD);
-    let (out, inb) = p.lines("/echo").await;
+    let (out, inb) = p.path_lines("/echo").await;
     assert_eq!(bytes_of(&out), (UPLOAD, UPLOAD), "{out}");
     assert_eq!(bytes_of(&inb), (UPLOAD, UPLOAD), "{inb}");
     assert!(out.get("outcome").is_none(), "completed: {out}");
@@ -160,7 +100,7 @@ async fn bytes_are_counted_as_they_flow_and_durations_end_with_the_body() {
         .unwrap()
         .to_bytes();
     assert_eq!(got.len(), 100_000);
-    let (out, inb) = p.lines("/echo").await;
+    let (out, inb) = p.path_lines("/echo").await;
     assert_eq!(bytes_of(&out), (100_000, 100_000), "{out}");
     assert_eq!(bytes_of(&inb), (100_000, 100_000), "{inb}");
 
@@ -179,7 +119,7 @@ async fn bytes_are_counted_as_they_flow_and_durations_end_with_the_body() {
         .unwrap()
         .to_bytes();
     assert_eq!(got.len() as u64, SLOW_CHUNKS * SLOW_CHUNK as u64);
-    let (out, inb) = p.lines("/slow").await;
+    let (out, inb) = p.path_lines("/slow").await;
     let body_time = (SLOW_GAP * (SLOW_CHUNKS as u32 - 1)).as_secs_f64() * 1000.0;
     for v in [&out, &inb] {
         assert!(
@@ -189,8 +129,7 @@ async fn bytes_are_counted_as_they_flow_and_durations_end_with_the_body() {
         assert_eq!(v["bytes_sent"], SLOW_CHUNKS * SLOW_CHUNK as u64, "{v}");
         assert!(v.get("outcome").is_none(), "{v}");
     }
-    p.client.terminate().await;
-    p.server.terminate().await;
+    p.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +144,7 @@ async fn a_client_that_goes_away_is_logged_as_client_cancelled() {
             .unwrap(),
     );
     let _ = tokio::time::timeout(Duration::from_millis(500), pending).await;
-    let (out, inb) = p.lines("/hang").await;
+    let (out, inb) = p.path_lines("/hang").await;
     for v in [&out, &inb] {
         assert_eq!(v["outcome"], "client-cancelled", "{v}");
         assert_eq!(v["status"], Json::Null, "no response was sent: {v}");
@@ -226,7 +165,7 @@ async fn a_client_that_goes_away_is_logged_as_client_cancelled() {
     let first = bounded(body.frame()).await.unwrap().unwrap();
     assert!(first.is_data());
     drop(body);
-    let (out, _) = p.lines("/slow").await;
+    let (out, _) = p.path_lines("/slow").await;
     assert_eq!(out["outcome"], "client-cancelled", "{out}");
     assert_eq!(out["status"], 200, "{out}");
     let sent = out["bytes_sent"].as_u64().unwrap();
@@ -234,8 +173,7 @@ async fn a_client_that_goes_away_is_logged_as_client_cancelled() {
         (1..SLOW_CHUNKS * SLOW_CHUNK as u64).contains(&sent),
         "part of the body: {out}"
     );
-    p.client.terminate().await;
-    p.server.terminate().await;
+    p.terminate().await;
 }
 
 /// A grpcio unary call with a deadline of 0.5 s to `target`; prints the status code name.
@@ -272,7 +210,7 @@ async fn a_grpc_call_cancelled_by_its_deadline_is_not_logged_as_a_success() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "DEADLINE_EXCEEDED"
     );
-    let (out, inb) = p.lines("/docmesh.test.Echo/Hang").await;
+    let (out, inb) = p.path_lines("/docmesh.test.Echo/Hang").await;
     for v in [&out, &inb] {
         assert_eq!(v["outcome"], "client-cancelled", "{v}");
         assert_ne!(v["status"], 200, "{v}");
@@ -281,6 +219,5 @@ async fn a_grpc_call_cancelled_by_its_deadline_is_not_logged_as_a_success() {
             "the request message: {v}"
         );
     }
-    p.client.terminate().await;
-    p.server.terminate().await;
+    p.terminate().await;
 }

@@ -13,10 +13,9 @@ use docmesh_proxy::config::Config;
 use docmesh_proxy::lifecycle::Lifecycle;
 use docmesh_proxy::metrics::Metrics;
 use docmesh_proxy::outbound::Outbound;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::support::{bounded, full, get, h1_client, start_inbound, PairOptions};
+use crate::support::{bounded, full, get, h1_client, serve_app, start_inbound, PairOptions};
 
 /// Requests to `/hold` wait for a permit from here ([`release_held`]).
 static HOLD: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
@@ -34,49 +33,36 @@ static FLAKY_HEALTHY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// test calls [`release_held`], and `/healthcheck` with `true` (`docservice-flaky`: with
 /// [`FLAKY_HEALTHY`]).
 pub async fn start_named_app(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
-                        if req.uri().path() == "/hold" {
-                            if let Ok(p) = HOLD.acquire().await {
-                                p.forget();
-                            }
-                        }
-                        let status = if req.uri().path() == "/fail" {
-                            500
-                        } else {
-                            200
-                        };
-                        let body: &'static [u8] = match req.uri().path() {
-                            "/healthcheck"
-                                if name == "docservice-flaky"
-                                    && !FLAKY_HEALTHY.load(Ordering::SeqCst) =>
-                            {
-                                b"false"
-                            }
-                            "/healthcheck" => b"true",
-                            _ => b"ok",
-                        };
-                        let resp = http::Response::builder()
-                            .status(status)
-                            .header("x-app", name)
-                            .body(http_body_util::Full::new(Bytes::from_static(body)))
-                            .unwrap();
-                        Ok::<_, Infallible>(resp)
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_app(
+        move |req: http::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/hold" {
+                if let Ok(p) = HOLD.acquire().await {
+                    p.forget();
+                }
+            }
+            let status = if req.uri().path() == "/fail" {
+                500
+            } else {
+                200
+            };
+            let body: &'static [u8] = match req.uri().path() {
+                "/healthcheck"
+                    if name == "docservice-flaky" && !FLAKY_HEALTHY.load(Ordering::SeqCst) =>
+                {
+                    b"false"
+                }
+                "/healthcheck" => b"true",
+                _ => b"ok",
+            };
+            let resp = http::Response::builder()
+                .status(status)
+                .header("x-app", name)
+                .body(http_body_util::Full::new(Bytes::from_static(body)))
+                .unwrap();
+            Ok::<_, Infallible>(resp)
+        },
+    )
+    .await
 }
 
 fn service(name: &str, address: String) -> ServiceConfig {

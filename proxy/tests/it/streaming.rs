@@ -39,38 +39,11 @@ async fn expected_hash(n: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_body_streams_through_two_proxy_processes_in_bounded_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dev_ca("example.org");
     let app = start_http_app().await;
-
-    let server_cfg = explicit_server_toml(
-        &identity_toml(dir.path(), "server", &svid(&ca, SERVER_ID), &ca),
-        app.port(),
-    );
-    let mut server = ProxyProcess::start(
-        dir.path(),
-        "server",
-        &server_cfg,
-        &["inbound.ports[0].listen"],
-    )
-    .await;
-    let inbound = server.listening["inbound.ports[0].listen"].clone();
-
-    let client_cfg = explicit_client_toml(
-        &identity_toml(dir.path(), "client", &svid(&ca, CLIENT_ID), &ca),
-        &inbound,
-    );
-    let mut client = ProxyProcess::start(
-        dir.path(),
-        "client",
-        &client_cfg,
-        &["outbound.listeners[0].listen"],
-    )
-    .await;
-    let outbound = client.addr("outbound.listeners[0].listen");
+    let mut pair = ProcessPair::start(app.port()).await;
 
     let want = expected_hash(BODY).await;
-    let mut c = h1_client(outbound).await;
+    let mut c = h1_client(pair.outbound).await;
 
     // Upload and download at once: the app echoes the body as it arrives.
     let req = http::Request::post("/echo")
@@ -91,7 +64,7 @@ async fn a_100_mb_body_streams_through_two_proxy_processes_in_bounded_memory() {
     let (n, h) = bounded(drain(resp.into_body())).await;
     assert_eq!((n, h), (BODY, want), "downloaded body differs");
 
-    for (name, p) in [("client", &client), ("server", &server)] {
+    for (name, p) in [("client", &pair.client), ("server", &pair.server)] {
         let hwm = vm_hwm_kb(p.pid());
         eprintln!("{name} proxy VmHWM: {hwm} kB");
         assert!(
@@ -101,9 +74,7 @@ async fn a_100_mb_body_streams_through_two_proxy_processes_in_bounded_memory() {
     }
 
     // SIGTERM drains and exits 0.
-    for p in [&mut client, &mut server] {
-        p.terminate().await;
-    }
+    pair.terminate().await;
 }
 
 async fn drain(mut body: hyper::body::Incoming) -> (u64, u64) {

@@ -1,6 +1,6 @@
 //! Real sidecars in pods: `docmesh-init` rules, an SVID, a configuration and the proxy process
 //! running as UID 1337, plus the clients the end-to-end tests use (curl as the app user, the
-//! admin server's metrics). Shared by `netns_e2e.rs` and `netns_harden.rs`.
+//! admin server's metrics). Tests start them through [`super::Mesh`].
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,7 @@
 //! Shared setup for the data-path integration tests: stand-in apps (HTTP echo with WebSocket,
 //! TCP echo, server-speaks-first banner), sidecar pairs on 127.0.0.1 port 0, clients, dev-CA
-//! fixtures, `docmesh-proxy run` child processes (`process`) and a TLS peer for `diagnose`
-//! (`tls_peer`).
+//! fixtures, `docmesh-proxy run` child processes (`process`) and pairs of them
+//! (`process_pair`), and a TLS peer for `diagnose` (`tls_peer`).
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -23,10 +23,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod process;
+mod process_pair;
 mod tls_peer;
 // Not every test that includes `support` uses these.
 #[allow(unused_imports)]
 pub use process::{explicit_client_toml, explicit_server_toml, identity_toml, ProxyProcess};
+#[allow(unused_imports)]
+pub use process_pair::{
+    admin_metrics, admin_samples, get_through, ProcessMesh, ProcessPair, FIRST_INBOUND,
+    FIRST_OUTBOUND,
+};
 #[allow(unused_imports)]
 pub use tls_peer::start_true_peer;
 
@@ -53,13 +59,26 @@ pub fn full(b: impl Into<Bytes>) -> TestBody {
 /// the app saw in `x-seen-*` headers; `/download?n=BYTES` streams BYTES bytes; a WebSocket
 /// upgrade on `/ws` echoes frames and greets first.
 pub async fn start_http_app() -> SocketAddr {
+    serve_app(app_handler).await
+}
+
+/// Serves `handler` as an HTTP/1.1 + h2c app (upgrades allowed) on 127.0.0.1 port 0, a task
+/// per connection, and returns its address: the accept loop of every stand-in HTTP app.
+pub async fn serve_app<H, F, B>(handler: H) -> SocketAddr
+where
+    H: Fn(http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
+        while let Ok((s, _)) = l.accept().await {
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(app_handler);
+                let svc = hyper::service::service_fn(handler);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
@@ -217,6 +236,12 @@ pub async fn ws_read<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Res
         }
     }
     Ok((h[0] & 0x0f, p))
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
 
 /// A TCP echo server that passes the client's half-close on (echo, then shut down writes).
