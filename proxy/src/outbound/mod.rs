@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::net::Prefixed;
 use crate::observe::{request_trace_id, HopAddrs, Observability};
 use crate::resilience::observer::{NoopObserver, Observer};
+use crate::resilience::resolve::service_policy_for;
 use connect::{Connectors, HopTimeouts, Inner, MeshClient};
 use detect::{DetectEnd, Detected};
 use mesh::{mesh_send, MeshStacks, SendFn};
@@ -145,7 +146,7 @@ impl Outbound {
         let resilience = ResilienceConfig::default();
         let stacks = MeshStacks::new(
             &services,
-            |name| resilience.service_policy_for(name, cfg),
+            |name| service_policy_for(&resilience, name, cfg),
             send.clone(),
             Arc::new(NoopObserver),
         );
@@ -187,7 +188,7 @@ impl Outbound {
         let s = &self.shared;
         let stacks = MeshStacks::new(
             &s.services.load(),
-            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            |name| service_policy_for(cfg, name, &s.hop_defaults),
             s.send.clone(),
             observer.clone(),
         );
@@ -217,7 +218,7 @@ impl Outbound {
             .clone();
         let stacks = MeshStacks::new(
             &services,
-            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            |name| service_policy_for(&cfg, name, &s.hop_defaults),
             s.send.clone(),
             observer.clone(),
         );
