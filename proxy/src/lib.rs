@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod outbound;
+pub mod protocol;
 pub mod reload;
 pub mod resilience;

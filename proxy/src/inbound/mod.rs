@@ -21,14 +21,15 @@ use crate::authz::{Authorizer, AuthzBody, Decision};
 use crate::config::inbound::{InboundConfig, InboundMode};
 use crate::errors::{Hop, ProxyError};
 use crate::http::forward::{error_response, forward};
-use crate::http::pool::{HttpVersion, Pool};
+use crate::http::pool::Pool;
 use crate::http::serve::serve_connection_limited;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{GuardedBody, Limits};
 use crate::metrics::Metrics;
 use crate::observe::{request_trace_id, Direction, HopAddrs, Observability};
-use crate::outbound::detect::{self, DetectEnd, Detected};
+use crate::outbound::detect::{self, DetectEnd};
+use crate::protocol::{HttpVersion, WireProtocol};
 
 pub mod rate_limit;
 
@@ -391,11 +392,11 @@ async fn mtls(
         tracing::warn!(%peer, "inbound TLS connection without a client SPIFFE ID closed");
         return;
     };
-    let version = match conn.alpn_protocol() {
-        Some(crate::outbound::connect::alpn::H2) => Some(HttpVersion::Http2),
-        Some(crate::outbound::connect::alpn::HTTP1) => Some(HttpVersion::Http1),
-        _ => None,
-    };
+    // No ALPN or `docmesh-tcp`: opaque TCP.
+    let version = conn
+        .alpn_protocol()
+        .and_then(WireProtocol::from_alpn)
+        .and_then(WireProtocol::http_version);
     let chain: Vec<_> = conn
         .peer_certificates()
         .unwrap_or_default()
@@ -486,7 +487,11 @@ async fn plaintext(
     }
     // A peer that stayed silent for detect_timeout already is server-speaks-first.
     let detected = if silent {
-        Ok((Detected::Opaque, bytes::Bytes::new(), DetectEnd::Timeout))
+        Ok((
+            WireProtocol::Opaque,
+            bytes::Bytes::new(),
+            DetectEnd::Timeout,
+        ))
     } else {
         detect::detect(&mut stream, shared.detect_timeout).await
     };
@@ -498,10 +503,9 @@ async fn plaintext(
             return;
         }
     };
-    let version = match proto {
-        Detected::Http1 => HttpVersion::Http1,
-        Detected::Http2 => HttpVersion::Http2,
-        Detected::Opaque => {
+    let version = match proto.http_version() {
+        Some(version) => version,
+        None => {
             let authz = shared.authz.load();
             if authz.jwt_applies_to_port(app.port()) {
                 // The bytes are not recognisably HTTP, yet the app on this port may parse them

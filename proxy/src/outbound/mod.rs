@@ -22,11 +22,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::outbound::{OutboundConfig, Protocol, UnknownDestinations};
+use crate::config::outbound::{OutboundConfig, UnknownDestinations};
 use crate::config::resilience::ResilienceConfig;
 use crate::errors::{Hop, ProxyError};
 use crate::http::forward::{error_response, relay};
-use crate::http::pool::HttpVersion;
 use crate::http::serve::serve_connection_limited;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
@@ -34,10 +33,11 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
 use crate::observe::{request_trace_id, HopAddrs, Observability};
+use crate::protocol::{HttpVersion, WireProtocol};
 use crate::resilience::observer::{NoopObserver, Observer};
 use crate::resilience::resolve::service_policy_for;
-use connect::{Connectors, HopTimeouts, Inner, MeshClient};
-use detect::{DetectEnd, Detected};
+use connect::{Connectors, HopTimeouts, MeshClient};
+use detect::DetectEnd;
 use mesh::{mesh_send, MeshStacks, SendFn};
 use services::{Service, Services};
 
@@ -369,12 +369,10 @@ async fn mesh(
     dst: Option<SocketAddr>,
 ) {
     let declared_opaque = dst.is_some_and(|d| shared.opaque_ports.contains(&d.port()));
-    let (proto, prefix) = match svc.protocol {
-        Protocol::Http1 => (Detected::Http1, bytes::Bytes::new()),
-        Protocol::Http2 => (Detected::Http2, bytes::Bytes::new()),
-        Protocol::Opaque => (Detected::Opaque, bytes::Bytes::new()),
-        Protocol::Detect if declared_opaque => (Detected::Opaque, bytes::Bytes::new()),
-        Protocol::Detect => match detect::detect(&mut stream, shared.detect_timeout).await {
+    let (proto, prefix) = match svc.protocol.declared() {
+        Some(declared) => (declared, bytes::Bytes::new()),
+        None if declared_opaque => (WireProtocol::Opaque, bytes::Bytes::new()),
+        None => match detect::detect(&mut stream, shared.detect_timeout).await {
             Ok((_, _, DetectEnd::Closed)) => return,
             Ok((d, bytes, end)) => {
                 if end == DetectEnd::Timeout {
@@ -389,10 +387,9 @@ async fn mesh(
             }
         },
     };
-    match proto {
-        Detected::Opaque => opaque(&shared, stream, &svc, dst, prefix).await,
-        Detected::Http1 => http(shared, stream, svc, dst, prefix, HttpVersion::Http1).await,
-        Detected::Http2 => http(shared, stream, svc, dst, prefix, HttpVersion::Http2).await,
+    match proto.http_version() {
+        None => opaque(&shared, stream, &svc, dst, prefix).await,
+        Some(version) => http(shared, stream, svc, dst, prefix, version).await,
     }
 }
 
@@ -419,7 +416,7 @@ async fn opaque(
             _ => svc.pick()?,
         };
         addrs.upstream = Some(addr);
-        let mut up = shared.mesh.connect(svc, addr, Inner::Tcp, shared.timeouts).await?;
+        let mut up = shared.mesh.connect(svc, addr, WireProtocol::Opaque, shared.timeouts).await?;
         let copied = async {
             up.write_all(&prefix).await?;
             crate::net::copy_bidirectional(&mut stream, &mut up).await
