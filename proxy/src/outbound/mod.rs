@@ -297,36 +297,16 @@ impl Outbound {
     }
 
     async fn accept_loop(&self, listener: TcpListener, target: impl Fn() -> Target) {
-        let drain = self.shared.lifecycle.draining();
-        tokio::pin!(drain);
-        let slots = self.shared.limits.load().listener();
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = &mut drain => return,
-                r = listener.accept() => r,
-            };
-            match accepted {
-                Ok((stream, _peer)) => {
-                    let Some(permit) = slots.admit() else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let guard = self.shared.lifecycle.track();
-                    let shared = Arc::clone(&self.shared);
-                    let target = target();
-                    tokio::spawn(async move {
-                        handle(shared, stream, target).await;
-                        drop((guard, permit));
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let shared = &self.shared;
+        let slots = shared.limits.load().listener();
+        crate::accept::serve_listener(
+            listener,
+            "outbound",
+            &shared.lifecycle,
+            slots,
+            |stream, _peer| Some(handle(Arc::clone(shared), stream, target())),
+        )
+        .await;
     }
 }
 
