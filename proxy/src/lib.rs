@@ -2,6 +2,7 @@
 //! its admin server and its lifecycle. See `docs/architecture.md` for the module map.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod authz;
@@ -24,5 +25,6 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod outbound;
+pub mod protocol;
 pub mod reload;
 pub mod resilience;

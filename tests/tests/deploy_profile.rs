@@ -10,6 +10,7 @@ use docmesh_certs::spiffe_id::SpiffeId;
 use docmesh_proxy::authz::{Authorizer, Decision};
 use docmesh_proxy::config::Config;
 use docmesh_proxy::errors::Cause;
+use docmesh_proxy::resilience::resolve::service_policy_for;
 use http::Method;
 
 mod deploy_support;
@@ -124,9 +125,7 @@ fn resilience_per_pair_is_what_the_comments_say() {
     };
     // integrator -> documentserver: long synchronous conversions, body-matched health check.
     let c = profile("integrator");
-    let ds = c
-        .resilience
-        .service_policy_for("documentserver", &c.outbound);
+    let ds = service_policy_for(&c.resilience, "documentserver", &c.outbound);
     let convert = ds.route(&Method::POST, "/ConvertService.ashx?async=false");
     at_least(
         convert.timeouts.response_headers,
@@ -155,9 +154,7 @@ fn resilience_per_pair_is_what_the_comments_say() {
     // ingress -> documentserver: WebSocket idle well above socket.io's 25 s + 20 s, on the
     // versioned path too.
     let c = profile("ingress");
-    let ds = c
-        .resilience
-        .service_policy_for("documentserver", &c.outbound);
+    let ds = service_policy_for(&c.resilience, "documentserver", &c.outbound);
     for path in [
         "/8.2.2-1/doc/abc/c/?EIO=4&transport=websocket",
         "/doc/abc/c/",
@@ -174,7 +171,7 @@ fn resilience_per_pair_is_what_the_comments_say() {
     // documentserver -> integrator: callbacks wait up to OnlyOffice's 10 min and are retried at
     // most once (and, being POSTs, only when nothing was sent: retry.rs); downloads 2 min.
     let c = profile("documentserver");
-    let integ = c.resilience.service_policy_for("integrator", &c.outbound);
+    let integ = service_policy_for(&c.resilience, "integrator", &c.outbound);
     let cb = integ.route(&Method::POST, "/track?filename=a.docx");
     at_least(
         cb.timeouts.response_headers,
@@ -194,7 +191,7 @@ fn resilience_per_pair_is_what_the_comments_say() {
     );
     // Long-lived database and queue connections are never cut for idleness.
     for svc in ["postgresql", "rabbitmq", "redis"] {
-        let p = c.resilience.service_policy_for(svc, &c.outbound);
+        let p = service_policy_for(&c.resilience, svc, &c.outbound);
         assert_eq!(p.default_route.timeouts.stream_idle, None, "{svc}");
     }
 }

@@ -62,16 +62,8 @@ fn init_modules_have_no_cycles() {
 
 #[test]
 fn proxy_modules_have_no_cycles() {
-    assert_acyclic("proxy", PROXY_KNOWN);
+    assert_acyclic("proxy", &[]);
 }
-
-/// Edges of the proxy that still point up the intended layers (config; identity, observe,
-/// limits; http; resilience; inbound, outbound; app/CLI): issue 21's layering is not finished.
-/// Remove an entry with its edge; a listed edge that no longer exists fails the check, so the
-/// list cannot go stale.
-const PROXY_KNOWN: &[(&str, &str)] = &[
-    ("config", "resilience"), // policy resolution lives in config/resilience.rs
-];
 
 #[test]
 fn tests_harness_modules_have_no_cycles() {

@@ -93,16 +93,10 @@ impl AdminServer {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<AdminState>, probes: Arc<probe::AppProbes>) {
+    // No drain, no connection slots: probes and `/shutdown` must answer while the data path
+    // drains or is at its limits.
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: log, back off briefly, keep serving.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::accept::next_connection(&listener, "admin").await;
         let state = state.clone();
         let probes = probes.clone();
         tokio::spawn(async move {

@@ -6,8 +6,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Problems;
+use crate::protocol::WireProtocol;
 
-/// What runs on a connection to a service; `detect` sniffs the first bytes.
+/// What the configuration says runs on a connection to a service: a choice, not a wire
+/// protocol, since `detect` (the default) leaves it to the first bytes; the other choices
+/// declare a [`WireProtocol`] ([`Protocol::declared`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
@@ -20,6 +23,18 @@ pub enum Protocol {
     Http2,
     /// Opaque TCP (no detection): for server-speaks-first protocols and anything not HTTP.
     Opaque,
+}
+
+impl Protocol {
+    /// The wire protocol this choice declares, or `None` for `detect`.
+    pub const fn declared(self) -> Option<WireProtocol> {
+        match self {
+            Protocol::Detect => None,
+            Protocol::Http1 => Some(WireProtocol::Http1),
+            Protocol::Http2 => Some(WireProtocol::Http2),
+            Protocol::Opaque => Some(WireProtocol::Opaque),
+        }
+    }
 }
 
 /// What to do with a connection whose original destination is not a configured service.

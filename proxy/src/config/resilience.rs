@@ -21,18 +21,15 @@
 //! sends requests carrying the first present key to one endpoint by consistent hashing; a
 //! route without `hash_key` inherits the built-in OnlyOffice key (`shardkey`, then `WOPISrc`)
 //! while `onlyoffice_routes` is on, and `hash_key = []` turns hashing off for the route.
+//!
+//! This module holds the data and its validation only; `resilience::resolve` merges the layers
+//! into the runtime policy.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
-
-use crate::resilience::hash::{HashKey, HashSource};
-use crate::resilience::policy::{
-    BalanceStrategy, HealthCheckPolicy, RouteMatch, RoutePolicy, ServicePolicy,
-};
 
 /// Errors in the `[resilience]` section.
 #[derive(Debug, thiserror::Error)]
@@ -262,15 +259,14 @@ pub struct HealthCheckConfig {
 
 impl Default for HealthCheckConfig {
     fn default() -> Self {
-        let d = HealthCheckPolicy::default();
         HealthCheckConfig {
-            path: d.path,
-            interval: d.interval,
-            timeout: d.timeout,
-            expect_status: d.expect_status,
-            expect_body: d.expect_body,
-            unhealthy_threshold: d.unhealthy_threshold,
-            healthy_threshold: d.healthy_threshold,
+            path: "/healthcheck".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            expect_status: 200,
+            expect_body: None,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
         }
     }
 }
@@ -304,37 +300,23 @@ pub struct HashSourceConfig {
 }
 
 impl HashSourceConfig {
-    fn resolve(&self) -> Result<HashSource, String> {
-        let set = [&self.query, &self.header, &self.cookie]
-            .iter()
-            .filter(|f| f.is_some())
-            .count();
-        if set != 1 {
-            return Err("set exactly one of `query`, `header` or `cookie`".into());
-        }
-        let nonempty = |kind: &str, v: &str| {
-            if v.trim().is_empty() {
-                Err(format!("the {kind} name is empty"))
-            } else {
-                Ok(v.to_owned())
-            }
+    /// Checks that exactly one source is set, that its name is not empty and that a header name
+    /// is a valid one; the error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let (kind, name) = match (&self.query, &self.header, &self.cookie) {
+            (Some(q), None, None) => ("query parameter", q),
+            (None, Some(h), None) => ("header", h),
+            (None, None, Some(c)) => ("cookie", c),
+            _ => return Err("set exactly one of `query`, `header` or `cookie`".into()),
         };
-        if let Some(q) = &self.query {
-            return nonempty("query parameter", q).map(HashSource::Query);
+        if name.trim().is_empty() {
+            return Err(format!("the {kind} name is empty"));
         }
-        if let Some(c) = &self.cookie {
-            return nonempty("cookie", c).map(HashSource::Cookie);
+        if self.header.is_some() && http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("`{name}` is not a valid header name"));
         }
-        let h = nonempty("header", self.header.as_deref().unwrap_or_default())?;
-        http::header::HeaderName::from_bytes(h.as_bytes())
-            .map(HashSource::Header)
-            .map_err(|_| format!("`{h}` is not a valid header name"))
+        Ok(())
     }
-}
-
-fn resolve_hash_key(sources: &[HashSourceConfig]) -> Option<Arc<HashKey>> {
-    let sources: Vec<_> = sources.iter().filter_map(|s| s.resolve().ok()).collect();
-    (!sources.is_empty()).then(|| Arc::new(HashKey { sources }))
 }
 
 /// The built-in OnlyOffice routes (see `onlyoffice_routes`).
@@ -367,65 +349,6 @@ pub fn onlyoffice_routes() -> Vec<RouteConfig> {
     ]
 }
 
-fn pick<T: Clone>(layers: &[Option<&T>]) -> Option<T> {
-    layers.iter().rev().find_map(|x| x.cloned())
-}
-
-fn opt_dur(d: Option<Duration>) -> Option<Duration> {
-    d.filter(|d| !d.is_zero())
-}
-
-fn apply_timeouts(p: &mut RoutePolicy, t: &TimeoutsConfig) {
-    let to = &mut p.timeouts;
-    if let Some(d) = t.connect {
-        to.connect = d;
-    }
-    if let Some(d) = t.tls_handshake {
-        to.tls_handshake = d;
-    }
-    if t.response_headers.is_some() {
-        to.response_headers = opt_dur(t.response_headers);
-    }
-    if t.per_try.is_some() {
-        to.per_try = opt_dur(t.per_try);
-    }
-    if t.request.is_some() {
-        to.request = opt_dur(t.request);
-    }
-    if let Some(d) = t.pool_idle {
-        to.pool_idle = d;
-    }
-    if t.stream_idle.is_some() {
-        to.stream_idle = opt_dur(t.stream_idle);
-    }
-}
-
-fn apply_retry(p: &mut RoutePolicy, r: &RetryConfig) {
-    let rp = &mut p.retry;
-    if let Some(v) = r.max_attempts {
-        rp.max_attempts = v.max(1);
-    }
-    if let Some(v) = r.backoff_base {
-        rp.backoff_base = v;
-    }
-    if let Some(v) = r.backoff_max {
-        rp.backoff_max = v;
-    }
-    if let Some(v) = &r.on_status {
-        rp.on_status = v.clone();
-    }
-    if let Some(v) = r.max_replay_bytes {
-        rp.max_replay_bytes = v;
-    }
-}
-
-fn parse_methods(methods: &[String]) -> Vec<Method> {
-    methods
-        .iter()
-        .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
-        .collect()
-}
-
 impl ResilienceConfig {
     /// Checks ranges, methods and prefixes; every error names its field path.
     pub fn validate(&self) -> Result<(), ResilienceConfigError> {
@@ -451,7 +374,7 @@ impl ResilienceConfig {
                     });
                 }
                 for (j, src) in r.hash_key.iter().flatten().enumerate() {
-                    if let Err(what) = src.resolve() {
+                    if let Err(what) = src.check() {
                         return Err(ResilienceConfigError::BadHashKey {
                             at: format!("{at}.hash_key[{j}]"),
                             what,
@@ -518,128 +441,6 @@ impl ResilienceConfig {
             }
         }
     }
-
-    /// The resolved policy of the service `name` (defaults apply to unknown names).
-    pub fn service_policy(&self, name: &str) -> ServicePolicy {
-        self.service_policy_over(name, RoutePolicy::default())
-    }
-
-    /// Like [`Self::service_policy`], with the hop timeouts of `[outbound]` (`connect_timeout`,
-    /// `handshake_timeout`, `pool_idle_timeout`) as the defaults that `[resilience]` overrides.
-    pub fn service_policy_for(
-        &self,
-        name: &str,
-        outbound: &super::outbound::OutboundConfig,
-    ) -> ServicePolicy {
-        let mut base = RoutePolicy::default();
-        base.timeouts.connect = outbound.connect_timeout;
-        base.timeouts.tls_handshake = outbound.handshake_timeout;
-        base.timeouts.pool_idle = outbound.pool_idle_timeout;
-        self.service_policy_over(name, base)
-    }
-
-    fn service_policy_over(&self, name: &str, mut base: RoutePolicy) -> ServicePolicy {
-        if self.onlyoffice_routes {
-            base.hash_key = Some(Arc::new(HashKey::onlyoffice()));
-        }
-        let svc = self.services.get(name);
-        let layers = [Some(&self.defaults), svc];
-        for l in layers.iter().flatten() {
-            apply_timeouts(&mut base, &l.timeouts);
-            apply_retry(&mut base, &l.retry);
-        }
-        let mut p = ServicePolicy::new(name);
-        let b = |f: &dyn Fn(&ServiceResilience) -> Option<f64>| {
-            layers.iter().rev().flatten().find_map(|l| f(l))
-        };
-        if let Some(v) = b(&|l| l.retry.budget_ratio) {
-            p.budget.ratio = v;
-        }
-        if let Some(v) = b(&|l| l.retry.budget_min_per_second.map(f64::from)) {
-            p.budget.min_per_second = v as u32;
-        }
-        if let Some(v) = b(&|l| l.retry.budget_ttl.map(|d| d.as_secs_f64())) {
-            p.budget.ttl = Duration::from_secs_f64(v);
-        }
-        for l in layers.iter().flatten() {
-            let br = &l.breaker;
-            let pb = &mut p.breaker;
-            if let Some(v) = br.consecutive_failures {
-                pb.consecutive_failures = v;
-            }
-            if let Some(v) = br.open_base {
-                pb.open_base = v;
-            }
-            if let Some(v) = br.open_max {
-                pb.open_max = v;
-            }
-            if let Some(v) = br.jitter {
-                pb.jitter = v;
-            }
-            if let Some(v) = &br.failure_statuses {
-                pb.failure_statuses = v.clone();
-            }
-            if let Some(v) = l.limits.max_concurrent {
-                p.limits.max_concurrent = v.max(1);
-            }
-            if let Some(v) = l.limits.max_pending {
-                p.limits.max_pending = v;
-            }
-            if let Some(v) = l.balance.strategy {
-                p.balance.strategy = match v {
-                    BalanceStrategyConfig::P2cEwma => BalanceStrategy::P2cEwma,
-                    BalanceStrategyConfig::P2cLoad => BalanceStrategy::P2cLoad,
-                };
-            }
-            if let Some(v) = l.balance.ewma_decay {
-                p.balance.ewma_decay = v;
-            }
-        }
-        p.health_check = pick(&layers.map(|l| l.and_then(|l| l.health_check.as_ref()))).map(|h| {
-            HealthCheckPolicy {
-                path: h.path,
-                interval: h.interval,
-                timeout: h.timeout,
-                expect_status: h.expect_status,
-                expect_body: h.expect_body,
-                unhealthy_threshold: h.unhealthy_threshold,
-                healthy_threshold: h.healthy_threshold,
-            }
-        });
-        let builtin = if self.onlyoffice_routes {
-            onlyoffice_routes()
-        } else {
-            Vec::new()
-        };
-        let routes = svc
-            .map(|s| s.routes.iter())
-            .into_iter()
-            .flatten()
-            .chain(self.defaults.routes.iter())
-            .chain(builtin.iter());
-        for r in routes {
-            let mut rp = base.clone();
-            apply_timeouts(&mut rp, &r.timeouts);
-            apply_retry(&mut rp, &r.retry);
-            if let Some(k) = &r.hash_key {
-                rp.hash_key = resolve_hash_key(k);
-            }
-            let prefix = if r.path_prefix.is_empty() {
-                "/".to_owned()
-            } else {
-                r.path_prefix.clone()
-            };
-            p.routes.push((
-                RouteMatch {
-                    methods: parse_methods(&r.methods),
-                    path_prefix: prefix,
-                },
-                Arc::new(rp),
-            ));
-        }
-        p.default_route = Arc::new(base);
-        p
-    }
 }
 
 #[cfg(test)]
@@ -651,53 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn layers_merge_defaults_service_route() {
-        let c = parse(
-            r#"
-            [defaults.timeouts]
-            response_headers = "30s"
-            [defaults.retry]
-            max_attempts = 4
-            [services.ds.timeouts]
-            per_try = "5s"
-            [services.ds.breaker]
-            consecutive_failures = 2
-            [[services.ds.routes]]
-            methods = ["post"]
-            path_prefix = "/coauthoring/"
-            retry = { max_attempts = 1 }
-            "#,
-        );
-        c.validate().unwrap();
-        let p = c.service_policy("ds");
-        let d = &p.default_route;
-        assert_eq!(d.timeouts.response_headers, Some(Duration::from_secs(30)));
-        assert_eq!(d.timeouts.per_try, Some(Duration::from_secs(5)));
-        assert_eq!(d.retry.max_attempts, 4);
-        assert_eq!(p.breaker.consecutive_failures, 2);
-        let r = p.route(&Method::POST, "/coauthoring/CommandService.ashx");
-        assert_eq!(r.retry.max_attempts, 1);
-        assert_eq!(r.timeouts.per_try, Some(Duration::from_secs(5)));
-        let conv = p.route(&Method::POST, "/ConvertService.ashx");
-        assert_eq!(
-            conv.timeouts.response_headers,
-            Some(Duration::from_secs(1800))
-        );
-        assert_eq!(
-            p.route(&Method::GET, "/ConvertService.ashx")
-                .timeouts
-                .response_headers,
-            Some(Duration::from_secs(30))
-        );
-        let other = c.service_policy("other");
-        assert_eq!(other.breaker.consecutive_failures, 5);
-        assert_eq!(other.default_route.timeouts.per_try, None);
-    }
-
-    #[test]
-    fn zero_disables_and_errors_name_the_field() {
-        let c = parse("[defaults.timeouts]\nrequest = \"0s\"\n");
-        assert_eq!(c.service_policy("x").default_route.timeouts.request, None);
+    fn errors_name_the_field() {
         let e = toml::from_str::<ResilienceConfig>("[defaults.retry]\nattempts = 2\n").unwrap_err();
         assert!(e.to_string().contains("attempts"), "{e}");
         let c = parse("[[services.ds.routes]]\nmethods = [\"G ET\"]\npath_prefix = \"/x\"\n");
@@ -709,51 +464,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("breaker.jitter"));
-    }
-
-    #[test]
-    fn health_check_and_onlyoffice_defaults() {
-        let c = parse("[services.ds.health_check]\nexpect_body = \"true\"\n");
-        let p = c.service_policy("ds");
-        let h = p.health_check.clone().unwrap();
-        assert_eq!(
-            (h.path.as_str(), h.expect_body.as_deref()),
-            ("/healthcheck", Some("true"))
-        );
-        let ws = p.route(&Method::GET, "/9.0.0/doc/abc/c/");
-        assert!(ws.timeouts.stream_idle.unwrap() > Duration::from_secs(45));
-        let c = parse("onlyoffice_routes = false\n");
-        assert!(c.service_policy("ds").routes.is_empty());
-    }
-
-    #[test]
-    fn hash_keys_inherit_the_onlyoffice_key_and_routes_override_it() {
-        let c = parse(
-            r#"
-            [[services.ds.routes]]
-            path_prefix = "/api/"
-            hash_key = [{ header = "X-Doc" }, { cookie = "sid" }]
-            [[services.ds.routes]]
-            path_prefix = "/static/"
-            hash_key = []
-            "#,
-        );
-        c.validate().unwrap();
-        let p = c.service_policy("ds");
-        let oo = Some(Arc::new(HashKey::onlyoffice()));
-        assert_eq!(p.default_route.hash_key, oo);
-        assert_eq!(p.route(&Method::POST, "/ConvertService.ashx").hash_key, oo);
-        let api = p.route(&Method::GET, "/api/x").hash_key.clone().unwrap();
-        assert_eq!(
-            api.sources,
-            vec![
-                HashSource::Header(http::HeaderName::from_static("x-doc")),
-                HashSource::Cookie("sid".into())
-            ]
-        );
-        assert_eq!(p.route(&Method::GET, "/static/a.js").hash_key, None);
-        let off = parse("onlyoffice_routes = false\n");
-        assert_eq!(off.service_policy("ds").default_route.hash_key, None);
     }
 
     #[test]

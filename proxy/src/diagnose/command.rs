@@ -18,6 +18,7 @@ use crate::config::outbound::split_host_port;
 use crate::config::Config;
 use crate::identity::tls::ALPN_HTTP1;
 use crate::identity::Identity;
+use crate::resilience::resolve::service_policy;
 
 /// `docmesh-proxy diagnose --config FILE (SERVICE | URL) [--json]`.
 #[derive(Debug, Clone, Args)]
@@ -78,9 +79,7 @@ pub fn run(args: &DiagnoseArgs) -> ExitCode {
     } else {
         None
     };
-    let policy = config
-        .resilience
-        .service_policy(&service_name(&config, &target));
+    let policy = service_policy(&config.resilience, &service_name(&config, &target));
     let t = &policy.default_route.timeouts;
     let timeouts = Timeouts {
         connect: t.connect,
@@ -138,7 +137,7 @@ pub fn target(config: &Config, args: &DiagnoseArgs) -> Result<Target, DiagnoseEr
             .unwrap_or_default();
         let (host, port) = split_host_port(first)
             .ok_or_else(|| DiagnoseError::UnknownTarget(args.target.clone()))?;
-        let health = config.resilience.service_policy(&svc.name).health_check;
+        let health = service_policy(&config.resilience, &svc.name).health_check;
         Target {
             label: svc.name.clone(),
             tls: true,

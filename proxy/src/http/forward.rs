@@ -9,11 +9,12 @@ use http_body_util::Either;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::pool::{HttpVersion, Pool};
+use super::pool::Pool;
 use super::upgrade::{splice, StreamIdle};
 use super::{is_upgrade_request, strip_hop_by_hop, ProxyBody};
 use crate::errors::{Hop, ProxyError};
 use crate::observe::{request_trace_id, TraceId};
+use crate::protocol::HttpVersion;
 
 /// Forwards `req` (any streaming body, e.g. `Incoming` or a body an authorization filter
 /// replays) to the upstream identified by `key` (connecting with `connect` when the pool

@@ -29,15 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::errors::{Cause, ProxyError};
-
-/// HTTP version spoken on an upstream connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HttpVersion {
-    /// HTTP/1.1 (and 1.0).
-    Http1,
-    /// HTTP/2.
-    Http2,
-}
+use crate::protocol::HttpVersion;
 
 /// Idle HTTP/1.1 connections kept per key at most; more are closed when they go idle.
 const MAX_IDLE_PER_KEY: usize = 256;

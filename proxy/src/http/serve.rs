@@ -13,10 +13,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
-use super::pool::HttpVersion;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{HeadGuard, HeadWatch, ServerLimits};
 use crate::observe::ObservedBody;
+use crate::protocol::HttpVersion;
 
 /// hyper's smallest allowed HTTP/1 read buffer (`max_buf_size` panics below it).
 const H1_MIN_BUF: usize = 8192;

@@ -21,11 +21,11 @@ use super::material::Svid;
 use super::IdentityError;
 
 /// ALPN for HTTP/2 inside the mesh connection.
-pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_H2: &[u8] = crate::protocol::alpn::H2;
 /// ALPN for HTTP/1.1 inside the mesh connection.
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub const ALPN_HTTP1: &[u8] = crate::protocol::alpn::HTTP1;
 /// ALPN for opaque TCP inside the mesh connection.
-pub const ALPN_TCP: &[u8] = b"docmesh-tcp";
+pub const ALPN_TCP: &[u8] = crate::protocol::alpn::TCP;
 
 /// Presents whatever SVID is current at handshake time, on both sides.
 pub(crate) struct CurrentSvid(pub(crate) Arc<ArcSwap<Svid>>);

@@ -17,39 +17,7 @@ use tokio_rustls::TlsConnector;
 
 use super::services::Service;
 use crate::errors::{Cause, ProxyError};
-
-/// ALPN protocol names on the mesh hop: they tell the inbound what runs inside the TLS stream
-/// (the same constants the identity module's server config offers).
-pub mod alpn {
-    /// HTTP/2.
-    pub const H2: &[u8] = crate::identity::tls::ALPN_H2;
-    /// HTTP/1.1.
-    pub const HTTP1: &[u8] = crate::identity::tls::ALPN_HTTP1;
-    /// Opaque TCP.
-    pub const TCP: &[u8] = crate::identity::tls::ALPN_TCP;
-}
-
-/// What runs inside a mesh connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Inner {
-    /// HTTP/1.1 (`http/1.1`).
-    Http1 = 0,
-    /// HTTP/2 (`h2`).
-    Http2 = 1,
-    /// Opaque TCP (`docmesh-tcp`).
-    Tcp = 2,
-}
-
-impl Inner {
-    /// The ALPN name for this protocol.
-    pub fn alpn(self) -> &'static [u8] {
-        match self {
-            Inner::Http1 => alpn::HTTP1,
-            Inner::Http2 => alpn::H2,
-            Inner::Tcp => alpn::TCP,
-        }
-    }
-}
+use crate::protocol::WireProtocol;
 
 /// Builds the rustls client configs of the mesh hop (implemented by the identity module's
 /// `Identity`): TLS 1.3 only, our SVID as client certificate, the server verified against the
@@ -121,12 +89,13 @@ impl Connectors {
         }
     }
 
-    /// Connects to `addr` (an endpoint of `svc`) for `inner`; failures carry their cause.
+    /// Connects to `addr` (an endpoint of `svc`) to carry `inner` (announced by ALPN); failures
+    /// carry their cause.
     pub(crate) async fn connect(
         &self,
         svc: &Service,
         addr: SocketAddr,
-        inner: Inner,
+        inner: WireProtocol,
         timeouts: HopTimeouts,
     ) -> Result<MeshStream, ProxyError> {
         let tcp = crate::net::connect(addr, timeouts.connect, &svc.name).await?;

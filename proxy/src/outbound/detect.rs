@@ -10,16 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// What the app speaks on a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
-    /// An HTTP/1.x request line.
-    Http1,
-    /// The HTTP/2 connection preface.
-    Http2,
-    /// Anything else, or nothing within the timeout.
-    Opaque,
-}
+use crate::protocol::WireProtocol;
 
 /// Why detection ended without reading anything useful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +39,14 @@ const METHODS: [&[u8]; 9] = [
 const MAX_SNIFF: usize = 24;
 
 /// Classifies `buf`; `None` when more bytes are needed.
-pub fn classify(buf: &[u8]) -> Option<Detected> {
+pub fn classify(buf: &[u8]) -> Option<WireProtocol> {
     if buf.is_empty() {
         return None;
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
-            Some(Detected::Http2)
+            Some(WireProtocol::Http2)
         } else {
             None
         };
@@ -65,7 +56,7 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
         let k = buf.len().min(m.len());
         if buf[..k] == m[..k] {
             if k == m.len() {
-                return Some(Detected::Http1);
+                return Some(WireProtocol::Http1);
             }
             maybe = true;
         }
@@ -73,7 +64,7 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     if maybe {
         None
     } else {
-        Some(Detected::Opaque)
+        Some(WireProtocol::Opaque)
     }
 }
 
@@ -82,13 +73,13 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
 pub async fn detect<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
-) -> std::io::Result<(Detected, Bytes, DetectEnd)> {
+) -> std::io::Result<(WireProtocol, Bytes, DetectEnd)> {
     let mut buf = BytesMut::with_capacity(MAX_SNIFF);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
         match read {
-            Err(_) => return Ok((Detected::Opaque, buf.freeze(), DetectEnd::Timeout)),
+            Err(_) => return Ok((WireProtocol::Opaque, buf.freeze(), DetectEnd::Timeout)),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => {
                 let end = if buf.is_empty() {
@@ -96,7 +87,7 @@ pub async fn detect<S: AsyncRead + Unpin>(
                 } else {
                     DetectEnd::Bytes
                 };
-                let d = classify(&buf).unwrap_or(Detected::Opaque);
+                let d = classify(&buf).unwrap_or(WireProtocol::Opaque);
                 return Ok((d, buf.freeze(), end));
             }
             Ok(Ok(_)) => {
@@ -104,7 +95,7 @@ pub async fn detect<S: AsyncRead + Unpin>(
                     return Ok((d, buf.freeze(), DetectEnd::Bytes));
                 }
                 if buf.len() >= MAX_SNIFF {
-                    return Ok((Detected::Opaque, buf.freeze(), DetectEnd::Bytes));
+                    return Ok((WireProtocol::Opaque, buf.freeze(), DetectEnd::Bytes));
                 }
             }
         }
@@ -118,14 +109,14 @@ mod tests {
 
     #[test]
     fn classifies_prefixes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
-        assert_eq!(classify(b"POST /x"), Some(Detected::Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(WireProtocol::Http1));
+        assert_eq!(classify(b"POST /x"), Some(WireProtocol::Http1));
         assert_eq!(classify(b"PO"), None);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
-        assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
-        assert_eq!(classify(b"*3\r\n$3\r\nSET"), Some(Detected::Opaque));
-        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
+        assert_eq!(classify(H2_PREFACE), Some(WireProtocol::Http2));
+        assert_eq!(classify(b"\x16\x03\x01"), Some(WireProtocol::Opaque));
+        assert_eq!(classify(b"*3\r\n$3\r\nSET"), Some(WireProtocol::Opaque));
+        assert_eq!(classify(b"GETX"), Some(WireProtocol::Opaque));
     }
 
     #[tokio::test(start_paused = true)]
@@ -135,7 +126,7 @@ mod tests {
         let (d, bytes, end) = detect(&mut proxy, Duration::from_millis(300))
             .await
             .unwrap();
-        assert_eq!((d, end), (Detected::Opaque, DetectEnd::Timeout));
+        assert_eq!((d, end), (WireProtocol::Opaque, DetectEnd::Timeout));
         assert!(bytes.is_empty());
         assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
@@ -152,7 +143,7 @@ mod tests {
         let (d, bytes, _) = detect(&mut proxy, Duration::from_millis(300))
             .await
             .unwrap();
-        assert_eq!(d, Detected::Http2);
+        assert_eq!(d, WireProtocol::Http2);
         assert_eq!(&bytes[..], H2_PREFACE);
         drop(writer.await.unwrap());
     }
@@ -164,7 +155,7 @@ mod tests {
         let (d, bytes, end) = detect(&mut proxy, Duration::from_millis(300))
             .await
             .unwrap();
-        assert_eq!((d, end), (Detected::Opaque, DetectEnd::Timeout));
+        assert_eq!((d, end), (WireProtocol::Opaque, DetectEnd::Timeout));
         assert_eq!(&bytes[..], b"GE");
     }
 }

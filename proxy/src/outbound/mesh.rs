@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::connect::{Connectors, HopTimeouts, Inner};
+use super::connect::{Connectors, HopTimeouts};
 use super::services::{Service, Services};
 use crate::errors::{Cause, ProxyError};
-use crate::http::pool::{HttpVersion, Pool};
+use crate::http::pool::Pool;
+use crate::protocol::HttpVersion;
 use crate::resilience::endpoint::{EndpointFn, NewFnEndpoint};
 use crate::resilience::observer::Observer;
 use crate::resilience::policy::ServicePolicy;
@@ -87,10 +88,6 @@ pub(crate) fn mesh_send(
                     connect: t.connect,
                     handshake: t.tls_handshake,
                 };
-                let inner = match version {
-                    HttpVersion::Http1 => Inner::Http1,
-                    HttpVersion::Http2 => Inner::Http2,
-                };
                 let key = PoolKey {
                     addr: ep.addr,
                     service: svc.index,
@@ -98,7 +95,7 @@ pub(crate) fn mesh_send(
                     generation: current,
                 };
                 pool.send(&key, version, req, || {
-                    connectors.connect(&svc, ep.addr, inner, timeouts)
+                    connectors.connect(&svc, ep.addr, version.into(), timeouts)
                 })
                 .await
             })

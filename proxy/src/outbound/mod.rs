@@ -22,11 +22,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::outbound::{OutboundConfig, Protocol, UnknownDestinations};
+use crate::config::outbound::{OutboundConfig, UnknownDestinations};
 use crate::config::resilience::ResilienceConfig;
 use crate::errors::{Hop, ProxyError};
 use crate::http::forward::{error_response, relay};
-use crate::http::pool::HttpVersion;
 use crate::http::serve::serve_connection_limited;
 use crate::http::ProxyBody;
 use crate::lifecycle::Lifecycle;
@@ -34,9 +33,11 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::net::Prefixed;
 use crate::observe::{request_trace_id, HopAddrs, Observability};
+use crate::protocol::{HttpVersion, WireProtocol};
 use crate::resilience::observer::{NoopObserver, Observer};
-use connect::{Connectors, HopTimeouts, Inner, MeshClient};
-use detect::{DetectEnd, Detected};
+use crate::resilience::resolve::service_policy_for;
+use connect::{Connectors, HopTimeouts, MeshClient};
+use detect::DetectEnd;
 use mesh::{mesh_send, MeshStacks, SendFn};
 use services::{Service, Services};
 
@@ -145,7 +146,7 @@ impl Outbound {
         let resilience = ResilienceConfig::default();
         let stacks = MeshStacks::new(
             &services,
-            |name| resilience.service_policy_for(name, cfg),
+            |name| service_policy_for(&resilience, name, cfg),
             send.clone(),
             Arc::new(NoopObserver),
         );
@@ -187,7 +188,7 @@ impl Outbound {
         let s = &self.shared;
         let stacks = MeshStacks::new(
             &s.services.load(),
-            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            |name| service_policy_for(cfg, name, &s.hop_defaults),
             s.send.clone(),
             observer.clone(),
         );
@@ -217,7 +218,7 @@ impl Outbound {
             .clone();
         let stacks = MeshStacks::new(
             &services,
-            |name| cfg.service_policy_for(name, &s.hop_defaults),
+            |name| service_policy_for(&cfg, name, &s.hop_defaults),
             s.send.clone(),
             observer.clone(),
         );
@@ -296,36 +297,16 @@ impl Outbound {
     }
 
     async fn accept_loop(&self, listener: TcpListener, target: impl Fn() -> Target) {
-        let drain = self.shared.lifecycle.draining();
-        tokio::pin!(drain);
-        let slots = self.shared.limits.load().listener();
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = &mut drain => return,
-                r = listener.accept() => r,
-            };
-            match accepted {
-                Ok((stream, _peer)) => {
-                    let Some(permit) = slots.admit() else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let guard = self.shared.lifecycle.track();
-                    let shared = Arc::clone(&self.shared);
-                    let target = target();
-                    tokio::spawn(async move {
-                        handle(shared, stream, target).await;
-                        drop((guard, permit));
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let shared = &self.shared;
+        let slots = shared.limits.load().listener();
+        crate::accept::serve_listener(
+            listener,
+            "outbound",
+            &shared.lifecycle,
+            slots,
+            |stream, _peer| Some(handle(Arc::clone(shared), stream, target())),
+        )
+        .await;
     }
 }
 
@@ -368,12 +349,10 @@ async fn mesh(
     dst: Option<SocketAddr>,
 ) {
     let declared_opaque = dst.is_some_and(|d| shared.opaque_ports.contains(&d.port()));
-    let (proto, prefix) = match svc.protocol {
-        Protocol::Http1 => (Detected::Http1, bytes::Bytes::new()),
-        Protocol::Http2 => (Detected::Http2, bytes::Bytes::new()),
-        Protocol::Opaque => (Detected::Opaque, bytes::Bytes::new()),
-        Protocol::Detect if declared_opaque => (Detected::Opaque, bytes::Bytes::new()),
-        Protocol::Detect => match detect::detect(&mut stream, shared.detect_timeout).await {
+    let (proto, prefix) = match svc.protocol.declared() {
+        Some(declared) => (declared, bytes::Bytes::new()),
+        None if declared_opaque => (WireProtocol::Opaque, bytes::Bytes::new()),
+        None => match detect::detect(&mut stream, shared.detect_timeout).await {
             Ok((_, _, DetectEnd::Closed)) => return,
             Ok((d, bytes, end)) => {
                 if end == DetectEnd::Timeout {
@@ -388,10 +367,9 @@ async fn mesh(
             }
         },
     };
-    match proto {
-        Detected::Opaque => opaque(&shared, stream, &svc, dst, prefix).await,
-        Detected::Http1 => http(shared, stream, svc, dst, prefix, HttpVersion::Http1).await,
-        Detected::Http2 => http(shared, stream, svc, dst, prefix, HttpVersion::Http2).await,
+    match proto.http_version() {
+        None => opaque(&shared, stream, &svc, dst, prefix).await,
+        Some(version) => http(shared, stream, svc, dst, prefix, version).await,
     }
 }
 
@@ -418,7 +396,7 @@ async fn opaque(
             _ => svc.pick()?,
         };
         addrs.upstream = Some(addr);
-        let mut up = shared.mesh.connect(svc, addr, Inner::Tcp, shared.timeouts).await?;
+        let mut up = shared.mesh.connect(svc, addr, WireProtocol::Opaque, shared.timeouts).await?;
         let copied = async {
             up.write_all(&prefix).await?;
             crate::net::copy_bidirectional(&mut stream, &mut up).await

@@ -28,6 +28,7 @@ pub mod limit;
 pub mod mesh_observer;
 pub mod observer;
 pub mod policy;
+pub mod resolve;
 pub mod retry;
 pub mod timeout;
 

@@ -1,5 +1,6 @@
 //! Resolved resilience policy: concrete values the layers use, built from
-//! `config::resilience` (defaults ⊕ service ⊕ route) by [`ServicePolicy::route`].
+//! `config::resilience` (defaults ⊕ service ⊕ route) by `resolve.rs`; a request's route is
+//! picked by [`ServicePolicy::route`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,16 +183,9 @@ pub struct HealthCheckPolicy {
 }
 
 impl Default for HealthCheckPolicy {
+    /// The defaults of `[resilience.services.<name>.health_check]`.
     fn default() -> Self {
-        HealthCheckPolicy {
-            path: "/healthcheck".into(),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
-            expect_status: 200,
-            expect_body: None,
-            unhealthy_threshold: 2,
-            healthy_threshold: 1,
-        }
+        Self::from(&crate::config::resilience::HealthCheckConfig::default())
     }
 }
 

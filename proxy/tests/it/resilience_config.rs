@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use docmesh_proxy::config::{Config, ConfigError};
+use docmesh_proxy::resilience::resolve::{service_policy, service_policy_for};
 use http::Method;
 
 const BASE: &str = r#"
@@ -46,9 +47,7 @@ fn a_documentserver_profile_loads_and_resolves() {
         &[],
     )
     .unwrap();
-    let p = c
-        .resilience
-        .service_policy_for("documentserver", &c.outbound);
+    let p = service_policy_for(&c.resilience, "documentserver", &c.outbound);
     assert_eq!(
         p.health_check.as_ref().unwrap().expect_body.as_deref(),
         Some("true")
@@ -102,6 +101,6 @@ fn environment_overrides_reach_the_section() {
         &[("DOCMESH_RESILIENCE__DEFAULTS__RETRY__MAX_ATTEMPTS", "5")],
     )
     .unwrap();
-    let p = c.resilience.service_policy("documentserver");
+    let p = service_policy(&c.resilience, "documentserver");
     assert_eq!(p.default_route.retry.max_attempts, 5);
 }

@@ -506,7 +506,8 @@ pub use docmesh_certs::ca::{CertificateAuthority, IssuedSvid, KeyAlgorithm};
 use docmesh_certs::tls::{ExpectedPeer, SharedBundles, SpiffeClientVerifier, SpiffeServerVerifier};
 pub use docmesh_certs::{SpiffeId, TrustBundleSet, TrustDomain};
 use docmesh_proxy::inbound::ServerTls;
-use docmesh_proxy::outbound::connect::{alpn, ClientTls};
+use docmesh_proxy::outbound::connect::ClientTls;
+use docmesh_proxy::protocol::alpn;
 use std::sync::Arc;
 
 /// A dev CA for trust domain `td` (one day).
