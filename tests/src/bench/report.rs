@@ -173,13 +173,14 @@ pub enum Better {
     Lower,
 }
 
-/// One line of the table: a figure per set-up (direct, docmesh, nginx, haproxy, haproxy-h2).
+/// One line of the table: a figure per set-up (direct, docmesh, docmesh-h1, nginx, haproxy,
+/// haproxy-h2).
 #[derive(Debug, Clone)]
 pub struct Row {
     /// Name of the figure with its unit.
     pub metric: String,
     /// Values in [`Kind::ALL`] order; None where it does not apply.
-    pub values: [Option<f64>; 5],
+    pub values: [Option<f64>; Kind::ALL.len()],
     /// Which way is better.
     pub better: Better,
 }
@@ -229,7 +230,7 @@ impl Row {
 pub(crate) fn by_kind(
     all: &[SetupFigures],
     f: impl Fn(&SetupFigures) -> Option<f64>,
-) -> [Option<f64>; 5] {
+) -> [Option<f64>; Kind::ALL.len()] {
     Kind::ALL.map(|k| all.iter().find(|s| s.kind == k).and_then(&f))
 }
 
@@ -501,7 +502,7 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
 mod tests {
     use super::*;
 
-    fn row(metric: &str, better: Better, values: [Option<f64>; 5]) -> Row {
+    fn row(metric: &str, better: Better, values: [Option<f64>; Kind::ALL.len()]) -> Row {
         Row {
             metric: metric.into(),
             values,
@@ -511,11 +512,11 @@ mod tests {
 
     #[test]
     fn best_peer_is_the_best_of_the_three_peers_per_figure() {
-        // direct, docmesh, nginx, haproxy, haproxy-h2
+        // direct, docmesh, docmesh-h1, nginx, haproxy, haproxy-h2
         let cpu = row(
             "proxy CPU s/10k req (pair, tput)",
             Better::Lower,
-            [None, Some(0.30), Some(0.34), Some(0.36), Some(0.22)],
+            [None, Some(0.30), None, Some(0.34), Some(0.36), Some(0.22)],
         );
         assert_eq!(cpu.best_peer(), Some((Kind::HaproxyH2, 0.22)));
         let [best, direct] = cpu.ratios();
@@ -524,10 +525,14 @@ mod tests {
         let tput = row(
             "throughput, 16 conns (req/s)",
             Better::Higher,
-            [Some(150e3), Some(30e3), Some(36e3), Some(32e3), None],
+            [Some(150e3), Some(30e3), None, Some(36e3), Some(32e3), None],
         );
         assert_eq!(tput.best_peer(), Some((Kind::Nginx, 36e3)));
-        let none = row("x", Better::Lower, [Some(1.0), Some(1.0), None, None, None]);
+        let none = row(
+            "x",
+            Better::Lower,
+            [Some(1.0), Some(1.0), None, None, None, None],
+        );
         assert_eq!(none.best_peer(), None);
         assert_eq!(none.ratios()[0], None);
     }

@@ -1,4 +1,4 @@
-//! The benchmark run: start the backend and the five set-ups, then interleaved rounds (each
+//! The benchmark run: start the backend and the six set-ups, then interleaved rounds (each
 //! round runs throughput, open-loop latency, connection churn and the connection-scale test
 //! against every set-up, the set-up order rotating per round) so that machine drift hits all
 //! set-ups alike.
@@ -45,7 +45,7 @@ pub struct Settings {
     pub out_dir: PathBuf,
     /// A docmesh-proxy binary to use instead of building one.
     pub docmesh: Option<PathBuf>,
-    /// Run only these set-ups (`--only`, for profiling); empty means all five.
+    /// Run only these set-ups (`--only`, for profiling); empty means all six.
     pub only: Vec<Kind>,
     /// `--otlp-blackhole`: the docmesh sidecars export spans (every request sampled) to a
     /// collector that accepts connections and never answers (issue 22).

@@ -1,5 +1,5 @@
-//! The five set-ups: direct (no proxy), and the docmesh, nginx, HAProxy and HAProxy-with-h2
-//! pairs, each pair
+//! The six set-ups: direct (no proxy), and the docmesh (HTTP/2 mesh hop, the default),
+//! docmesh-h1 (HTTP/1.1 mesh hop), nginx, HAProxy and HAProxy-with-h2 pairs, each pair
 //! as two real processes (client side and server side) on 127.0.0.1, started from the
 //! configs in [`super::configs`], stopped (SIGTERM, then SIGKILL) when dropped.
 
@@ -22,6 +22,9 @@ pub enum Kind {
     Direct,
     /// docmesh sidecar pair.
     Docmesh,
+    /// The same docmesh pair with HTTP/1.1 on the mesh hop (`outbound.mesh_http2 = false`):
+    /// the A/B of the hop's protocol, measured in the same rounds.
+    DocmeshH1,
     /// nginx pair.
     Nginx,
     /// HAProxy pair, HTTP/1.1 on the mesh hop.
@@ -32,9 +35,10 @@ pub enum Kind {
 
 impl Kind {
     /// All set-ups in the order of a round.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Direct,
         Kind::Docmesh,
+        Kind::DocmeshH1,
         Kind::Nginx,
         Kind::Haproxy,
         Kind::HaproxyH2,
@@ -48,6 +52,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Docmesh => "docmesh",
+            Kind::DocmeshH1 => "docmesh-h1",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
             Kind::HaproxyH2 => "haproxy-h2",
@@ -163,12 +168,17 @@ impl Setup {
         let mut procs = Vec::new();
         match kind {
             Kind::Direct => {}
-            Kind::Docmesh => {
+            Kind::Docmesh | Kind::DocmeshH1 => {
+                let mesh_http2 = if kind == Kind::DocmeshH1 {
+                    "false"
+                } else {
+                    "true"
+                };
                 for (role, text) in [
                     ("inbound", configs::docmesh_inbound(pki, ports)),
                     ("outbound", configs::docmesh_outbound(pki, ports)),
                 ] {
-                    let cfg = write(dir.join(format!("docmesh-{role}.toml")), &text)?;
+                    let cfg = write(dir.join(format!("{tag}-{role}.toml")), &text)?;
                     let mut cmd = Command::new(&tools.docmesh);
                     cmd.arg("run")
                         .arg("--config")
@@ -176,6 +186,7 @@ impl Setup {
                         // One thread, like nginx and HAProxy: with this set to 1 the proxy
                         // runs tokio's single-threaded runtime.
                         .env("TOKIO_WORKER_THREADS", "1")
+                        .env("DOCMESH_OUTBOUND__MESH_HTTP2", mesh_http2)
                         .envs(docmesh_env.iter().map(|(k, v)| (k, v)));
                     procs.push(spawn(role, dir, tag, &mut cmd)?);
                 }

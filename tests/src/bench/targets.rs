@@ -71,7 +71,7 @@ mod tests {
     use super::*;
     use crate::bench::report::{table, Better};
 
-    fn row(metric: &str, better: Better, values: [Option<f64>; 5]) -> Row {
+    fn row(metric: &str, better: Better, values: [Option<f64>; Kind::ALL.len()]) -> Row {
         Row {
             metric: metric.into(),
             values,
@@ -85,12 +85,19 @@ mod tests {
             row(
                 "throughput, 16 conns (req/s)",
                 Better::Higher,
-                [Some(1.0), Some(40e3), Some(36e3), Some(32e3), Some(45e3)],
+                [
+                    Some(1.0),
+                    Some(40e3),
+                    None,
+                    Some(36e3),
+                    Some(32e3),
+                    Some(45e3),
+                ],
             ),
             row(
                 "  outbound CPU s/10k req (1000/s)",
                 Better::Lower,
-                [None, Some(0.40), Some(0.50), Some(0.60), Some(0.55)],
+                [None, Some(0.40), None, Some(0.50), Some(0.60), Some(0.55)],
             ),
         ];
         let t = targets(&rows);

@@ -12,7 +12,8 @@ const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [
   --quick       a few seconds per set-up (smoke run; noisy figures)
   --out DIR     where docmesh-bench.{json,png,txt} go (default target/docmesh-bench)
   --proxy PATH  use this docmesh-proxy binary instead of building the release one
-  --only NAME   run only this set-up (direct, docmesh, nginx, haproxy, haproxy-h2;
+  --only NAME   run only this set-up (direct, docmesh, docmesh-h1, nginx, haproxy,
+                haproxy-h2;
                 repeatable), e.g. to profile one proxy with perf
   --throughput-seconds N   length of each throughput run
   --rounds N    number of interleaved rounds (full run: 3, quick: 1)
