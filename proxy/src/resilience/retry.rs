@@ -124,12 +124,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
-        let policy = route_of(&req).retry.clone();
+        let route = route_of(&req);
         let budget = self.budget.clone();
         let (service, observer) = (self.service.clone(), self.observer.clone());
         let mut inner = self.inner.clone();
         budget.deposit();
         Box::pin(async move {
+            // The route's policy, shared (an `Arc` clone, not a copy of its status list).
+            let policy = &route.retry;
             let idempotent = is_idempotent(req.method());
             let (mut parts, template) = req.into_parts();
             parts.extensions.insert(Tried::default());
