@@ -5,9 +5,10 @@
 //! `upstream-not-http2`. But the close often arrives before the client's next write, which then
 //! fails (broken pipe, reset) while the answer still waits, unread, in the socket: the cause
 //! would be a bare `upstream-reset`. And a server that only speaks HTTP/1.x, like hyper's, may
-//! close on the preface without a byte. [`H2Probe`] looks at what the peer sent when a write
-//! fails before anything was read, and reports an answer that starts like HTTP/1.x, or the end
-//! of the stream before any byte, as [`NotHttp2Answer`], which `classify` maps to
+//! close on the preface without a byte, or with it unread, which makes the kernel send a reset
+//! that discards its answer. [`H2Probe`] looks at what the peer sent when a write fails before
+//! anything was read, and reports an answer that starts like HTTP/1.x, or the end of the
+//! stream or a reset before any byte, as [`NotHttp2Answer`], which `classify` maps to
 //! `upstream-not-http2`.
 
 use std::io;
@@ -99,12 +100,20 @@ impl<Io: AsyncRead> AsyncRead for H2Probe<Io> {
         let r = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
             *this.read_any = true;
-        } else if *this.silent_close_is_http1
-            && matches!(r, Poll::Ready(Ok(())))
-            && !*this.read_any
-            && buf.remaining() > 0
-        {
-            // The end of the stream before a single byte: the peer closed on the preface.
+            return r;
+        }
+        if !*this.silent_close_is_http1 || *this.read_any {
+            return r;
+        }
+        // The end of the stream, or a reset, before a single byte: the peer closed on the
+        // preface. (An HTTP/1.x server that closes with the preface unread makes the kernel
+        // send a reset, which can overtake and discard its HTTP/1.1 error answer.)
+        let closed_on_preface = match &r {
+            Poll::Ready(Ok(())) => buf.remaining() > 0,
+            Poll::Ready(Err(e)) => e.kind() == io::ErrorKind::ConnectionReset,
+            Poll::Pending => false,
+        };
+        if closed_on_preface {
             let answer = NotHttp2Answer { status_line: None };
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, answer)));
         }
@@ -207,5 +216,38 @@ mod tests {
             answer.status_line.as_deref(),
             Some("HTTP/1.1 400 Bad Request")
         );
+    }
+
+    /// A real socket: the app closes with the preface unread (the kernel resets), and the
+    /// client's read sees the reset before any byte: an app, not a sidecar, so the probe names
+    /// it (a sidecar's reset stays a reset).
+    #[tokio::test]
+    async fn a_reset_before_any_byte_is_an_http1_only_app() {
+        for app_side in [true, false] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 4];
+                let _ = s.read(&mut b).await; // the rest stays unread: close resets
+            });
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut probe = H2Probe::new(tcp, app_side);
+            probe
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            server.await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut b = [0u8; 16];
+            let err = probe.read(&mut b).await.expect_err("the peer reset");
+            let named = err
+                .get_ref()
+                .is_some_and(|e| e.downcast_ref::<NotHttp2Answer>().is_some());
+            assert_eq!(named, app_side, "{err}");
+            if !app_side {
+                assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+            }
+        }
     }
 }
