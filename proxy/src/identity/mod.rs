@@ -79,7 +79,7 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// No valid SVID arrived within `identity.startup_timeout`.
-    #[error("no valid SVID from the {source_kind} source within {}: {last}", humantime::format_duration(*.waited))]
+    #[error("no valid SVID from the {source_kind} source within {}: {last}", whole_millis(*.waited))]
     StartupTimeout {
         /// `files` or `workload-api`.
         source_kind: &'static str,
@@ -444,6 +444,12 @@ impl Collector for SvidCollector {
         )?)?;
         Ok(())
     }
+}
+
+/// `d` for an operator: whole milliseconds (`29s 44ms`, not `29s 44ms 935us 747ns`).
+fn whole_millis(d: Duration) -> humantime::FormattedDuration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(ms))
 }
 
 #[cfg(test)]

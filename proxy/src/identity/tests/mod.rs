@@ -381,3 +381,16 @@ async fn svid_info_and_metrics_describe_the_current_svid() {
     types.dedup();
     assert_eq!(types.len(), n, "{text}");
 }
+
+#[test]
+fn startup_timeout_names_the_wait_in_whole_milliseconds() {
+    let e = super::IdentityError::StartupTimeout {
+        source_kind: "files",
+        waited: std::time::Duration::from_nanos(29_044_935_747),
+        last: "cannot read /run/svid.pem".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "no valid SVID from the files source within 29s 44ms: cannot read /run/svid.pem"
+    );
+}
