@@ -147,7 +147,9 @@ pub struct OutboundConfig {
     /// Carry the app's HTTP/1.x requests to peer sidecars as HTTP/2 streams over one mTLS
     /// connection per endpoint (the peer inbound speaks HTTP/1.x to its app again). Fewer
     /// connections, system calls and TLS records per request under load; upgrades (WebSocket)
-    /// keep HTTP/1.1. Turn off only for a peer sidecar too old to understand it.
+    /// keep HTTP/1.1. Off: one pooled HTTP/1.1 mTLS connection per concurrent request (more
+    /// throughput for a closed loop on few connections, more mesh connections, no keep-alive
+    /// PINGs; docs/config.md), and for a peer sidecar too old to understand the HTTP/2 hop.
     pub mesh_http2: bool,
     /// Services in the mesh.
     pub services: Vec<ServiceConfig>,
