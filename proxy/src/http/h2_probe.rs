@@ -57,6 +57,18 @@ fn http1_answer(bytes: &[u8]) -> Option<NotHttp2Answer> {
     })
 }
 
+/// Whether a read that added nothing to `buf` (it held `before` bytes) saw the peer go away:
+/// the end of the stream (with room left to read into) or a reset. The one test for a peer
+/// that closed on the preface, in the read path and after a failed write alike.
+fn peer_went_away(r: &Poll<io::Result<()>>, buf: &ReadBuf<'_>, before: usize) -> bool {
+    buf.filled().len() == before
+        && match r {
+            Poll::Ready(Ok(())) => buf.remaining() > 0,
+            Poll::Ready(Err(e)) => e.kind() == io::ErrorKind::ConnectionReset,
+            Poll::Pending => false,
+        }
+}
+
 impl<Io: AsyncRead + AsyncWrite> H2Probe<Io> {
     /// `err` from a write, or the peer's HTTP/1.x answer if it sent one and nothing was read.
     fn explain(self: Pin<&mut Self>, cx: &mut Context<'_>, err: io::Error) -> io::Error {
@@ -70,20 +82,13 @@ impl<Io: AsyncRead + AsyncWrite> H2Probe<Io> {
         }
         let mut first = [0u8; 128];
         let mut buf = ReadBuf::new(&mut first);
-        let silent = *this.silent_close_is_http1;
-        let answer = match this.inner.poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() && silent => {
-                NotHttp2Answer { status_line: None }
-            }
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => return err,
-            Poll::Ready(Ok(())) => match http1_answer(buf.filled()) {
-                Some(answer) => answer,
-                None => return err,
-            },
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset && silent => {
-                NotHttp2Answer { status_line: None }
-            }
-            _ => return err,
+        let r = this.inner.poll_read(cx, &mut buf);
+        let answer = if *this.silent_close_is_http1 && peer_went_away(&r, &buf, 0) {
+            NotHttp2Answer { status_line: None }
+        } else if let (Poll::Ready(Ok(())), Some(answer)) = (&r, http1_answer(buf.filled())) {
+            answer
+        } else {
+            return err;
         };
         io::Error::new(io::ErrorKind::InvalidData, answer)
     }
@@ -108,12 +113,7 @@ impl<Io: AsyncRead> AsyncRead for H2Probe<Io> {
         // The end of the stream, or a reset, before a single byte: the peer closed on the
         // preface. (An HTTP/1.x server that closes with the preface unread makes the kernel
         // send a reset, which can overtake and discard its HTTP/1.1 error answer.)
-        let closed_on_preface = match &r {
-            Poll::Ready(Ok(())) => buf.remaining() > 0,
-            Poll::Ready(Err(e)) => e.kind() == io::ErrorKind::ConnectionReset,
-            Poll::Pending => false,
-        };
-        if closed_on_preface {
+        if peer_went_away(&r, buf, before) {
             let answer = NotHttp2Answer { status_line: None };
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, answer)));
         }
@@ -177,28 +177,36 @@ mod tests {
         assert!(http1_answer(b"").is_none());
     }
 
-    /// A real socket: the server writes an HTTP/1.1 answer and closes without reading, so the
-    /// client's writes end in a reset; the probe still names the answer.
-    #[tokio::test]
-    async fn a_failed_write_reports_the_unread_http1_answer() {
+    /// A probe over a real socket to a server that reads part of the preface, writes `answer`
+    /// and closes with the rest unread (so the kernel resets), once the close has happened.
+    async fn probe_to_closing_server(
+        answer: &'static [u8],
+        silent_close_is_http1: bool,
+    ) -> H2Probe<tokio::net::TcpStream> {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let mut b = [0u8; 8];
-            let _ = s.read(&mut b).await; // part of the preface stays unread: close resets
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                .await
-                .unwrap();
+            let mut b = [0u8; 4];
+            let _ = s.read(&mut b).await; // the rest of the preface stays unread
+            s.write_all(answer).await.unwrap();
         });
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut probe = H2Probe::new(tcp, false);
+        let mut probe = H2Probe::new(tcp, silent_close_is_http1);
         probe
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .unwrap();
         server.await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        probe
+    }
+
+    /// The server writes an HTTP/1.1 answer and closes without reading, so the client's writes
+    /// end in a reset; the probe still names the answer.
+    #[tokio::test]
+    async fn a_failed_write_reports_the_unread_http1_answer() {
+        let mut probe = probe_to_closing_server(b"HTTP/1.1 400 Bad Request\r\n\r\n", false).await;
         let mut err = None;
         for _ in 0..100 {
             if let Err(e) = probe.write_all(&[0u8; 4096]).await {
@@ -218,27 +226,13 @@ mod tests {
         );
     }
 
-    /// A real socket: the app closes with the preface unread (the kernel resets), and the
-    /// client's read sees the reset before any byte: an app, not a sidecar, so the probe names
-    /// it (a sidecar's reset stays a reset).
+    /// The app closes without a byte, with the preface unread (the kernel resets), and the
+    /// client's read sees the reset: an app, not a sidecar, so the probe names it (a sidecar's
+    /// reset stays a reset).
     #[tokio::test]
     async fn a_reset_before_any_byte_is_an_http1_only_app() {
         for app_side in [true, false] {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let server = tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.unwrap();
-                let mut b = [0u8; 4];
-                let _ = s.read(&mut b).await; // the rest stays unread: close resets
-            });
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut probe = H2Probe::new(tcp, app_side);
-            probe
-                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                .await
-                .unwrap();
-            server.await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut probe = probe_to_closing_server(b"", app_side).await;
             let mut b = [0u8; 16];
             let err = probe.read(&mut b).await.expect_err("the peer reset");
             let named = err
