@@ -498,17 +498,19 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
     json!({"settings": settings, "setups": setups, "table": table, "targets": targets})
 }
 
+/// A row of the table from its parts, for the tests of the table and of the targets.
+#[cfg(test)]
+pub(crate) fn row(metric: &str, better: Better, values: [Option<f64>; Kind::ALL.len()]) -> Row {
+    Row {
+        metric: metric.into(),
+        values,
+        better,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(metric: &str, better: Better, values: [Option<f64>; Kind::ALL.len()]) -> Row {
-        Row {
-            metric: metric.into(),
-            values,
-            better,
-        }
-    }
 
     #[test]
     fn best_peer_is_the_best_of_the_three_peers_per_figure() {

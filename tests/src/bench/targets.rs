@@ -69,15 +69,7 @@ pub fn targets(rows: &[Row]) -> Vec<(String, bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::{table, Better};
-
-    fn row(metric: &str, better: Better, values: [Option<f64>; Kind::ALL.len()]) -> Row {
-        Row {
-            metric: metric.into(),
-            values,
-            better,
-        }
-    }
+    use crate::bench::report::{row, table, Better};
 
     #[test]
     fn targets_compare_against_the_best_peer() {
