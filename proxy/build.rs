@@ -15,8 +15,9 @@ fn main() {
 
 /// DT_RELR needs glibc 2.36 or newer where the binary runs (the linker adds that version
 /// need), so it is used for a native glibc build on such a system, or when
-/// `DOCMESH_PACK_RELOCS=1` asks for it; `DOCMESH_PACK_RELOCS=0` turns it off. Static musl
-/// builds have no dynamic relocations to pack.
+/// `DOCMESH_PACK_RELOCS=1` asks for it; `DOCMESH_PACK_RELOCS=0` turns it off. The static
+/// (`+crt-static`, static-pie) build the images ship relocates itself with the same glibc
+/// code, so it packs them too.
 fn pack_relocations() -> bool {
     let target = std::env::var("TARGET").unwrap_or_default();
     if !target.ends_with("-linux-gnu") {

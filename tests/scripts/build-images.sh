@@ -8,19 +8,19 @@
 #   docmesh-base:<hash>   Debian bookworm from debootstrap (tests/scripts/build-base-image.sh),
 #                         which also runs the CI stand-ins and backing services
 #
-# The binaries are the static musl build for this machine's architecture
-# (tests/scripts/build-musl.sh; PROFILE=dev by default here, PROFILE=release for real use).
+# The binaries are the static build for this machine's architecture
+# (tests/scripts/build-static.sh; PROFILE=dev by default here, PROFILE=release for real use).
 #
 #     bash tests/scripts/build-images.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 profile=${PROFILE:-dev}
 arch=$(uname -m)
-target=$arch-unknown-linux-musl
+target=$arch-unknown-linux-gnu
 version=0.1.0
 
 base=$(bash tests/scripts/build-base-image.sh)
-PROFILE=$profile bash tests/scripts/build-musl.sh >&2
+PROFILE=$profile bash tests/scripts/build-static.sh >&2
 bindir=${CARGO_TARGET_DIR:-target}/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/docmesh-images.XXXXXX")

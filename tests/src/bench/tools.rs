@@ -28,7 +28,7 @@ pub enum ToolError {
         detail: String,
     },
     /// Building the proxy failed.
-    #[error("building the release docmesh-proxy failed ({detail}); run `cargo build --release -p docmesh-proxy` to see why")]
+    #[error("building the release docmesh-proxy failed ({detail}); run `bash tests/scripts/build-static.sh` to see why")]
     Build {
         /// What went wrong.
         detail: String,
@@ -108,8 +108,9 @@ pub fn find_or_install(
     Ok(p)
 }
 
-/// The release `docmesh-proxy`: `explicit` if given, else built with `$CARGO build --release
-/// -p docmesh-proxy` (a no-op when up to date) into the target dir of the running benchmark.
+/// The release `docmesh-proxy`: `explicit` if given, else the binary the images ship, built
+/// as `tests/scripts/build-static.sh` builds it (`--target <arch>-unknown-linux-gnu`, glibc
+/// linked statically; a no-op when up to date) into the target dir of the running benchmark.
 pub fn docmesh_proxy(
     explicit: Option<PathBuf>,
     notes: &mut Vec<String>,
@@ -131,21 +132,21 @@ pub fn docmesh_proxy(
     // We are <target>/release/docmesh-bench: build the proxy into the same target dir, also
     // when the benchmark binary is started directly rather than through `cargo run`.
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let target = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let target_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     eprintln!(
-        "docmesh-bench: building docmesh-proxy (release) into {} ...",
-        target.display()
+        "docmesh-bench: building docmesh-proxy (release, static, {triple}) into {} ...",
+        target_dir.display()
+    );
+    let flags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        triple.to_uppercase().replace('-', "_")
     );
     let st = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "docmesh-proxy",
-            "--bin",
-            "docmesh-proxy",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
+        .args(["build", "--release", "--target", &triple])
+        .args(["-p", "docmesh-proxy", "--bin", "docmesh-proxy"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(flags_var, "-C target-feature=+crt-static")
         .status()
         .map_err(|e| ToolError::Build {
             detail: format!("cannot run {}: {e}", Path::new(&cargo).display()),
@@ -155,13 +156,19 @@ pub fn docmesh_proxy(
             detail: format!("cargo exited with {st}"),
         });
     }
-    let p = dir.join("docmesh-proxy");
+    let p = target_dir
+        .join(&triple)
+        .join("release")
+        .join("docmesh-proxy");
     if !is_executable(&p) {
         return Err(ToolError::Build {
             detail: format!("{} missing after the build", p.display()),
         });
     }
-    notes.push(format!("docmesh-proxy: release build {}", p.display()));
+    notes.push(format!(
+        "docmesh-proxy: static release build {}",
+        p.display()
+    ));
     Ok(p)
 }
 
