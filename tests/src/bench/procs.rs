@@ -26,6 +26,13 @@ pub fn cpu_seconds(pid: i32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Kernel CPU seconds (stime) used so far by `pid` alone; 0 when it is gone.
+pub fn system_cpu_seconds(pid: i32) -> f64 {
+    stat_fields(Path::new(&format!("/proc/{pid}/stat")))
+        .and_then(|f| Some(f.get(12)?.parse::<u64>().ok()? as f64 / TICKS))
+        .unwrap_or(0.0)
+}
+
 /// CPU seconds used so far by one thread of this process.
 pub fn thread_cpu_seconds(tid: i32) -> f64 {
     stat_fields(Path::new(&format!("/proc/self/task/{tid}/stat")))
@@ -69,6 +76,11 @@ pub fn tree(pid: i32) -> Vec<i32> {
 /// CPU seconds of `pid` and its descendants.
 pub fn tree_cpu_seconds(pid: i32) -> f64 {
     tree(pid).into_iter().map(cpu_seconds).sum()
+}
+
+/// Kernel CPU seconds (stime) of `pid` and its descendants.
+pub fn tree_system_cpu_seconds(pid: i32) -> f64 {
+    tree(pid).into_iter().map(system_cpu_seconds).sum()
 }
 
 fn status_kb(pid: i32, key: &str) -> Option<u64> {
@@ -175,5 +187,28 @@ mod tests {
         assert_eq!(idle_percent((820, 980), (870, 1180)), Some(25.0));
         assert_eq!(idle_percent((820, 980), (820, 980)), None);
         assert!(host_cpu_ticks().is_some(), "this machine has /proc/stat");
+    }
+
+    #[test]
+    fn system_cpu_is_the_kernel_part_of_the_total() {
+        // Work that is almost all kernel time: small writes to /dev/null, until the kernel
+        // has charged at least 3 ticks (30 ms) to this process, or give up after 5 s.
+        use std::io::Write;
+        let me = std::process::id() as i32;
+        let (sys0, all0) = (system_cpu_seconds(me), cpu_seconds(me));
+        let mut null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let start = std::time::Instant::now();
+        while system_cpu_seconds(me) - sys0 < 0.03 && start.elapsed().as_secs() < 5 {
+            for _ in 0..10_000 {
+                null.write_all(b"x").unwrap();
+            }
+        }
+        let (sys, all) = (system_cpu_seconds(me) - sys0, cpu_seconds(me) - all0);
+        assert!(sys >= 0.03, "stime did not grow: {sys} s");
+        assert!(sys <= all + 1e-9, "stime {sys} s above utime+stime {all} s");
+        assert_eq!(system_cpu_seconds(-1), 0.0);
     }
 }

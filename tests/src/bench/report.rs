@@ -23,6 +23,8 @@ pub struct ProcFigures {
     pub cpu_throughput_s: f64,
     /// CPU seconds during the open-loop runs.
     pub cpu_latency_s: f64,
+    /// Of those, kernel CPU seconds (stime: system calls, TCP, wake-ups).
+    pub system_cpu_latency_s: f64,
     /// CPU seconds during the churn runs.
     pub cpu_churn_s: f64,
     /// Context switches during the throughput runs.
@@ -325,6 +327,17 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
             better: Better::Lower,
         });
     }
+    rows.push(Row {
+        metric: "  of which kernel (pair, 1000/s)".into(),
+        values: by_kind(all, |s| {
+            if s.procs.is_empty() {
+                return None;
+            }
+            let sys = s.procs.iter().map(|p| p.system_cpu_latency_s).sum();
+            SetupFigures::per_10k(sys, s.latency_requests)
+        }),
+        better: Better::Lower,
+    });
     for role in ["outbound", "inbound"] {
         rows.push(Row {
             metric: format!("{role} idle RSS (MiB)"),
@@ -458,6 +471,7 @@ pub fn json(all: &[SetupFigures], rows: &[Row], settings: Value) -> Value {
                     "peak_rss_all_mib": p.peak_rss_all_mib,
                     "cpu_throughput_s": p.cpu_throughput_s,
                     "cpu_latency_s": p.cpu_latency_s,
+                    "system_cpu_latency_s": p.system_cpu_latency_s,
                     "cpu_churn_s": p.cpu_churn_s,
                     "context_switches_throughput": p.ctx_switches_throughput,
                     "cpu_connection_scale_s": p.cpu_scale_s,

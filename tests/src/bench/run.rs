@@ -93,9 +93,20 @@ pub(crate) fn cpu_now(s: &Setup) -> Vec<f64> {
         .collect()
 }
 
-pub(crate) fn cpu_delta(s: &Setup, before: &[f64]) -> Vec<f64> {
-    cpu_now(s)
+/// Kernel CPU seconds (stime) of each proxy process of `s` now.
+pub(crate) fn system_cpu_now(s: &Setup) -> Vec<f64> {
+    s.procs
         .iter()
+        .map(|p| procs::tree_system_cpu_seconds(p.pid()))
+        .collect()
+}
+
+pub(crate) fn cpu_delta(s: &Setup, before: &[f64]) -> Vec<f64> {
+    deltas(&cpu_now(s), before)
+}
+
+fn deltas(now: &[f64], before: &[f64]) -> Vec<f64> {
+    now.iter()
         .zip(before)
         .map(|(a, b)| (a - b).max(0.0))
         .collect()
@@ -281,6 +292,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
 
             // Latency at a fixed rate, open loop.
             let cpu0 = cpu_now(s);
+            let sys0 = system_cpu_now(s);
             let l = load::open_loop(
                 s.entry,
                 settings.rate,
@@ -290,6 +302,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("open-loop run against {name}"))?;
             for (pf, d) in f.procs.iter_mut().zip(cpu_delta(s, &cpu0)) {
                 pf.cpu_latency_s += d;
+            }
+            for (pf, d) in f.procs.iter_mut().zip(deltas(&system_cpu_now(s), &sys0)) {
+                pf.system_cpu_latency_s += d;
             }
             let sent = ((settings.latency_warmup + settings.latency).as_secs_f64()
                 * f64::from(settings.rate)) as u64;
@@ -418,7 +433,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             "best_peer": "per figure the best of nginx, haproxy (HTTP/1.1 mesh hop) and haproxy-h2 (alpn h2 on the mesh hop); ratios are docmesh / best peer",
             "churn": "own client, 16 concurrent, full TLS 1.3 mTLS handshake (no resumption, X25519, ECDSA P-256) to the server-side proxy per request, Connection: close; direct = plain TCP to the backend",
             "worker_threads": "docmesh TOKIO_WORKER_THREADS=1 (single-threaded runtime), nginx worker_processes 1, haproxy and haproxy-h2 nbthread 1",
-            "cpu": "utime+stime from /proc/PID/stat over the process tree",
+            "cpu": "utime+stime from /proc/PID/stat over the process tree (system_cpu_latency_s: stime alone)",
             "rss": "VmRSS after start (idle), VmHWM reset before each throughput run (tput), VmHWM at the end of each round (all)",
         },
     });
