@@ -162,17 +162,20 @@ pub async fn serve_connection_limited<Io, H, Fut>(
             }
         }
         HttpVersion::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(limits.h2_max_concurrent_streams)
-                .max_header_list_size(limits.h2_max_header_list_size)
-                .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-                .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-                .serve_connection(
-                    TokioIo::new(super::coalesce::Coalesced::new(io.into_inner())),
-                    svc,
-                );
-            tokio::pin!(conn);
+            // Boxed: the HTTP/2 connection's state (about 3 KiB) would otherwise size this
+            // future, and so the task of every HTTP/1 connection, which never uses it.
+            let mut conn = Box::pin(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                    .max_header_list_size(limits.h2_max_header_list_size)
+                    .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+                    .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+                    .serve_connection(
+                        TokioIo::new(super::coalesce::Coalesced::new(io.into_inner())),
+                        svc,
+                    ),
+            );
             // hyper has no HTTP/2 idle limit: the one of idle HTTP/1.1 keep-alive connections
             // (`limits.header_read_timeout`) applies, then GOAWAY.
             tokio::select! {
