@@ -74,6 +74,23 @@ pub async fn connect(
     }
 }
 
+/// TCP keep-alive probes for a connection that may idle in a pool: the first after `idle`
+/// without traffic, then three more within `timeout`; if none is answered the kernel fails
+/// the connection, so a flow a NAT or conntrack dropped silently, or a peer whose node
+/// vanished, is found dead before a request is sent into it. Best effort: a socket that
+/// refuses the options keeps working without them.
+pub fn set_keep_alive(stream: &TcpStream, idle: Duration, timeout: Duration) {
+    const PROBES: u32 = 3;
+    let every = (timeout / PROBES).max(Duration::from_secs(1));
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(idle.max(Duration::from_secs(1)))
+        .with_interval(every)
+        .with_retries(PROBES);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive on a mesh connection");
+    }
+}
+
 /// The `what` of [`connect`] for the inbound hop's connection to the local app, whose failures
 /// point the operator at the app rather than at a remote peer.
 pub const APP: &str = "the app";

@@ -137,19 +137,21 @@ pub struct OutboundConfig {
     pub pool_idle_timeout: Duration,
     /// HTTP/2 mesh connections send a keep-alive PING this often, also while idle, so that a
     /// flow a NAT or conntrack dropped silently is noticed and replaced before a request is
-    /// sent into it (`0s`: no PINGs).
+    /// sent into it; every mesh connection (HTTP/1.1 and opaque TCP too) also gets TCP
+    /// keep-alive probes after this much idle time (`0s`: neither).
     #[serde(with = "humantime_serde")]
     pub h2_keep_alive_interval: Duration,
-    /// A PING unanswered this long closes the HTTP/2 mesh connection; the next request opens
-    /// a new one.
+    /// A PING unanswered this long closes the HTTP/2 mesh connection, and TCP keep-alive
+    /// probes unanswered this long close any mesh connection; the next request opens a new one.
     #[serde(with = "humantime_serde")]
     pub h2_keep_alive_timeout: Duration,
     /// Carry the app's HTTP/1.x requests to peer sidecars as HTTP/2 streams over one mTLS
-    /// connection per endpoint (the peer inbound speaks HTTP/1.x to its app again). Fewer
-    /// connections, system calls and TLS records per request under load; upgrades (WebSocket)
-    /// keep HTTP/1.1. Off: one pooled HTTP/1.1 mTLS connection per concurrent request (more
-    /// throughput for a closed loop on few connections, more mesh connections, no keep-alive
-    /// PINGs; docs/config.md), and for a peer sidecar too old to understand the HTTP/2 hop.
+    /// connection per endpoint (the peer inbound speaks HTTP/1.x to its app again): fewer mesh
+    /// connections and handshakes, keep-alive PINGs. Off (the default since the sixth
+    /// performance session): each request rides a pooled HTTP/1.1 mTLS connection, one per
+    /// concurrent request, which in the benchmark costs 20% less CPU per request at 1000 req/s
+    /// with 20-30% lower added latency and more throughput (docs/benchmark.md, docs/config.md).
+    /// Upgrades (WebSocket) keep HTTP/1.1 and HTTP/2 callers (gRPC) HTTP/2 either way.
     pub mesh_http2: bool,
     /// Services in the mesh.
     pub services: Vec<ServiceConfig>,
@@ -177,7 +179,7 @@ impl Default for OutboundConfig {
             pool_idle_timeout: Duration::from_secs(20),
             h2_keep_alive_interval: Duration::from_secs(10),
             h2_keep_alive_timeout: Duration::from_secs(5),
-            mesh_http2: true,
+            mesh_http2: false,
             services: Vec::new(),
             listeners: Vec::new(),
             routes: Vec::new(),

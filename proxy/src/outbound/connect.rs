@@ -99,6 +99,9 @@ impl Connectors {
         timeouts: HopTimeouts,
     ) -> Result<MeshStream, ProxyError> {
         let tcp = crate::net::connect(addr, timeouts.connect, &svc.name).await?;
+        if let Some((idle, timeout)) = timeouts.keep_alive {
+            crate::net::set_keep_alive(&tcp, idle, timeout);
+        }
         let tls = match self {
             Connectors::Plaintext => return Ok(MeshStream::Plain(tcp)),
             Connectors::Mtls(tls) => tls,
@@ -142,6 +145,9 @@ pub struct HopTimeouts {
     pub connect: Duration,
     /// TLS handshake.
     pub handshake: Duration,
+    /// TCP keep-alive probes on the connection (idle time, then how long probes may go
+    /// unanswered; see [`crate::net::set_keep_alive`]); `None`: none.
+    pub keep_alive: Option<(Duration, Duration)>,
 }
 
 impl AsyncRead for MeshStream {

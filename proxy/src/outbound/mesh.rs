@@ -87,6 +87,7 @@ pub(crate) fn mesh_send(
                 let timeouts = HopTimeouts {
                     connect: t.connect,
                     handshake: t.tls_handshake,
+                    keep_alive,
                 };
                 let key = PoolKey {
                     addr: ep.addr,

@@ -163,6 +163,7 @@ impl Outbound {
                 timeouts: HopTimeouts {
                     connect: cfg.connect_timeout,
                     handshake: cfg.handshake_timeout,
+                    keep_alive: cfg.h2_keep_alive(),
                 },
                 unknown: cfg.unknown_destinations,
                 lifecycle,
