@@ -72,7 +72,7 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> ChartError {
 const COLORS: [RGBColor; 6] = [
     RGBColor(120, 120, 120), // direct
     RGBColor(31, 119, 180),  // docmesh
-    RGBColor(148, 103, 189), // docmesh-h1
+    RGBColor(148, 103, 189), // docmesh-h2
     RGBColor(44, 160, 44),   // nginx
     RGBColor(214, 39, 40),   // haproxy
     RGBColor(255, 127, 14),  // haproxy-h2

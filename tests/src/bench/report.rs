@@ -175,7 +175,7 @@ pub enum Better {
     Lower,
 }
 
-/// One line of the table: a figure per set-up (direct, docmesh, docmesh-h1, nginx, haproxy,
+/// One line of the table: a figure per set-up (direct, docmesh, docmesh-h2, nginx, haproxy,
 /// haproxy-h2).
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn best_peer_is_the_best_of_the_three_peers_per_figure() {
-        // direct, docmesh, docmesh-h1, nginx, haproxy, haproxy-h2
+        // direct, docmesh, docmesh-h2, nginx, haproxy, haproxy-h2
         let cpu = row(
             "proxy CPU s/10k req (pair, tput)",
             Better::Lower,

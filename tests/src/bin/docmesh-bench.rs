@@ -12,7 +12,7 @@ const USAGE: &str = "usage: docmesh-bench [--quick] [--out DIR] [--proxy PATH] [
   --quick       a few seconds per set-up (smoke run; noisy figures)
   --out DIR     where docmesh-bench.{json,png,txt} go (default target/docmesh-bench)
   --proxy PATH  use this docmesh-proxy binary instead of building the release one
-  --only NAME   run only this set-up (direct, docmesh, docmesh-h1, nginx, haproxy,
+  --only NAME   run only this set-up (direct, docmesh, docmesh-h2, nginx, haproxy,
                 haproxy-h2;
                 repeatable), e.g. to profile one proxy with perf
   --throughput-seconds N   length of each throughput run
