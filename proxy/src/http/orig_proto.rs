@@ -1,7 +1,8 @@
 //! HTTP/1.x requests carried between sidecars as HTTP/2 streams.
 //!
-//! The outbound multiplexes the app's HTTP/1.x requests over one HTTP/2 mTLS connection per
-//! peer endpoint (`outbound.mesh_http2`): under load many requests share one TLS record and one
+//! With `outbound.mesh_http2 = true` (off by default: at a sidecar's usual rates HTTP/1.1 costs
+//! less, docs/config.md) the outbound multiplexes the app's HTTP/1.x requests over one HTTP/2
+//! mTLS connection per peer endpoint: under load many requests share one TLS record and one
 //! system call, where HTTP/1.1 needs a connection, a write and a wake-up per request. The
 //! outbound marks such a request with `docmesh-orig-proto`; the peer inbound removes the mark
 //! and speaks the original HTTP/1.x to its app, so the app never sees HTTP/2 it did not ask for.
