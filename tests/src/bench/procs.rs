@@ -14,45 +14,43 @@ fn stat_fields(path: &Path) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
+// Indices of the time fields after the command name's ')' (state is index 0).
+const UTIME: usize = 11;
+const STIME: usize = 12;
+const CUTIME: usize = 13;
+const CSTIME: usize = 14;
+
+/// The sum of the clock-tick `fields` of the stat file at `path`, in seconds; 0 when the
+/// process is gone or the file cannot be read.
+fn stat_seconds(path: &str, fields: &[usize]) -> f64 {
+    stat_fields(Path::new(path))
+        .and_then(|f| {
+            fields
+                .iter()
+                .map(|&i| f.get(i)?.parse::<u64>().ok())
+                .sum::<Option<u64>>()
+        })
+        .map_or(0.0, |ticks| ticks as f64 / TICKS)
+}
+
 /// CPU seconds (user + system) used so far by `pid` alone; 0 when it is gone.
 pub fn cpu_seconds(pid: i32) -> f64 {
-    // After ')': state is index 0, so utime (field 14) is index 11, stime index 12.
-    stat_fields(Path::new(&format!("/proc/{pid}/stat")))
-        .and_then(|f| {
-            let u: u64 = f.get(11)?.parse().ok()?;
-            let s: u64 = f.get(12)?.parse().ok()?;
-            Some((u + s) as f64 / TICKS)
-        })
-        .unwrap_or(0.0)
+    stat_seconds(&format!("/proc/{pid}/stat"), &[UTIME, STIME])
 }
 
 /// Kernel CPU seconds (stime) used so far by `pid` alone; 0 when it is gone.
 pub fn system_cpu_seconds(pid: i32) -> f64 {
-    stat_fields(Path::new(&format!("/proc/{pid}/stat")))
-        .and_then(|f| Some(f.get(12)?.parse::<u64>().ok()? as f64 / TICKS))
-        .unwrap_or(0.0)
+    stat_seconds(&format!("/proc/{pid}/stat"), &[STIME])
 }
 
 /// CPU seconds used so far by one thread of this process.
 pub fn thread_cpu_seconds(tid: i32) -> f64 {
-    stat_fields(Path::new(&format!("/proc/self/task/{tid}/stat")))
-        .and_then(|f| {
-            let u: u64 = f.get(11)?.parse().ok()?;
-            let s: u64 = f.get(12)?.parse().ok()?;
-            Some((u + s) as f64 / TICKS)
-        })
-        .unwrap_or(0.0)
+    stat_seconds(&format!("/proc/self/task/{tid}/stat"), &[UTIME, STIME])
 }
 
 /// CPU seconds of this process's waited-for children (cutime + cstime), e.g. wrk runs.
 pub fn children_cpu_seconds() -> f64 {
-    stat_fields(Path::new("/proc/self/stat"))
-        .and_then(|f| {
-            let u: u64 = f.get(13)?.parse().ok()?;
-            let s: u64 = f.get(14)?.parse().ok()?;
-            Some((u + s) as f64 / TICKS)
-        })
-        .unwrap_or(0.0)
+    stat_seconds("/proc/self/stat", &[CUTIME, CSTIME])
 }
 
 /// `pid` and all its descendants (via /proc/PID/task/*/children).

@@ -131,13 +131,22 @@ impl SetupFigures {
         (requests > 0).then(|| cpu / requests as f64 * 1e4)
     }
 
-    /// Proxy CPU seconds per 10 000 requests in the throughput test, both processes.
-    pub fn cpu_per_10k(&self) -> Option<f64> {
+    /// `seconds` of each proxy process summed over the pair, per 10 000 of `requests`; `None`
+    /// for a set-up without proxies (direct) or without requests.
+    pub(crate) fn pair_per_10k(
+        &self,
+        seconds: impl Fn(&ProcFigures) -> f64,
+        requests: u64,
+    ) -> Option<f64> {
         if self.procs.is_empty() {
             return None;
         }
-        let cpu: f64 = self.procs.iter().map(|p| p.cpu_throughput_s).sum();
-        Self::per_10k(cpu, self.throughput_requests)
+        Self::per_10k(self.procs.iter().map(seconds).sum(), requests)
+    }
+
+    /// Proxy CPU seconds per 10 000 requests in the throughput test, both processes.
+    pub fn cpu_per_10k(&self) -> Option<f64> {
+        self.pair_per_10k(|p| p.cpu_throughput_s, self.throughput_requests)
     }
 
     pub(crate) fn proc_fig(&self, role: &str) -> Option<&ProcFigures> {
@@ -309,11 +318,7 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
     rows.push(Row {
         metric: "proxy CPU s/10k req (pair, 1000/s)".into(),
         values: by_kind(all, |s| {
-            if s.procs.is_empty() {
-                return None;
-            }
-            let cpu = s.procs.iter().map(|p| p.cpu_latency_s).sum();
-            SetupFigures::per_10k(cpu, s.latency_requests)
+            s.pair_per_10k(|p| p.cpu_latency_s, s.latency_requests)
         }),
         better: Better::Lower,
     });
@@ -330,11 +335,7 @@ pub fn rows(all: &[SetupFigures]) -> Vec<Row> {
     rows.push(Row {
         metric: "  of which kernel (pair, 1000/s)".into(),
         values: by_kind(all, |s| {
-            if s.procs.is_empty() {
-                return None;
-            }
-            let sys = s.procs.iter().map(|p| p.system_cpu_latency_s).sum();
-            SetupFigures::per_10k(sys, s.latency_requests)
+            s.pair_per_10k(|p| p.system_cpu_latency_s, s.latency_requests)
         }),
         better: Better::Lower,
     });

@@ -87,18 +87,23 @@ fn loadavg() -> String {
 
 /// CPU seconds of each proxy process of `s` now.
 pub(crate) fn cpu_now(s: &Setup) -> Vec<f64> {
-    s.procs
-        .iter()
-        .map(|p| procs::tree_cpu_seconds(p.pid()))
-        .collect()
+    per_proxy(s, procs::tree_cpu_seconds)
 }
 
 /// Kernel CPU seconds (stime) of each proxy process of `s` now.
-pub(crate) fn system_cpu_now(s: &Setup) -> Vec<f64> {
-    s.procs
-        .iter()
-        .map(|p| procs::tree_system_cpu_seconds(p.pid()))
-        .collect()
+fn system_cpu_now(s: &Setup) -> Vec<f64> {
+    per_proxy(s, procs::tree_system_cpu_seconds)
+}
+
+fn per_proxy(s: &Setup, read: fn(i32) -> f64) -> Vec<f64> {
+    s.procs.iter().map(|p| read(p.pid())).collect()
+}
+
+/// The order of the interleaved rounds: each round visits every set-up once, starting one
+/// set-up later than the round before, so that drift of the machine hits all alike.
+fn rotation(rounds: u32, setups: usize) -> impl Iterator<Item = (u32, usize)> {
+    (0..rounds)
+        .flat_map(move |round| (0..setups).map(move |i| (round, (i + round as usize) % setups)))
 }
 
 pub(crate) fn cpu_delta(s: &Setup, before: &[f64]) -> Vec<f64> {
@@ -235,145 +240,139 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         load::wrk(&tools.wrk, s.entry, settings.connections, 1)?;
     }
 
-    for round in 0..settings.rounds {
-        for i in 0..setups.len() {
-            let idx = (i + round as usize) % setups.len();
-            let s = &mut setups[idx];
-            let f = &mut figs[idx];
-            let name = s.kind.name();
+    for (round, idx) in rotation(settings.rounds, setups.len()) {
+        let s = &mut setups[idx];
+        let f = &mut figs[idx];
+        let name = s.kind.name();
 
-            // Throughput (peak RSS reset first, so it is the peak of this test).
-            for p in &s.procs {
-                procs::reset_peak(p.pid());
-            }
-            let cpu0 = cpu_now(s);
-            let cs0: Vec<u64> = s
-                .procs
-                .iter()
-                .map(|p| procs::context_switches(p.pid()))
-                .collect();
-            let be0 = procs::thread_cpu_seconds(be.tid);
-            let host0 = procs::host_cpu_ticks();
-            let t = load::wrk(
-                &tools.wrk,
-                s.entry,
-                settings.connections,
-                settings.throughput_s,
-            )
-            .with_context(|| format!("throughput run against {name}"))?;
-            f.backend_cpu_s += procs::thread_cpu_seconds(be.tid) - be0;
-            for ((pf, p), d) in f.procs.iter_mut().zip(&s.procs).zip(cpu_delta(s, &cpu0)) {
-                pf.cpu_throughput_s += d;
-
-                pf.peak_rss_throughput_mib =
-                    pf.peak_rss_throughput_mib.max(procs::peak_rss_mib(p.pid()));
-            }
-            for ((pf, p), c0) in f.procs.iter_mut().zip(&s.procs).zip(cs0) {
-                pf.ctx_switches_throughput += procs::context_switches(p.pid()).saturating_sub(c0);
-            }
-            if let Some(idle) = host0
-                .zip(procs::host_cpu_ticks())
-                .and_then(|(a, b)| procs::idle_percent(a, b))
-            {
-                f.host_idle_rounds.push(idle);
-            }
-            f.rps_rounds.push(t.rps);
-            f.throughput_requests += t.requests;
-            f.throughput_errors += t.errors;
-            f.wrk_cpu_s += t.generator_cpu_s;
-            eprintln!(
-                "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} throughput {:>8.0} req/s ({} errors)",
-                started.elapsed().as_secs_f64(),
-                round + 1,
-                settings.rounds,
-                t.rps,
-                t.errors
-            );
-
-            // Latency at a fixed rate, open loop.
-            let cpu0 = cpu_now(s);
-            let sys0 = system_cpu_now(s);
-            let l = load::open_loop(
-                s.entry,
-                settings.rate,
-                settings.latency_warmup,
-                settings.latency,
-            )
-            .with_context(|| format!("open-loop run against {name}"))?;
-            for (pf, d) in f.procs.iter_mut().zip(cpu_delta(s, &cpu0)) {
-                pf.cpu_latency_s += d;
-            }
-            for (pf, d) in f.procs.iter_mut().zip(deltas(&system_cpu_now(s), &sys0)) {
-                pf.system_cpu_latency_s += d;
-            }
-            let sent = ((settings.latency_warmup + settings.latency).as_secs_f64()
-                * f64::from(settings.rate)) as u64;
-            f.latency_requests += sent;
-            f.latency_errors += l.errors;
-            f.latency_connections += l.connections;
-            eprintln!(
-                "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} latency p50 {:>6.0} us p99 {:>6.0} us ({} errors)",
-                started.elapsed().as_secs_f64(),
-                round + 1,
-                settings.rounds,
-                report::percentile(&l.latencies_us, 0.5),
-                report::percentile(&l.latencies_us, 0.99),
-                l.errors
-            );
-            f.latencies_us.extend(l.latencies_us);
-
-            // New connections per second: a fresh (m)TLS connection per request.
-            let cpu0 = cpu_now(s);
-            let (target, tls) = match s.mtls {
-                Some(a) => (a, Some(churn_tls.clone())),
-                None => (s.entry, None),
-            };
-            let c = load::churn(target, tls, settings.churn_concurrency, settings.churn)
-                .with_context(|| format!("churn run against {name}"))?;
-            for ((pf, p), d) in f.procs.iter_mut().zip(&s.procs).zip(cpu_delta(s, &cpu0)) {
-                pf.cpu_churn_s += d;
-                pf.peak_rss_all_mib = pf.peak_rss_all_mib.max(procs::peak_rss_mib(p.pid()));
-            }
-            let per_s = c.connections as f64 / c.seconds.max(1e-9);
-            f.churn_rounds.push(per_s);
-            f.churn_connections += c.connections;
-            f.churn_errors += c.errors;
-            eprintln!(
-                "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} churn {:>8.0} conn/s ({} errors)",
-                started.elapsed().as_secs_f64(),
-                round + 1,
-                settings.rounds,
-                per_s,
-                c.errors
-            );
-            s.check_alive()?;
+        // Throughput (peak RSS reset first, so it is the peak of this test).
+        for p in &s.procs {
+            procs::reset_peak(p.pid());
         }
+        let cpu0 = cpu_now(s);
+        let cs0: Vec<u64> = s
+            .procs
+            .iter()
+            .map(|p| procs::context_switches(p.pid()))
+            .collect();
+        let be0 = procs::thread_cpu_seconds(be.tid);
+        let host0 = procs::host_cpu_ticks();
+        let t = load::wrk(
+            &tools.wrk,
+            s.entry,
+            settings.connections,
+            settings.throughput_s,
+        )
+        .with_context(|| format!("throughput run against {name}"))?;
+        f.backend_cpu_s += procs::thread_cpu_seconds(be.tid) - be0;
+        for ((pf, p), d) in f.procs.iter_mut().zip(&s.procs).zip(cpu_delta(s, &cpu0)) {
+            pf.cpu_throughput_s += d;
+
+            pf.peak_rss_throughput_mib =
+                pf.peak_rss_throughput_mib.max(procs::peak_rss_mib(p.pid()));
+        }
+        for ((pf, p), c0) in f.procs.iter_mut().zip(&s.procs).zip(cs0) {
+            pf.ctx_switches_throughput += procs::context_switches(p.pid()).saturating_sub(c0);
+        }
+        if let Some(idle) = host0
+            .zip(procs::host_cpu_ticks())
+            .and_then(|(a, b)| procs::idle_percent(a, b))
+        {
+            f.host_idle_rounds.push(idle);
+        }
+        f.rps_rounds.push(t.rps);
+        f.throughput_requests += t.requests;
+        f.throughput_errors += t.errors;
+        f.wrk_cpu_s += t.generator_cpu_s;
+        eprintln!(
+            "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} throughput {:>8.0} req/s ({} errors)",
+            started.elapsed().as_secs_f64(),
+            round + 1,
+            settings.rounds,
+            t.rps,
+            t.errors
+        );
+
+        // Latency at a fixed rate, open loop.
+        let cpu0 = cpu_now(s);
+        let sys0 = system_cpu_now(s);
+        let l = load::open_loop(
+            s.entry,
+            settings.rate,
+            settings.latency_warmup,
+            settings.latency,
+        )
+        .with_context(|| format!("open-loop run against {name}"))?;
+        for (pf, d) in f.procs.iter_mut().zip(cpu_delta(s, &cpu0)) {
+            pf.cpu_latency_s += d;
+        }
+        for (pf, d) in f.procs.iter_mut().zip(deltas(&system_cpu_now(s), &sys0)) {
+            pf.system_cpu_latency_s += d;
+        }
+        let sent = ((settings.latency_warmup + settings.latency).as_secs_f64()
+            * f64::from(settings.rate)) as u64;
+        f.latency_requests += sent;
+        f.latency_errors += l.errors;
+        f.latency_connections += l.connections;
+        eprintln!(
+            "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} latency p50 {:>6.0} us p99 {:>6.0} us ({} errors)",
+            started.elapsed().as_secs_f64(),
+            round + 1,
+            settings.rounds,
+            report::percentile(&l.latencies_us, 0.5),
+            report::percentile(&l.latencies_us, 0.99),
+            l.errors
+        );
+        f.latencies_us.extend(l.latencies_us);
+
+        // New connections per second: a fresh (m)TLS connection per request.
+        let cpu0 = cpu_now(s);
+        let (target, tls) = match s.mtls {
+            Some(a) => (a, Some(churn_tls.clone())),
+            None => (s.entry, None),
+        };
+        let c = load::churn(target, tls, settings.churn_concurrency, settings.churn)
+            .with_context(|| format!("churn run against {name}"))?;
+        for ((pf, p), d) in f.procs.iter_mut().zip(&s.procs).zip(cpu_delta(s, &cpu0)) {
+            pf.cpu_churn_s += d;
+            pf.peak_rss_all_mib = pf.peak_rss_all_mib.max(procs::peak_rss_mib(p.pid()));
+        }
+        let per_s = c.connections as f64 / c.seconds.max(1e-9);
+        f.churn_rounds.push(per_s);
+        f.churn_connections += c.connections;
+        f.churn_errors += c.errors;
+        eprintln!(
+            "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} churn {:>8.0} conn/s ({} errors)",
+            started.elapsed().as_secs_f64(),
+            round + 1,
+            settings.rounds,
+            per_s,
+            c.errors
+        );
+        s.check_alive()?;
     }
 
     // The connection-scale test last, after every round of the others: a proxy's memory after
     // thousands of connections is not returned at once (allocators keep freed pages), so run
     // earlier it would raise the peak RSS the throughput figures report.
-    for round in 0..settings.rounds {
-        for i in 0..setups.len() {
-            let idx = (i + round as usize) % setups.len();
-            let s = &mut setups[idx];
-            let f = &mut figs[idx];
-            let name = s.kind.name();
-            if !s.procs.is_empty() {
-                scale::run(settings, idle_conns, s, f)
-                    .with_context(|| format!("connection-scale run against {name}"))?;
-                eprintln!(
-                    "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} {} idle conns held, {} still open, outbound RSS {:.1} MiB",
-                    started.elapsed().as_secs_f64(),
-                    round + 1,
-                    settings.rounds,
-                    f.scale_opened_rounds.last().copied().unwrap_or(0),
-                    f.scale_survived_rounds.last().copied().unwrap_or(0),
-                    f.procs.first().map_or(0.0, |p| p.rss_scale_idle_mib),
-                );
-            }
-            s.check_alive()?;
+    for (round, idx) in rotation(settings.rounds, setups.len()) {
+        let s = &mut setups[idx];
+        let f = &mut figs[idx];
+        let name = s.kind.name();
+        if !s.procs.is_empty() {
+            scale::run(settings, idle_conns, s, f)
+                .with_context(|| format!("connection-scale run against {name}"))?;
+            eprintln!(
+                "docmesh-bench: [{:>5.1}s] round {}/{} {name:<8} {} idle conns held, {} still open, outbound RSS {:.1} MiB",
+                started.elapsed().as_secs_f64(),
+                round + 1,
+                settings.rounds,
+                f.scale_opened_rounds.last().copied().unwrap_or(0),
+                f.scale_survived_rounds.last().copied().unwrap_or(0),
+                f.procs.first().map_or(0.0, |p| p.rss_scale_idle_mib),
+            );
         }
+        s.check_alive()?;
     }
 
     let rows = report::rows(&figs);

@@ -198,9 +198,8 @@ pub fn rows(all: &[SetupFigures], rows: &mut Vec<Row>) {
     rows.push(Row {
         metric: "proxy CPU s/10k req (pair, idle conns)".into(),
         values: by_kind(all, |s| {
-            let cpu = s.procs.iter().map(|p| p.cpu_scale_s).sum();
             pairs_only(s)
-                .then(|| SetupFigures::per_10k(cpu, s.scale_requests))
+                .then(|| s.pair_per_10k(|p| p.cpu_scale_s, s.scale_requests))
                 .flatten()
         }),
         better: Better::Lower,
